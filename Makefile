@@ -1,0 +1,20 @@
+# make demo: train on the built-in shapes dataset.  make test: run the test suite.
+# Both create .venv from requirements.txt first (it may reuse packages already installed on the system).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) models/yolo.py --cfg yolov5s.yaml
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

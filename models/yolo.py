@@ -1,0 +1,305 @@
+"""YOLOv5 model built from a YAML description.
+
+Usage:
+    python models/yolo.py --cfg yolov5s.yaml          # print the layer table
+    python models/yolo.py --cfg v6/yolov5s.yaml --nc 20
+"""
+import argparse
+import math
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+if __package__ in (None, ''):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus  # noqa: E402
+
+MODELS_DIR = Path(__file__).resolve().parent
+
+
+class Detect(nn.Module):
+    """Detection head: a 1x1 conv per level, decoded to boxes in eval mode.
+
+    ``anchors`` is a buffer of shape (nl, na, 2) in grid units (``Model`` divides the pixel anchors by the
+    strides). Releases up to v5 also stored the pixel anchors as an ``anchor_grid`` buffer; pass
+    ``anchor_grid_buffer=True`` to keep that key so their state_dicts load unchanged.
+    """
+
+    def __init__(self, nc=80, anchors=(), ch=(), anchor_grid_buffer=False):
+        super().__init__()
+        self.nc = nc  # number of classes
+        self.no = nc + 5  # outputs per anchor: box(4) + objectness(1) + classes
+        self.nl = len(anchors)  # number of detection levels
+        self.na = len(anchors[0]) // 2  # anchors per level
+        a = torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2)
+        self.register_buffer('anchors', a)
+        if anchor_grid_buffer:
+            self.register_buffer('anchor_grid', a.clone().view(self.nl, 1, -1, 1, 1, 2))
+        self.register_buffer('stride', torch.ones(self.nl), persistent=False)  # set by Model
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+
+    def forward(self, x):
+        """Training: list of raw maps (B, na, ny, nx, no). Eval: (decoded (B, N, no), raw maps)."""
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if not self.training:
+                z.append(self.decode(x[i], i).view(bs, -1, self.no))
+        return x if self.training else (torch.cat(z, 1), x)
+
+    def decode(self, p, i):
+        """Raw level-i map -> (xywh in input pixels, objectness, class scores), all after sigmoid."""
+        _, _, ny, nx, _ = p.shape
+        yv, xv = torch.meshgrid(torch.arange(ny, device=p.device), torch.arange(nx, device=p.device), indexing='ij')
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(p.dtype)
+        anchor_wh = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(p.dtype)  # pixels
+        y = p.sigmoid()
+        xy = (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i]
+        wh = (y[..., 2:4] * 2) ** 2 * anchor_wh
+        return torch.cat((xy, wh, y[..., 4:]), -1)
+
+
+# YAML module names -> classes. An explicit table: nothing in a YAML is ever evaluated as code.
+MODULES = {
+    'Conv': Conv, 'Focus': Focus, 'Bottleneck': Bottleneck, 'BottleneckCSP': BottleneckCSP, 'C3': C3,
+    'SPP': SPP, 'SPPF': SPPF, 'Concat': Concat, 'Detect': Detect,
+    'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'nn.BatchNorm2d': nn.BatchNorm2d,
+}
+CHANNEL_BLOCKS = (Conv, Focus, Bottleneck, BottleneckCSP, C3, SPP, SPPF)  # args start with c_out
+REPEAT_BLOCKS = (BottleneckCSP, C3)  # take the repeat count as an argument
+
+
+def make_divisible(x, divisor=8):
+    return math.ceil(x / divisor) * divisor
+
+
+def load_yaml_cfg(cfg):
+    """Read a model YAML: a path, or a name under models/ (``yolov5s.yaml``, ``v6/yolov5n.yaml``)."""
+    path = Path(cfg)
+    if not path.is_file() and (MODELS_DIR / path).is_file():
+        path = MODELS_DIR / path
+    if not path.is_file():
+        raise FileNotFoundError(f'{cfg}: model YAML not found (looked here and in {MODELS_DIR})')
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
+    missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head')
+               if not isinstance(d, dict) or k not in d]
+    if missing:
+        raise ValueError(f'{path}: model YAML lacks {", ".join(missing)}')
+    d['yaml_file'] = path.name
+    return d
+
+
+def parse_model(d, ch):
+    """Build the layer list from a model dict. Returns (nn.Sequential of layers, sorted indices to keep)."""
+    nc, gd, gw = d['nc'], d['depth_multiple'], d['width_multiple']
+    anchors = d['anchors']
+    if isinstance(anchors, int):
+        raise ValueError('integer anchors (autoanchor from scratch) are not supported; list them in the YAML')
+    act, csp_act = d.get('activation', 'SiLU'), d.get('csp_activation')
+    names = {'nc': nc, 'anchors': anchors, 'None': None}
+    no = len(anchors[0]) // 2 * (nc + 5)
+    layers, save, ch = [], [], list(ch)
+    for i, (f, n, name, args) in enumerate(d['backbone'] + d['head']):
+        if name not in MODULES:
+            raise ValueError(f"layer {i}: unknown module '{name}' (known: {', '.join(sorted(MODULES))})")
+        m = MODULES[name]
+        args = [names.get(a, a) if isinstance(a, str) else a for a in args]
+        n = max(round(n * gd), 1) if n > 1 else n  # depth gain
+        kwargs = {}
+        if m in CHANNEL_BLOCKS:
+            c1, c2 = ch[f], args[0]
+            c2 = make_divisible(c2 * gw, 8) if c2 != no else c2
+            args = [c1, c2, *args[1:]]
+            if m in REPEAT_BLOCKS:
+                args.insert(2, n)
+                n = 1
+            kwargs['act'] = act
+            if m is BottleneckCSP and csp_act:
+                kwargs['csp_act'] = csp_act
+        elif m is nn.BatchNorm2d:
+            args, c2 = [ch[f]], ch[f]
+        elif m is Concat:
+            c2 = sum(ch[x] for x in f)
+        elif m is Detect:
+            args.append([ch[x] for x in f])
+            if isinstance(args[1], int):
+                raise ValueError(f'layer {i}: Detect needs explicit anchors')
+            kwargs['anchor_grid_buffer'] = bool(d.get('anchor_grid_buffer', False))
+        else:
+            c2 = ch[f]
+        m_ = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
+        m_.i, m_.f, m_.type = i, f, name  # index, 'from' index, type name
+        m_.np = sum(p.numel() for p in m_.parameters())
+        m_.args = args[:-1] if m is Detect else args  # for the layer table
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+        layers.append(m_)
+        if i == 0:
+            ch = []
+        ch.append(c2)
+    return nn.Sequential(*layers), sorted(set(save))
+
+
+class Model(nn.Module):
+    """YOLOv5 detection model. ``cfg`` is a YAML path/name or an already-loaded dict."""
+
+    def __init__(self, cfg='yolov5s.yaml', ch=3, nc=None, anchors=None):
+        super().__init__()
+        self.yaml = deepcopy(cfg) if isinstance(cfg, dict) else load_yaml_cfg(cfg)
+        if nc is not None and nc != self.yaml['nc']:
+            self.yaml['nc'] = int(nc)
+        if anchors is not None:
+            self.yaml['anchors'] = anchors
+        self.yaml['ch'] = ch
+        self.model, self.save = parse_model(self.yaml, ch=[ch])
+        self.names = [str(i) for i in range(self.yaml['nc'])]
+        self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
+        self._init_strides_and_anchors(ch)
+        self._initialize_biases()
+        self.stride = self.model[-1].stride
+
+    @property
+    def backbone_len(self):
+        return len(self.yaml['backbone'])
+
+    def forward(self, x):
+        y = []  # outputs of earlier layers, kept only where a later layer reads them
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        return x
+
+    def train(self, mode=True):
+        """Like nn.Module.train, but BatchNorm layers of frozen parameters always stay in eval mode."""
+        super().train(mode)
+        for name, m in self.named_modules():
+            if name in self.frozen_bn:
+                m.eval()
+        return self
+
+    def _init_strides_and_anchors(self, ch):
+        m = self.model[-1]
+        s = 256  # any multiple of the largest stride
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            _, feats = self.forward(torch.zeros(1, ch, s, s))
+        self.train(was_training)
+        m.stride.copy_(torch.tensor([s / f.shape[-3] for f in feats]))
+        area = m.anchors.prod(-1).mean(-1)  # mean anchor area per level
+        if (area[-1] - area[0]).sign() != (m.stride[-1] - m.stride[0]).sign():
+            m.anchors.copy_(m.anchors.flip(0))  # anchors listed in the opposite order to the levels
+        m.anchors /= m.stride.view(-1, 1, 1)  # pixels -> grid units
+
+    def _initialize_biases(self):
+        """YOLOv5 prior: ~8 objects per 640x640 image, class probability ~0.6/nc (arXiv:1708.02002 sec 3.3)."""
+        m = self.model[-1]
+        for mi, s in zip(m.m, m.stride):
+            b = mi.bias.view(m.na, -1)
+            with torch.no_grad():
+                b[:, 4] += math.log(8 / (640 / s) ** 2)
+                b[:, 5:] += math.log(0.6 / (m.nc - 0.99))
+
+    def fuse(self):
+        """Fold every Conv's BatchNorm into its convolution (for inference)."""
+        for m in self.model.modules():
+            if isinstance(m, Conv) and hasattr(m, 'bn'):
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                delattr(m, 'bn')
+                m.forward = m.forward_fuse
+        return self
+
+    def info(self, img_size=640, verbose=False):
+        """One-line summary: layers, parameters, gradients, GFLOPs at ``img_size``."""
+        n_p = sum(p.numel() for p in self.parameters())
+        n_g = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        gflops = sum(layer_flops(self, img_size)) / 1e9
+        s = (f"{Path(self.yaml.get('yaml_file', 'model')).stem} summary: {len(list(self.modules()))} layers, "
+             f'{n_p:,} parameters, {n_g:,} gradients, {gflops:.1f} GFLOPs')
+        if verbose:
+            print(s)
+        return s
+
+
+def fuse_conv_and_bn(conv, bn):
+    """A Conv2d (with bias) equal to ``bn(conv(x))`` with ``bn`` in eval mode."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True).requires_grad_(False).to(conv.weight.device)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    b_conv = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((b_conv - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def layer_flops(model, img_size=640):
+    """FLOPs (2 x multiply-adds of convolutions, plus BatchNorm) of each top-level layer at ``img_size``.
+
+    Counted on a ``s x s`` input (s = largest stride) and scaled by area, as YOLOv5 reports GFLOPs.
+    """
+    s = max(int(model.stride.max()), 32)
+    counts = {}
+
+    def hook(module, inp, out, idx):
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs = out.numel() * (k + (module.bias is not None))
+        else:  # BatchNorm2d
+            macs = 2 * out.numel()
+        counts[idx] = counts.get(idx, 0) + 2 * macs
+
+    handles = []
+    for layer in model.model:
+        for mod in layer.modules():
+            if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)):
+                handles.append(mod.register_forward_hook(lambda m, i, o, idx=layer.i: hook(m, i, o, idx)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, model.yaml.get('ch', 3), s, s, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    scale = (img_size / s) ** 2
+    return [counts.get(i, 0) * scale for i in range(len(model.model))]
+
+
+def layer_table(model):
+    """The YOLOv5-style table: index, from, n, params, module, arguments."""
+    rows = [f"{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<24}{'arguments':<30}"]
+    for m in model.model:
+        n = len(m) if isinstance(m, nn.Sequential) else 1
+        rows.append(f'{m.i:>3}{str(m.f):>18}{n:>3}{m.np:10.0f}  {m.type:<24}{str(m.args):<30}')
+    return '\n'.join(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Build a YOLOv5 model from YAML and print its layers.')
+    parser.add_argument('--cfg', default='yolov5s.yaml', help='model YAML path or name under models/')
+    parser.add_argument('--nc', type=int, default=None, help='override the number of classes')
+    parser.add_argument('--imgsz', type=int, default=640, help='image size for the GFLOPs figure')
+    opt = parser.parse_args(argv)
+    try:
+        model = Model(opt.cfg, nc=opt.nc)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'error: {e}')
+    print(layer_table(model))
+    print(model.info(img_size=opt.imgsz))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,143 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from models.yolo import Model
+from utils.freeze import (changed_frozen, freeze, freeze_report, freeze_summary, frozen_names, optimizer_param_groups,
+                          parse_freeze, snapshot_frozen, unfreeze)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Model('v6/yolov5n.yaml', nc=4)
+
+
+def frozen_layers(model):
+    return sorted({int(n.split('.')[1]) for n, p in model.named_parameters() if not p.requires_grad})
+
+
+@pytest.mark.parametrize('spec,layers', [
+    ('10', list(range(10))), (10, list(range(10))), (['10'], list(range(10))),
+    ('0', []), (['0', '1', '2'], [0, 1, 2]), ('3 5', [3, 5]), ('4,7', [4, 7]),
+    ('backbone', list(range(10))), (['model.24.'], [24]), (['model.23'], [23]),
+    ('all', list(range(24))), (['backbone', '13'], list(range(10)) + [13]), ('25', list(range(25))),
+])
+def test_every_freeze_form(model, spec, layers):
+    freeze(model, spec)
+    with_params = {int(n.split('.')[1]) for n, _ in model.named_parameters()}  # Upsample/Concat have none
+    assert frozen_layers(model) == [i for i in layers if i in with_params]
+
+
+def test_freeze_10_selects_exactly_model_0_to_9(model):
+    freeze(model, 10)
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (int(name.split('.')[1]) >= 10), name
+
+
+def test_prefix_matches_whole_components():
+    m = Model('v6/yolov5n.yaml', nc=4)
+    freeze(m, ['model.1.'])
+    assert frozen_layers(m) == [1]  # never model.11.
+    assert all(p.requires_grad for n, p in m.named_parameters() if n.startswith('model.11.'))
+    m2 = Model('v6/yolov5n.yaml', nc=4)
+    freeze(m2, ['model.2.m.0'])
+    assert {n for n, p in m2.named_parameters() if not p.requires_grad} == {
+        n for n, _ in m2.named_parameters() if n.startswith('model.2.m.0.')}
+    assert {'model.2.m.0.cv1.bn', 'model.2.m.0.cv2.bn'} == m2.frozen_bn
+
+
+def test_backbone_follows_yaml():
+    m = Model('v6/yolov5n.yaml')
+    m.yaml['backbone'] = m.yaml['backbone'][:7]  # a P6-like model would have a longer backbone; here shorter
+    assert parse_freeze('backbone', m) == [f'model.{i}.' for i in range(7)]
+
+
+@pytest.mark.parametrize('spec,msg', [
+    ('26', 'only 25 layers'), (['0', '25'], 'layer 25 is out of range'), ('heads', "expected a layer count"),
+    (['model.99.'], "no parameter name starts with 'model.99.'"), (['-1'], 'expected a layer count'),
+])
+def test_bad_freeze_specs(model, spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        freeze(model, spec)
+
+
+def test_optimizer_groups_hold_trainable_only(model):
+    freeze(model, 'backbone')
+    groups = optimizer_param_groups(model, weight_decay=5e-4)
+    ids = {id(p) for g in groups for p in g['params']}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert ids == trainable
+    assert [g['weight_decay'] for g in groups] == [5e-4, 0.0, 0.0]
+    assert all(p.dim() == 4 for p in groups[0]['params'])  # conv weights only
+    assert all(p.dim() == 1 for p in groups[1]['params'] + groups[2]['params'])
+    n_bn = sum(1 for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and int(n.split('.')[1]) >= 10)
+    assert len(groups[1]['params']) == n_bn
+
+
+def test_frozen_bn_stays_eval_after_train(model):
+    freeze(model, 10)
+    model.train()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.training == (int(name.split('.')[1]) >= 10), name
+
+
+def train_step(model, steps=2):
+    model.train()
+    opt = torch.optim.SGD(optimizer_param_groups(model, 5e-4), lr=0.1, momentum=0.9, nesterov=True)
+    for _ in range(steps):
+        out = model(torch.rand(2, 3, 128, 128))
+        loss = sum((o.sigmoid() ** 2).mean() for o in out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_frozen_tensors_bit_identical_after_training(model):
+    freeze(model, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # cloned: state_dict shares storage
+    snap = snapshot_frozen(model)
+    train_step(model)
+    after = model.state_dict()
+    assert changed_frozen(model, snap) == []
+    for k, v in before.items():
+        layer = int(k.split('.')[1])
+        same = torch.equal(v, after[k])
+        if layer < 10:
+            assert same, f'frozen {k} changed'
+        elif k.endswith(('running_mean', 'running_var', 'num_batches_tracked')) or k.endswith('.weight'):
+            assert not same, f'trainable {k} did not change'
+
+
+def test_snapshot_covers_bn_buffers(model):
+    freeze(model, '2')
+    names = frozen_names(model)
+    assert 'model.0.bn.running_mean' in names and 'model.1.bn.num_batches_tracked' in names
+    assert set(names) == set(snapshot_frozen(model))
+    snap = snapshot_frozen(model)
+    with torch.no_grad():
+        model.model[0].bn.running_var.add_(1)  # a change must be caught (the snapshot is a clone)
+    assert changed_frozen(model, snap) == ['model.0.bn.running_var']
+
+
+def test_unfreeze_all_and_partial(model):
+    freeze(model, 10)
+    unfreeze(model, ['0', '1'])
+    assert frozen_layers(model) == list(range(2, 10))
+    assert model.model[0].bn.training and not model.model[2].cv1.bn.training
+    unfreeze(model)
+    assert frozen_layers(model) == [] and model.frozen_bn == set()
+    snap_before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_step(model, 1)
+    assert not torch.equal(snap_before['model.0.bn.running_mean'], model.state_dict()['model.0.bn.running_mean'])
+
+
+def test_report(model):
+    freeze(model, 10)
+    s = freeze_summary(model, 640)
+    assert [r['state'] for r in s['rows']] == ['frozen'] * 10 + ['trainable'] * 15
+    assert s['frozen_params'] == sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert 0.3 < s['frozen_flops_share'] < 0.7
+    text = freeze_report(model)
+    assert 'frozen' in text and f"{s['frozen_params']:,}" in text and '25 BatchNorm' not in text

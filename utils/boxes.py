@@ -1,0 +1,139 @@
+"""Box formats, IoU, NMS and mapping boxes back through a letterbox.
+
+Formats: ``xyxy`` = corners (x1, y1, x2, y2); ``xywh`` = centre and size. Functions accept torch tensors or
+numpy arrays of shape (..., 4) and return the same type.
+"""
+import time
+
+import numpy as np
+import torch
+import torchvision
+
+
+def _clone(x):
+    return x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+
+
+def xywh2xyxy(x):
+    y = _clone(x)
+    y[..., 0] = x[..., 0] - x[..., 2] / 2
+    y[..., 1] = x[..., 1] - x[..., 3] / 2
+    y[..., 2] = x[..., 0] + x[..., 2] / 2
+    y[..., 3] = x[..., 1] + x[..., 3] / 2
+    return y
+
+
+def xyxy2xywh(x):
+    y = _clone(x)
+    y[..., 0] = (x[..., 0] + x[..., 2]) / 2
+    y[..., 1] = (x[..., 1] + x[..., 3]) / 2
+    y[..., 2] = x[..., 2] - x[..., 0]
+    y[..., 3] = x[..., 3] - x[..., 1]
+    return y
+
+
+def xywhn2xyxy(x, w=640, h=640, padw=0, padh=0):
+    """Normalised xywh -> pixel xyxy in an image of size (w, h), shifted by a padding offset."""
+    y = _clone(x)
+    y[..., 0] = w * (x[..., 0] - x[..., 2] / 2) + padw
+    y[..., 1] = h * (x[..., 1] - x[..., 3] / 2) + padh
+    y[..., 2] = w * (x[..., 0] + x[..., 2] / 2) + padw
+    y[..., 3] = h * (x[..., 1] + x[..., 3] / 2) + padh
+    return y
+
+
+def xyxy2xywhn(x, w=640, h=640, clip=False):
+    """Pixel xyxy -> normalised xywh for an image of size (w, h), optionally clipping to the image first."""
+    if clip:
+        x = clip_boxes(_clone(x), (h, w))
+    y = xyxy2xywh(x)
+    y[..., [0, 2]] /= w
+    y[..., [1, 3]] /= h
+    return y
+
+
+def clip_boxes(boxes, shape):
+    """Clip xyxy boxes in place to an image of shape (h, w)."""
+    h, w = shape[:2]
+    if isinstance(boxes, torch.Tensor):
+        boxes[..., 0].clamp_(0, w)
+        boxes[..., 1].clamp_(0, h)
+        boxes[..., 2].clamp_(0, w)
+        boxes[..., 3].clamp_(0, h)
+    else:
+        boxes[..., [0, 2]] = boxes[..., [0, 2]].clip(0, w)
+        boxes[..., [1, 3]] = boxes[..., [1, 3]].clip(0, h)
+    return boxes
+
+
+def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
+    """Map xyxy boxes from a letterboxed image of shape ``img1_shape`` back to the original ``img0_shape``.
+
+    ``ratio_pad`` is ((ratio_h, ratio_w), (pad_w, pad_h)) as the loader reports it; computed when None.
+    """
+    if ratio_pad is None:
+        gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
+        pad = (img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2
+        gain_w = gain_h = gain
+    else:
+        (gain_h, gain_w), pad = ratio_pad[0], ratio_pad[1]
+        if not isinstance(ratio_pad[0], (tuple, list)):
+            gain_h = gain_w = ratio_pad[0]
+    boxes[..., [0, 2]] -= pad[0]
+    boxes[..., [1, 3]] -= pad[1]
+    boxes[..., [0, 2]] /= gain_w
+    boxes[..., [1, 3]] /= gain_h
+    return clip_boxes(boxes, img0_shape)
+
+
+def box_area(boxes):
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(box1, box2, eps=1e-7):
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M). Torch tensors."""
+    lt = torch.max(box1[:, None, :2], box2[None, :, :2])
+    rb = torch.min(box1[:, None, 2:], box2[None, :, 2:])
+    inter = (rb - lt).clamp(0).prod(2)
+    return inter / (box_area(box1)[:, None] + box_area(box2)[None, :] - inter + eps)
+
+
+def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
+                        multi_label=False, max_det=300, max_nms=30000, time_limit=None):
+    """YOLOv5 NMS on decoded outputs (B, N, 5+nc) with xywh boxes.
+
+    Confidence is objectness x class score. ``multi_label`` keeps every class above ``conf_thres`` for a box
+    (used by val); otherwise only the best class. Returns per image a (n, 6) tensor
+    [x1, y1, x2, y2, conf, cls], at most ``max_det`` rows, sorted by confidence.
+    """
+    if isinstance(prediction, (list, tuple)):  # eval-mode model output (decoded, raw maps)
+        prediction = prediction[0]
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise ValueError(f'conf_thres {conf_thres} and iou_thres {iou_thres} must be in [0, 1]')
+    nc = prediction.shape[2] - 5
+    multi_label &= nc > 1
+    output = [torch.zeros((0, 6), device=prediction.device)] * prediction.shape[0]
+    t_end = time.time() + time_limit if time_limit else None
+    for xi, x in enumerate(prediction):
+        x = x[x[:, 4] > conf_thres]  # objectness pre-filter
+        if not x.shape[0]:
+            continue
+        scores = x[:, 5:] * x[:, 4:5]  # conf = obj_conf * cls_conf
+        box = xywh2xyxy(x[:, :4])
+        if multi_label:
+            i, j = (scores > conf_thres).nonzero(as_tuple=False).T
+            x = torch.cat((box[i], scores[i, j, None], j[:, None].float()), 1)
+        else:
+            conf, j = scores.max(1, keepdim=True)
+            x = torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)]
+        if not x.shape[0]:
+            continue
+        x = x[x[:, 4].argsort(descending=True)[:max_nms]]
+        groups = torch.zeros_like(x[:, 5]) if agnostic else x[:, 5]
+        keep = torchvision.ops.batched_nms(x[:, :4], x[:, 4], groups.long(), iou_thres)[:max_det]
+        output[xi] = x[keep]
+        if t_end and time.time() > t_end:
+            break  # time limit exceeded: return what is done
+    return output

@@ -1,0 +1,166 @@
+"""Layer freezing that is real: frozen parameters get no gradient, are left out of the optimizer, and their
+BatchNorm layers stay in eval mode, so running mean/var/num_batches_tracked never change, even after
+``model.train()``.
+
+    from utils.freeze import freeze, freeze_report, optimizer_param_groups
+    prefixes = freeze(model, '10')          # model.0. ... model.9. (the backbone of yolov5s)
+    print(freeze_report(model))
+    groups = optimizer_param_groups(model, weight_decay=5e-4)
+
+Freeze specs (``--freeze`` values): ``10`` (first 10 layers), ``0 1 2`` (those layers), ``backbone``
+(the YAML's backbone section), ``all`` (everything but the Detect head), and parameter-name prefixes such as
+``model.24.`` or ``model.24.m.0``. Prefixes match whole dotted components: ``model.1.`` never matches ``model.11.``.
+"""
+import torch.nn as nn
+
+
+def _layer_prefix(i, n_layers, spec):
+    if not 0 <= i < n_layers:
+        raise ValueError(f"--freeze {spec}: layer {i} is out of range (the model has layers 0-{n_layers - 1})")
+    return f'model.{i}.'
+
+
+def parse_freeze(spec, model):
+    """Turn a freeze spec (int, str or list of either) into a sorted list of parameter-name prefixes."""
+    items = spec if isinstance(spec, (list, tuple)) else str(spec).replace(',', ' ').split()
+    items = [str(x).strip() for x in items if str(x).strip() != '']
+    n_layers = len(model.model)
+    names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    if len(items) == 1 and items[0].isdigit():  # YOLOv5: a single N means the first N layers
+        n = int(items[0])
+        if n > n_layers:
+            raise ValueError(f'--freeze {n}: the model has only {n_layers} layers')
+        return [f'model.{i}.' for i in range(n)]
+    prefixes = []
+    for item in items:
+        if item.isdigit():
+            prefixes.append(_layer_prefix(int(item), n_layers, item))
+        elif item == 'backbone':
+            prefixes += [f'model.{i}.' for i in range(model.backbone_len)]
+        elif item == 'all':
+            prefixes += [f'model.{i}.' for i in range(n_layers - 1)]
+        elif item.startswith('model.'):
+            p = item if item.endswith('.') else item + '.'
+            if not any(n.startswith(p) for n in names):
+                raise ValueError(f"--freeze {item}: no parameter name starts with '{p}'")
+            prefixes.append(p)
+        else:
+            raise ValueError(f"--freeze {item}: expected a layer count, layer indices, 'backbone', 'all' "
+                             f"or a name prefix like 'model.24.'")
+    return sorted(set(prefixes), key=_natural_key)
+
+
+def _natural_key(prefix):
+    return [int(t) if t.isdigit() else t for t in prefix.split('.')]
+
+
+def is_frozen_name(name, prefixes):
+    """Whether a parameter/module name falls under one of the prefixes (whole components only)."""
+    return any((name + '.').startswith(p) for p in prefixes)
+
+
+def freeze(model, spec):
+    """Freeze the parameters selected by ``spec`` (see module docstring). Returns the prefixes applied.
+
+    Previously frozen layers stay frozen; use ``unfreeze`` to release them.
+    """
+    prefixes = parse_freeze(spec, model)
+    for name, p in model.named_parameters():
+        if is_frozen_name(name, prefixes):
+            p.requires_grad_(False)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and is_frozen_name(name, prefixes):
+            model.frozen_bn.add(name)
+            m.eval()
+    return prefixes
+
+
+def unfreeze(model, spec=None):
+    """Make parameters trainable again: all of them (``spec=None``) or those selected by ``spec``."""
+    prefixes = None if spec is None else parse_freeze(spec, model)
+    for name, p in model.named_parameters():
+        if prefixes is None or is_frozen_name(name, prefixes):
+            p.requires_grad_(True)
+    model.frozen_bn = {n for n in model.frozen_bn if prefixes is not None and not is_frozen_name(n, prefixes)}
+    model.train(model.training)  # re-apply the mode to the released BatchNorms
+    return prefixes
+
+
+def frozen_names(model):
+    """Names of the frozen parameters and of the buffers of frozen BatchNorm layers."""
+    names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    for bn in sorted(model.frozen_bn):
+        names += [f'{bn}.{b}' for b, _ in model.get_submodule(bn).named_buffers()]
+    return names
+
+
+def snapshot_frozen(model):
+    """Cloned copies of every frozen tensor (cloned: state_dict tensors share storage with the live model)."""
+    state = model.state_dict()
+    return {n: state[n].detach().clone() for n in frozen_names(model) if n in state}
+
+
+def changed_frozen(model_or_state, snapshot):
+    """Names in ``snapshot`` whose tensor in the model (or a state_dict) is no longer bit-identical."""
+    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
+    return [n for n, t in snapshot.items() if n not in state or not _bit_equal(state[n], t)]
+
+
+def _bit_equal(a, b):
+    a = a.detach().cpu()
+    b = b.detach().cpu()
+    return a.shape == b.shape and a.dtype == b.dtype and bool((a == b).all() | (a.isnan() & b.isnan()).all())
+
+
+def optimizer_param_groups(model, weight_decay=5e-4):
+    """YOLOv5's three parameter groups, built from trainable parameters only.
+
+    Returns [weights with decay, BatchNorm weights without decay, biases without decay].
+    """
+    decay, bn_weights, biases = [], [], []
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if pname == 'bias':
+                biases.append(p)
+            elif pname == 'weight' and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+                bn_weights.append(p)
+            else:
+                decay.append(p)
+    return [{'params': decay, 'weight_decay': weight_decay, 'name': 'decay'},
+            {'params': bn_weights, 'weight_decay': 0.0, 'name': 'bn'},
+            {'params': biases, 'weight_decay': 0.0, 'name': 'bias'}]
+
+
+def freeze_summary(model, img_size=640):
+    """Counts behind the report: per-layer rows and totals (parameters and FLOPs frozen)."""
+    from models.yolo import layer_flops  # lazy: FLOPs need a forward pass
+    flops = layer_flops(model, img_size)
+    rows = []
+    for layer, f in zip(model.model, flops):
+        params = list(layer.parameters())
+        n = sum(p.numel() for p in params)
+        n_frozen = sum(p.numel() for p in params if not p.requires_grad)
+        state = 'frozen' if params and n_frozen == n else 'partial' if n_frozen else 'trainable'
+        rows.append({'i': layer.i, 'type': layer.type, 'params': n, 'frozen': n_frozen, 'state': state, 'flops': f})
+    total_p = sum(r['params'] for r in rows)
+    frozen_p = sum(r['frozen'] for r in rows)
+    total_f = sum(flops) or 1.0
+    frozen_f = sum(r['flops'] for r in rows if r['state'] == 'frozen')
+    return {'rows': rows, 'params': total_p, 'frozen_params': frozen_p,
+            'flops': total_f, 'frozen_flops': frozen_f, 'frozen_flops_share': frozen_f / total_f}
+
+
+def freeze_report(model, img_size=640):
+    """A table of layers (frozen/partial/trainable), parameter counts and the share of FLOPs frozen."""
+    s = freeze_summary(model, img_size)
+    lines = [f"{'layer':>5}  {'module':<14}{'params':>12}{'frozen':>12}  {'state':<10}{'GFLOPs':>8}"]
+    for r in s['rows']:
+        lines.append(f"{r['i']:>5}  {r['type']:<14}{r['params']:>12,}{r['frozen']:>12,}  {r['state']:<10}"
+                     f"{r['flops'] / 1e9:>8.2f}")
+    share_p = s['frozen_params'] / max(s['params'], 1)
+    lines.append(f"frozen: {s['frozen_params']:,}/{s['params']:,} parameters ({share_p:.1%}), "
+                 f"{len(model.frozen_bn)} BatchNorm layers in eval mode, "
+                 f"{s['frozen_flops_share']:.1%} of forward FLOPs at {img_size}")
+    return '\n'.join(lines)
