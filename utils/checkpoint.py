@@ -57,3 +57,11 @@ def model_from_checkpoint(ckpt, prefer_ema=True):
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.names = list(ckpt.get('names') or model.names)
     return model.eval()
+
+
+def load_model(path, device='cpu', fuse=False):
+    """Load a model for inference from one of our checkpoints (official YOLOv5 files: see issue #7)."""
+    model = model_from_checkpoint(load_checkpoint(path))
+    if fuse:
+        model.fuse()
+    return model.to(device).eval()

@@ -1,0 +1,35 @@
+"""Run folders (runs/train/exp, exp2, ...) and device selection shared by the scripts."""
+import re
+from pathlib import Path
+
+import torch
+
+
+def increment_path(path, exist_ok=False, mkdir=False):
+    """``runs/train/exp`` -> itself if free (or ``exist_ok``), else the next free ``exp2``, ``exp3``, ..."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        stem, suffix = (path.with_suffix(''), path.suffix) if path.is_file() else (path, '')
+        taken = [int(m.group(1)) for p in path.parent.glob(f'{stem.name}*')
+                 if (m := re.fullmatch(re.escape(stem.name) + r'(\d+)' + re.escape(suffix), p.name))]
+        path = Path(f'{stem}{max(taken + [1]) + 1}{suffix}')
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def select_device(device=''):
+    """'' (CUDA 0 if available, else CPU), 'cpu', '0', '0,1' or 'cuda:0' -> torch.device. Clear error if absent."""
+    spec = str(device).strip().lower().replace('cuda:', '')
+    if spec in ('', 'cuda'):
+        return torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')
+    if spec == 'cpu':
+        return torch.device('cpu')
+    if not re.fullmatch(r'\d+(,\d+)*', spec):
+        raise ValueError(f"--device '{device}': expected 'cpu', a CUDA index like '0', or a list like '0,1'")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    first = int(spec.split(',')[0])
+    if first >= torch.cuda.device_count():
+        raise ValueError(f'--device {device}: only {torch.cuda.device_count()} CUDA device(s) present')
+    return torch.device(f'cuda:{first}')
