@@ -333,7 +333,7 @@ def test_shapes_set_is_deterministic_complete_and_regenerated_when_incomplete(tm
     assert (a / 'labels' / 'val' / 'val_0001.txt').read_bytes() == (b / 'labels' / 'val' / 'val_0001.txt').read_bytes()
 
 
-def test_shapes_yaml_generates_under_repo_datasets(monkeypatch):
+def test_shapes_yaml_generates_under_repo_datasets():
     d = check_dataset('data/shapes.yaml')
     root = Path(__file__).resolve().parents[1] / 'datasets' / 'shapes'
     assert d['path'] == root and d['names'] == ['circle', 'square', 'triangle', 'star']
