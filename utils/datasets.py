@@ -408,6 +408,18 @@ def seed_worker(worker_id):
         ds.albumentations.set_seed(info.seed % 2 ** 32)
 
 
+def reseed_loader(loader, seed):
+    """Restart a loader's randomness (shuffling, worker seeds, in-process augmentation) from ``seed``.
+
+    train.py calls it at every epoch with a seed derived from the epoch, so a resumed run replays the same batches.
+    """
+    loader.generator.manual_seed(seed)
+    ds = loader.dataset
+    ds.rng = np.random.default_rng(seed)
+    if ds.albumentations is not None:
+        ds.albumentations.set_seed(seed % 2 ** 32)
+
+
 def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, rect=False, cache=None, workers=0,
                       shuffle=False, rank=-1, pad=0.0, single_cls=False, seed=0, data=None, prefix='',
                       keep_difficult=False, use_label_cache=True, verbose=True):
