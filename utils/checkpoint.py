@@ -109,7 +109,8 @@ def load_model(path, device='cpu', fuse=False):
     """Load a model for inference from one of our checkpoints or an official YOLOv5 ``.pt`` (fp32, eval)."""
     model = model_from_weights(read_weights(path), path)
     if fuse:
-        model.fuse()
+        with torch.no_grad():  # keep the folded weights leaf tensors
+            model.fuse()
     return model.to(device).eval()
 
 
