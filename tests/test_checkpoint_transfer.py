@@ -30,7 +30,8 @@ def test_transfer_to_new_nc_keeps_box_and_objectness_rows(source_state):
             assert torch.equal(v, source_state[k]), k
     for i in range(3):
         for p in ('weight', 'bias'):
-            dst, src, init = after[f'model.24.m.{i}.{p}'], source_state[f'model.24.m.{i}.{p}'], before[f'model.24.m.{i}.{p}']
+            name = f'model.24.m.{i}.{p}'
+            dst, src, init = after[name], source_state[name], before[name]
             for a in range(3):  # 8 outputs per anchor now (5 + 3 classes), 85 in the source
                 assert torch.equal(dst[a * 8:a * 8 + 5], src[a * 85:a * 85 + 5])
                 assert torch.equal(dst[a * 8 + 5:a * 8 + 8], init[a * 8 + 5:a * 8 + 8])

@@ -10,21 +10,23 @@ is looked up, so nothing it names can run.
 
     info = read_official('yolov5n.pt')   # {'yaml', 'state_dict', 'names', 'stride'}
 """
+import collections
 import pickle
 import types
+import warnings
 
 import torch
 
 # Real objects the unpickler may hand out: torch's tensor rebuilders and plain containers.
 SAFE_GLOBALS = {
-    ('collections', 'OrderedDict'): lambda: __import__('collections').OrderedDict,
-    ('builtins', 'set'): lambda: set,
-    ('__builtin__', 'set'): lambda: set,
-    ('torch._utils', '_rebuild_tensor'): lambda: torch._utils._rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): lambda: torch._utils._rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): lambda: torch._utils._rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): lambda: torch._utils._rebuild_parameter_with_state,
-    ('torch', 'Size'): lambda: torch.Size,
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('builtins', 'set'): set,
+    ('__builtin__', 'set'): set,  # protocol-2 pickles use the Python 2 name
+    ('torch._utils', '_rebuild_tensor'): torch._utils._rebuild_tensor,
+    ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+    ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+    ('torch._utils', '_rebuild_parameter_with_state'): torch._utils._rebuild_parameter_with_state,
+    ('torch', 'Size'): torch.Size,
 }
 # Modules whose classes become inert placeholders (with torch.nn.modules.*: layers and the official classes).
 OFFICIAL_MODULES = {'models.common', 'models.yolo', 'models.experimental', 'utils.activations'}
@@ -75,7 +77,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) in SAFE_GLOBALS:
-            return SAFE_GLOBALS[(module, name)]()
+            return SAFE_GLOBALS[(module, name)]
         if module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if _is_allowed_placeholder(module, name):
@@ -98,7 +100,9 @@ RESTRICTED_PICKLE = types.SimpleNamespace(__name__='restricted_pickle', Unpickle
 def restricted_torch_load(path):
     """``torch.load`` through the allow-list. Raises a one-line ValueError naming the file and a refused class."""
     try:
-        return torch.load(path, map_location='cpu', pickle_module=RESTRICTED_PICKLE, weights_only=False)
+        with warnings.catch_warnings():  # pre-1.6 files carry class sources that placeholders cannot match
+            warnings.filterwarnings('ignore', message="Couldn't retrieve source code")
+            return torch.load(path, map_location='cpu', pickle_module=RESTRICTED_PICKLE, weights_only=False)
     except UnsafePickleError as e:
         raise ValueError(f'{path}: refused to load, the pickle names {e}, which is not a known YOLOv5 or torch '
                          f'class (the file may contain code)') from None
