@@ -110,7 +110,8 @@ def official_like_file(tmp_path, cfg, legacy=False):
                                                                       'anchor_grid_buffer')}
     model.names = {i: f'class{i}' for i in range(model.yaml['nc'])}  # v7.0 stores a dict
     path = tmp_path / 'official_like.pt'
-    torch.save({'epoch': -1, 'model': model.half(), 'ema': None, 'optimizer': None}, path,
+    extras = {'best_fitness': np.array([0.5]), 'opt': {'save_dir': Path('runs/train/exp')}}  # as v3-v5 saved
+    torch.save({'epoch': -1, 'model': model.half(), 'ema': None, 'optimizer': None, **extras}, path,
                _use_new_zipfile_serialization=not legacy)
     return path, expected
 
