@@ -17,8 +17,20 @@ import warnings
 
 import torch
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list."""
+
+
+def _latin1_bytes(text, encoding='latin1'):
+    """What protocol-2 pickles call (as ``_codecs.encode``) to rebuild ``bytes``; other codecs are refused."""
+    if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
+        raise UnsafePickleError(f'_codecs.encode with encoding {encoding!r}')
+    return text.encode('latin1')
+
+
 # Real objects the unpickler may hand out: torch's tensor rebuilders and plain containers.
 SAFE_GLOBALS = {
+    ('_codecs', 'encode'): _latin1_bytes,
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('builtins', 'set'): set,
     ('__builtin__', 'set'): set,  # protocol-2 pickles use the Python 2 name
@@ -37,10 +49,6 @@ PLACEHOLDER_NAMES = {
     ('numpy', 'ndarray'), ('numpy', 'dtype'),
     ('pathlib', 'PosixPath'), ('pathlib', 'WindowsPath'), ('pathlib', 'Path'),
 }
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list."""
 
 
 class Placeholder:
