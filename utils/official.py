@@ -17,6 +17,7 @@ import warnings
 
 import torch
 
+
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names a global outside the allow-list."""
 
