@@ -57,9 +57,9 @@ def match_detections(det_boxes, det_cls, gt_boxes, gt_cls, gt_ignore=None, gt_cr
                      iou_thresholds=IOU_THRESHOLDS):
     """Greedy COCO matching of one image's detections (sorted by confidence, highest first).
 
-    ``gt_ignore`` marks boxes that may absorb detections without counting (crowd, difficult); ``gt_crowd``
-    marks boxes scored by intersection-over-detection that any number of detections may match (pycocotools
-    treats every crowd box that way; a difficult box is ignored but matched once, like an ignored COCO box).
+    ``gt_ignore`` marks ignore regions (COCO crowd, VOC difficult): a detection that matches nothing else but
+    one of them is *ignored*, and any number of detections may land on them. ``gt_crowd`` boxes (always
+    ignored) are scored by intersection over the detection's area, as pycocotools does.
     Returns ``(correct, ignored)``, two (n, T) bool arrays.
     """
     n, m, t = len(det_cls), len(gt_cls), len(iou_thresholds)
@@ -70,22 +70,17 @@ def match_detections(det_boxes, det_cls, gt_boxes, gt_cls, gt_ignore=None, gt_cr
     ignore = crowd.copy() if gt_ignore is None else np.asarray(gt_ignore, bool) | crowd
     iou = coco_iou(det_boxes, gt_boxes, crowd)
     iou[np.asarray(det_cls)[:, None] != np.asarray(gt_cls)[None]] = -1.0
-    thr = np.minimum(iou_thresholds, 1 - 1e-10)[:, None]  # (T, 1)
-    taken = np.zeros((t, m), bool)  # non-crowd ground truth already matched, per threshold
+    thr = np.minimum(iou_thresholds, 1 - 1e-10)[:, None]  # (T, 1), as pycocotools caps it
+    taken = np.zeros((t, m), bool)  # regular ground truth already matched, per threshold
     rows = np.arange(t)
-    for d in np.flatnonzero((iou >= thr.min()).any(1)):  # detections that overlap anything enough
-        candidate = (iou[d][None] >= thr) & ~taken  # (T, m)
-        regular = np.where(candidate & ~ignore, iou[d], -np.inf)
+    for d in np.flatnonzero((iou >= thr.min()).any(1)):  # only detections that overlap something enough
+        above = iou[d][None] >= thr  # (T, m)
+        regular = np.where(above & ~taken & ~ignore, iou[d], -np.inf)
         best = m - 1 - regular[:, ::-1].argmax(1)  # the last of equal IoUs wins, as in pycocotools
         hit = np.isfinite(regular[rows, best])
         correct[d] = hit
         taken[rows[hit], best[hit]] = True
-        fallback = np.where(candidate & ignore, iou[d], -np.inf)
-        best_ignored = m - 1 - fallback[:, ::-1].argmax(1)
-        hit_ignored = ~hit & np.isfinite(fallback[rows, best_ignored])
-        ignored[d] = hit_ignored
-        once = hit_ignored & ~crowd[best_ignored]  # ignored non-crowd boxes are used up like regular ones
-        taken[rows[once], best_ignored[once]] = True
+        ignored[d] = ~hit & (above & ignore).any(1)  # fell back on an ignore region
     return correct, ignored
 
 
