@@ -1,0 +1,442 @@
+"""Read YOLO txt, PASCAL VOC XML and COCO JSON annotations into one :class:`Record` per image.
+
+Every image is verified once (decodable header, size, EXIF orientation, truncated JPEG) and every label row
+checked; bad items are skipped and counted in a :class:`ScanReport` with the file and the reason. Results are
+cached per source in a ``.cache`` JSON file keyed by a hash of paths, sizes and mtimes.
+"""
+import hashlib
+import json
+import os
+import stat
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMG_FORMATS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp', '.dng', '.mpo', '.pfm')
+CACHE_VERSION = 1
+COORD_TOL = 0.01  # normalised coordinates may stray this far outside [0, 1] before a row counts as corrupt
+MIN_IMAGE_SIDE = 10
+
+
+@dataclass
+class Record:
+    """One image: its file, original (h, w), and boxes as normalised xywh with per-box class and flags."""
+    im_file: str
+    shape: tuple
+    cls: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    image_id: int = None
+
+    def to_json(self):
+        return {'im_file': self.im_file, 'shape': list(self.shape), 'cls': self.cls.tolist(),
+                'boxes': self.boxes.tolist(), 'difficult': self.difficult.tolist(),
+                'crowd': self.crowd.tolist(), 'image_id': self.image_id}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d['im_file'], tuple(d['shape']), np.array(d['cls'], np.int64),
+                   np.array(d['boxes'], np.float32).reshape(-1, 4), np.array(d['difficult'], bool),
+                   np.array(d['crowd'], bool), d['image_id'])
+
+
+@dataclass
+class ScanReport:
+    """Counts of what a scan found, plus (file, reason) for every skipped or repaired item."""
+    images: int = 0  # images listed
+    found: int = 0  # label files / annotation entries found
+    missing: int = 0  # images without a label (kept as background)
+    empty: int = 0  # label present but no boxes
+    corrupt: int = 0  # images skipped
+    dropped: int = 0  # single boxes dropped (zero size, duplicates, unknown category)
+    messages: list = field(default_factory=list)
+
+    def add(self, other):
+        for k in ('images', 'found', 'missing', 'empty', 'corrupt', 'dropped'):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.messages += other.messages
+
+    def note(self, file, reason):
+        self.messages.append((str(file), reason))
+
+    def summary(self):
+        return (f'{self.images} images, {self.found} labels found, {self.missing} missing, {self.empty} empty, '
+                f'{self.corrupt} corrupt (skipped), {self.dropped} boxes dropped')
+
+
+# ---------------------------------------------------------------- image verification
+def verify_image(path):
+    """(h, w) after EXIF orientation, or raise ValueError saying why the image is unusable."""
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structure check without a full decode
+        with Image.open(path) as im:
+            fmt = (im.format or '').lower()
+            w, h = ImageOps.exif_transpose(im).size if _has_rotation(im) else im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f'unreadable image ({type(e).__name__}: {e})') from None
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ValueError(f'image size {w}x{h} below {MIN_IMAGE_SIDE} px')
+    if fmt in ('jpeg', 'mpo'):
+        with open(path, 'rb') as f:
+            f.seek(-2, 2)
+            if f.read() != b'\xff\xd9':
+                raise ValueError('truncated JPEG (no end-of-image marker)')
+    return h, w
+
+
+def _has_rotation(im):
+    try:
+        return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap width and height
+    except Exception:  # malformed EXIF: keep the stored size
+        return False
+
+
+# ---------------------------------------------------------------- label checks shared by the formats
+def check_boxes(cls, xyxy, nc):
+    """Validate normalised x1y1x2y2 boxes; returns (cls, xywh, notes) or raises ValueError for a bad row.
+
+    Rows outside [0, 1] by more than COORD_TOL, or with a class id outside [0, nc), make the image corrupt;
+    zero-size boxes and exact duplicates are dropped with a note.
+    """
+    notes = []
+    if len(cls) and (cls.min() < 0 or (nc is not None and cls.max() >= nc)):
+        bad = int(cls[(cls < 0) | (cls >= (nc if nc is not None else np.inf))][0])
+        raise ValueError(f'class id {bad} outside [0, {nc})')
+    if len(xyxy) and ((xyxy < -COORD_TOL) | (xyxy > 1 + COORD_TOL)).any():
+        row = int(np.nonzero(((xyxy < -COORD_TOL) | (xyxy > 1 + COORD_TOL)).any(1))[0][0])
+        raise ValueError(f'row {row + 1}: coordinates outside [0, 1]')
+    xyxy = xyxy.clip(0, 1)
+    positive = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    if not positive.all():
+        notes.append(f'{int((~positive).sum())} zero-size box(es) dropped')
+    return xyxy, positive, notes
+
+
+def _xyxy_to_xywh(b):
+    return np.stack(((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]),
+                    1).astype(np.float32)
+
+
+def _finish(record, cls, xyxy, difficult, crowd, nc, report, label_file, dedupe=True):
+    """Check boxes, drop zero-size/duplicate rows (noted), and fill ``record``; raises ValueError if corrupt."""
+    xyxy, keep, notes = check_boxes(cls, xyxy, nc)
+    if dedupe and keep.any():
+        rows = np.concatenate((cls[:, None], xyxy), 1)
+        _, first = np.unique(rows, axis=0, return_index=True)
+        unique = np.zeros(len(cls), bool)
+        unique[first] = True
+        dups = int((keep & ~unique).sum())
+        if dups:
+            notes.append(f'{dups} duplicate row(s) removed')
+        keep &= unique
+    for n in notes:
+        report.note(label_file, n)
+    report.dropped += int((~keep).sum())
+    record.cls, record.boxes = cls[keep].astype(np.int64), _xyxy_to_xywh(xyxy[keep])
+    record.difficult, record.crowd = difficult[keep], crowd[keep]
+    return record
+
+
+# ---------------------------------------------------------------- YOLO txt
+def img2label_path(im_file):
+    """``.../images/x/a.jpg`` -> ``.../labels/x/a.txt`` (the last ``images`` folder is swapped)."""
+    parts = Path(im_file).parts
+    idx = max((i for i, p in enumerate(parts) if p == 'images'), default=None)
+    if idx is None:
+        return Path(im_file).with_suffix('.txt')
+    return Path(*parts[:idx], 'labels', *parts[idx + 1:]).with_suffix('.txt')
+
+
+def list_images(src):
+    """Image files of a folder (recursive), a .txt list (paths relative to the list's folder) or one image."""
+    src = Path(src)
+    if src.is_dir():
+        return sorted(str(p) for p in src.rglob('*') if p.suffix.lower() in IMG_FORMATS)
+    if src.is_file() and src.suffix == '.txt':
+        lines = [ln.strip() for ln in src.read_text().splitlines() if ln.strip()]
+        return sorted(str(p if Path(p).is_absolute() else (src.parent / p).resolve()) for p in lines
+                      if Path(p).suffix.lower() in IMG_FORMATS)
+    if src.is_file() and src.suffix.lower() in IMG_FORMATS:
+        return [str(src)]
+    if not src.exists():
+        raise FileNotFoundError(f'{src}: image source not found')
+    raise ValueError(f'{src}: not an image folder, image list (.txt) or image')
+
+
+def read_yolo_label(label_file, nc):
+    """(cls int (n,), xyxy normalised (n, 4)) from a YOLO txt; raises ValueError naming the bad row."""
+    rows = [ln.split() for ln in Path(label_file).read_text().splitlines() if ln.strip()]
+    for k, row in enumerate(rows):
+        if len(row) != 5:
+            raise ValueError(f'row {k + 1}: expected 5 columns (class cx cy w h), got {len(row)}')
+    try:
+        arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        raise ValueError('non-numeric value in a label row') from None
+    if not np.isfinite(arr).all():
+        raise ValueError('non-finite value in a label row')
+    if len(arr) and (arr[:, 0] != np.round(arr[:, 0])).any():
+        raise ValueError('class id is not an integer')
+    xywh = arr[:, 1:]
+    xyxy = np.concatenate((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+    return arr[:, 0].astype(np.int64), xyxy
+
+
+def scan_yolo(src, nc, image_id_from_stem=True):
+    """Records and report for one YOLO source (folder, list or image)."""
+    report, records = ScanReport(), []
+    for im_file in list_images(src):
+        report.images += 1
+        try:
+            shape = verify_image(im_file)
+        except ValueError as e:
+            report.corrupt += 1
+            report.note(im_file, str(e))
+            continue
+        stem = Path(im_file).stem
+        rec = Record(im_file, shape, image_id=int(stem) if image_id_from_stem and stem.isdigit() else None)
+        label_file = img2label_path(im_file)
+        if not label_file.is_file():
+            report.missing += 1
+            report.note(label_file, 'label file missing (image kept as background)')
+            records.append(rec)
+            continue
+        report.found += 1
+        try:
+            cls, xyxy = read_yolo_label(label_file, nc)
+            n = len(cls)
+            _finish(rec, cls, xyxy, np.zeros(n, bool), np.zeros(n, bool), nc, report, label_file)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            report.corrupt += 1
+            report.note(label_file, f'{e} (image skipped)')
+            continue
+        report.empty += not len(rec.cls)
+        records.append(rec)
+    return records, report
+
+
+def yolo_inputs(src):
+    files = list_images(src)
+    return files + [str(img2label_path(f)) for f in files] + [str(src)]
+
+
+# ---------------------------------------------------------------- PASCAL VOC XML
+def voc_ids(src):
+    """Image ids listed in a VOC ``ImageSets/Main/<split>.txt`` and the year folder they live in."""
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f'{src}: VOC image-set list not found')
+    year_dir = src.parents[2]
+    ids = [ln.split()[0] for ln in src.read_text().splitlines() if ln.strip()]
+    return ids, year_dir
+
+
+def read_voc_xml(xml_file, names, shape):
+    """(cls, xyxy normalised, difficult) from one VOC XML for an image of ``shape`` (h, w)."""
+    try:
+        root = ET.parse(xml_file).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f'malformed XML ({e})') from None
+    h, w = shape
+    cls, boxes, difficult = [], [], []
+    for obj in root.iter('object'):
+        name = (obj.findtext('name') or '').strip()
+        if name not in names:
+            raise ValueError(f"unknown class '{name}'")
+        bb = obj.find('bndbox')
+        try:
+            x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ('xmin', 'ymin', 'xmax', 'ymax'))
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"object '{name}': missing or non-numeric bndbox") from None
+        cls.append(names.index(name))
+        boxes.append(((x1 - 1) / w, (y1 - 1) / h, x2 / w, y2 / h))  # 1-based inclusive pixels -> edges
+        difficult.append((obj.findtext('difficult') or '0').strip() == '1')
+    return np.array(cls, np.int64), np.array(boxes, np.float64).reshape(-1, 4), np.array(difficult, bool)
+
+
+def scan_voc(src, names):
+    report, records = ScanReport(), []
+    ids, year_dir = voc_ids(src)
+    for i in ids:
+        im_file, xml_file = year_dir / 'JPEGImages' / f'{i}.jpg', year_dir / 'Annotations' / f'{i}.xml'
+        report.images += 1
+        try:
+            shape = verify_image(im_file)
+        except (ValueError, FileNotFoundError) as e:
+            report.corrupt += 1
+            report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
+            continue
+        rec = Record(str(im_file), shape)
+        if not xml_file.is_file():
+            report.missing += 1
+            report.note(xml_file, 'annotation XML missing (image kept as background)')
+            records.append(rec)
+            continue
+        report.found += 1
+        try:
+            cls, xyxy, difficult = read_voc_xml(xml_file, names, shape)
+            _finish(rec, cls, xyxy, difficult, np.zeros(len(cls), bool), len(names), report, xml_file)
+        except (ValueError, OSError) as e:
+            report.corrupt += 1
+            report.note(xml_file, f'{e} (image skipped)')
+            continue
+        report.empty += not len(rec.cls)
+        records.append(rec)
+    return records, report
+
+
+def voc_inputs(src):
+    ids, year_dir = voc_ids(src)
+    return [str(src)] + [str(year_dir / d / f'{i}{s}') for i in ids
+                         for d, s in (('JPEGImages', '.jpg'), ('Annotations', '.xml'))]
+
+
+# ---------------------------------------------------------------- COCO instances JSON
+def load_coco_json(json_file):
+    try:
+        with open(json_file) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'{json_file}: COCO annotation file not found') from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f'{json_file}: not valid JSON ({e})') from None
+    if not isinstance(d, dict) or not {'images', 'annotations', 'categories'} <= d.keys():
+        raise ValueError(f"{json_file}: not a COCO instances file (needs 'images', 'annotations', 'categories')")
+    return d
+
+
+def coco_category_map(categories):
+    """COCO category id -> contiguous class index, in id order (COCO's 91 ids -> 80 classes)."""
+    return {c['id']: i for i, c in enumerate(sorted(categories, key=lambda c: c['id']))}
+
+
+def scan_coco(src, json_file, nc):
+    report, records = ScanReport(), []
+    d = load_coco_json(json_file)
+    cat_map = coco_category_map(d['categories'])
+    anns = {}
+    for a in d['annotations']:
+        anns.setdefault(a['image_id'], []).append(a)
+    for img in sorted(d['images'], key=lambda x: x['file_name']):
+        im_file = Path(src) / img['file_name']
+        report.images += 1
+        try:
+            shape = verify_image(im_file)
+        except (ValueError, FileNotFoundError) as e:
+            report.corrupt += 1
+            report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
+            continue
+        rec = Record(str(im_file), shape, image_id=img['id'])
+        items = anns.get(img['id'], [])
+        report.found += bool(items)
+        try:
+            _finish(rec, *_coco_rows(items, cat_map, shape, report, json_file), nc, report, json_file, dedupe=False)
+        except ValueError as e:
+            report.corrupt += 1
+            report.note(json_file, f"image id {img['id']}: {e} (image skipped)")
+            continue
+        report.empty += not len(rec.cls)
+        records.append(rec)
+    return records, report
+
+
+def _coco_rows(items, cat_map, shape, report, json_file):
+    h, w = shape
+    cls, boxes, crowd = [], [], []
+    for a in items:
+        if a.get('category_id') not in cat_map:
+            report.dropped += 1
+            report.note(json_file, f"annotation {a.get('id')}: unknown category_id {a.get('category_id')}")
+            continue
+        x, y, bw, bh = a['bbox']
+        cls.append(cat_map[a['category_id']])
+        boxes.append((x / w, y / h, (x + bw) / w, (y + bh) / h))
+        crowd.append(bool(a.get('iscrowd', 0)))
+    n = len(cls)
+    return (np.array(cls, np.int64), np.array(boxes, np.float64).reshape(-1, 4), np.zeros(n, bool),
+            np.array(crowd, bool))
+
+
+def coco_inputs(src, json_file):
+    return [str(src), str(json_file)] + list_images(src)
+
+
+# ---------------------------------------------------------------- cache
+def files_hash(paths, extra=''):
+    """Hash of paths with their sizes and mtimes (absent files hash as absent)."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f'{p}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+        except OSError:
+            h.update(f'{p}|-\n'.encode())
+    return h.hexdigest()
+
+
+def load_cache(cache_file, key):
+    """Cached (records, report) when the file is readable and its key matches, else None."""
+    try:
+        d = json.loads(Path(cache_file).read_text())
+        if d.get('version') != CACHE_VERSION or d.get('hash') != key:
+            return None
+        report = ScanReport(**{k: v for k, v in d['report'].items() if k != 'messages'})
+        report.messages = [tuple(m) for m in d['report']['messages']]
+        return [Record.from_json(r) for r in d['records']], report
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_cache(cache_file, key, records, report):
+    """Write the cache atomically; silently skipped where the folder is read-only (e.g. shared data)."""
+    cache_file = Path(cache_file)
+    folder = cache_file.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or not folder.stat().st_mode & stat.S_IWUSR:
+        return False
+    payload = {'version': CACHE_VERSION, 'hash': key, 'records': [r.to_json() for r in records],
+               'report': {**{k: getattr(report, k) for k in ('images', 'found', 'missing', 'empty', 'corrupt',
+                                                                 'dropped')}, 'messages': report.messages}}
+    tmp = cache_file.with_name(f'.{cache_file.name}.{os.getpid()}.tmp')
+    try:
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, cache_file)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+
+
+def cache_path(src, fmt, json_file=None):
+    """Where a source's cache lives: beside its labels (YOLO), its image-set list (VOC) or its JSON (COCO)."""
+    src = Path(src)
+    if fmt == 'coco':
+        return Path(json_file).with_name(f'{Path(json_file).stem}.{src.name}.cache')
+    if fmt == 'yolo' and src.is_dir():
+        labels = img2label_path(src / 'x.jpg').parent
+        return labels.with_suffix('.cache') if labels.is_dir() else src.with_suffix('.cache')
+    return src.with_suffix('.cache')
+
+
+def scan_source(src, fmt, nc, names, json_file=None, use_cache=True):
+    """(records, report, from_cache) for one source, using and refreshing its cache."""
+    if fmt == 'yolo':
+        inputs, scan = yolo_inputs(src), lambda: scan_yolo(src, nc)
+    elif fmt == 'voc':
+        inputs, scan = voc_inputs(src), lambda: scan_voc(src, list(names))
+    else:
+        if json_file is None:
+            raise FileNotFoundError(f'{src}: COCO-format source has no instances JSON (set annotations: in the YAML)')
+        inputs, scan = coco_inputs(src, json_file), lambda: scan_coco(src, json_file, nc)
+    key = files_hash(inputs, extra=f'{fmt}|{nc}|{list(names) if names else None}')
+    cfile = cache_path(src, fmt, json_file)
+    if use_cache and (hit := load_cache(cfile, key)) is not None:
+        return hit[0], hit[1], True
+    records, report = scan()
+    if use_cache:
+        save_cache(cfile, key, records, report)
+    return records, report, False
