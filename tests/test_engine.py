@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from models.yolo import Model
+from utils.engine import build_optimizer, lr_factor, rebuild_optimizer, set_lr, warmup_accumulate
+from utils.freeze import freeze, unfreeze
+
+HYP = {'lr0': 0.01, 'lrf': 0.01, 'momentum': 0.937, 'warmup_momentum': 0.8, 'warmup_bias_lr': 0.1}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return Model('v6/yolov5n.yaml', nc=2)
+
+
+def test_lr_schedules():
+    assert lr_factor(0, 10, 0.01) == 1.0 and math.isclose(lr_factor(10, 10, 0.01), 0.01)
+    assert math.isclose(lr_factor(5, 10, 0.01), 0.505)
+    assert math.isclose(lr_factor(5, 10, 0.01, cos=True), 0.505) and math.isclose(lr_factor(10, 10, 0.1, True), 0.1)
+    assert lr_factor(2, 10, 0.01, cos=True) > lr_factor(2, 10, 0.01)  # cosine decays slower early
+
+
+def test_optimizer_groups_and_warmup(model):
+    freeze(model, 10)
+    opt = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
+    names = [g['name'] for g in opt.param_groups]
+    assert names == ['decay', 'bn', 'bias'] and opt.defaults['nesterov']
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g['params']) for g in opt.param_groups) == n_trainable
+    set_lr(opt, 0, 0, 10, HYP, warmup_iters=100)
+    lrs = {g['name']: g['lr'] for g in opt.param_groups}
+    assert lrs == {'decay': 0.0, 'bn': 0.0, 'bias': 0.1} and opt.param_groups[0]['momentum'] == 0.8
+    set_lr(opt, 50, 0, 10, HYP, warmup_iters=100)
+    assert math.isclose(opt.param_groups[2]['lr'], 0.055) and math.isclose(opt.param_groups[0]['lr'], 0.005)
+    set_lr(opt, 150, 3, 10, HYP, warmup_iters=100)
+    assert all(math.isclose(g['lr'], 0.01 * lr_factor(3, 10, 0.01)) for g in opt.param_groups)
+    with pytest.raises(ValueError, match='--optimizer Lion'):
+        build_optimizer(model, 'Lion')
+
+
+def test_warmup_accumulation():
+    assert warmup_accumulate(0, 100, 16) == 1
+    assert warmup_accumulate(100, 100, 16) == 4 and warmup_accumulate(1000, 100, 64) == 1
+
+
+def test_rebuild_after_unfreeze_keeps_state_and_ramps_new(model):
+    freeze(model, 10)
+    opt = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
+    model.train()
+    model(torch.rand(1, 3, 64, 64))[0].sum().backward()
+    opt.step()
+    some_trainable = next(p for p in model.parameters() if p.requires_grad)
+    state_before = opt.state[some_trainable]['momentum_buffer'].clone()
+    unfreeze(model)
+    new = rebuild_optimizer(opt, model, 'SGD', 0.01, 0.937, 5e-4, start_iter=100, ramp_iters=10)
+    assert sum(len(g['params']) for g in new.param_groups) == sum(1 for _ in model.parameters())
+    assert torch.equal(new.state[some_trainable]['momentum_buffer'], state_before)
+    ramped = [g for g in new.param_groups if 'ramp' in g]
+    assert ramped and all(id(p) != id(some_trainable) for g in ramped for p in g['params'])
+    set_lr(new, 105, 5, 10, HYP, warmup_iters=10)
+    plain = [g for g in new.param_groups if 'ramp' not in g]
+    assert all(math.isclose(g['lr'], plain[0]['lr'] * 0.5) for g in ramped)

@@ -1,0 +1,43 @@
+"""Exponential moving average of model weights (used for validation and saving), as YOLOv5's ModelEMA.
+
+Frozen tensors are never touched, so the EMA copy of a frozen layer stays bit-identical to the model's.
+"""
+import math
+from copy import deepcopy
+
+import torch
+
+
+class ModelEMA:
+    """Keeps ``ema`` = decay * ema + (1 - decay) * model, with the decay ramped up over the first updates."""
+
+    def __init__(self, model, decay=0.9999, tau=2000, updates=0):
+        self.ema = deepcopy(getattr(model, 'module', model)).eval()
+        self.ema.requires_grad_(False)
+        self.updates = updates
+        self.decay, self.tau = decay, tau
+        self.skip = set()  # names of frozen tensors (set_frozen)
+
+    def set_frozen(self, names):
+        """Tensors never averaged (the frozen parameters and BatchNorm buffers)."""
+        self.skip = set(names)
+
+    def current_decay(self):
+        return self.decay * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model):
+        self.updates += 1
+        d = self.current_decay()
+        src = getattr(model, 'module', model).state_dict()
+        ema_t, model_t = [], []
+        for k, v in self.ema.state_dict().items():
+            if k in self.skip:
+                continue
+            if v.dtype.is_floating_point:
+                ema_t.append(v)
+                model_t.append(src[k].detach().to(v.dtype))
+            else:
+                v.copy_(src[k])  # integer buffers (num_batches_tracked) follow the model
+        if ema_t:
+            torch._foreach_lerp_(ema_t, model_t, 1.0 - d)

@@ -1,0 +1,148 @@
+"""Training machinery: optimizer, LR schedule, warm-up, one epoch of training, seeding.
+
+``train.py`` orchestrates; these functions hold the logic and are tested on their own.
+"""
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.freeze import optimizer_param_groups
+
+NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch. Called at every epoch with seed + epoch, so a resumed run replays it."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def accumulate_steps(batch_size):
+    return max(round(NOMINAL_BATCH / batch_size), 1)
+
+
+def build_optimizer(model, name='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4):
+    """YOLOv5's optimizer over trainable parameters only: conv/linear weights with decay, BN weights and
+    biases without. Each group remembers its kind in ``group['name']`` (decay / bn / bias)."""
+    groups = [g for g in optimizer_param_groups(model, weight_decay) if g['params']]
+    if name == 'SGD':
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    elif name == 'Adam':
+        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
+    elif name == 'AdamW':
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    else:
+        raise ValueError(f"--optimizer {name}: expected SGD, Adam or AdamW")
+    for g in opt.param_groups:
+        g['initial_lr'] = lr
+    return opt
+
+
+def rebuild_optimizer(old, model, name, lr, momentum, weight_decay, start_iter, ramp_iters):
+    """A new optimizer after unfreezing: existing parameters keep their state; newly trainable ones are put in
+    groups whose LR ramps from 0 over ``ramp_iters`` iterations starting at ``start_iter``."""
+    known = {id(p) for g in old.param_groups for p in g['params']}
+    new = build_optimizer(model, name, lr, momentum, weight_decay)
+    groups = []
+    for g in new.param_groups:
+        old_p = [p for p in g['params'] if id(p) in known]
+        new_p = [p for p in g['params'] if id(p) not in known]
+        base = {k: v for k, v in g.items() if k != 'params'}
+        groups.append({**base, 'params': old_p})
+        if new_p:
+            groups.append({**base, 'params': new_p, 'ramp': (start_iter, ramp_iters)})
+    opt = type(new)([g for g in groups if g['params']], **new.defaults)
+    for g in opt.param_groups:
+        for p in g['params']:
+            if p in old.state:
+                opt.state[p] = old.state[p]
+    return opt
+
+
+def lr_factor(epoch, epochs, lrf, cos=False):
+    """LR multiplier at ``epoch``: linear or cosine from 1 to ``lrf`` over the run."""
+    if cos:
+        return ((1 - math.cos(epoch * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return (1 - epoch / epochs) * (1.0 - lrf) + lrf
+
+
+def set_lr(optimizer, ni, epoch, epochs, hyp, warmup_iters, cos=False):
+    """Per-iteration LR and momentum: warm-up (bias LR from ``warmup_bias_lr`` down, others from 0 up, momentum
+    from ``warmup_momentum``) during the first ``warmup_iters`` iterations, then the epoch schedule."""
+    f = lr_factor(epoch, epochs, hyp['lrf'], cos)
+    for g in optimizer.param_groups:
+        target = g['initial_lr'] * f
+        if ni < warmup_iters:
+            start = hyp['warmup_bias_lr'] if g.get('name') == 'bias' else 0.0
+            g['lr'] = float(np.interp(ni, [0, warmup_iters], [start, target]))
+            if 'momentum' in g:
+                g['momentum'] = float(np.interp(ni, [0, warmup_iters], [hyp['warmup_momentum'], hyp['momentum']]))
+        else:
+            g['lr'] = target
+        if 'ramp' in g:  # newly unfrozen parameters warm up on their own
+            start_iter, length = g['ramp']
+            g['lr'] *= min(1.0, max(0.0, (ni - start_iter) / max(length, 1)))
+
+
+def warmup_accumulate(ni, warmup_iters, batch_size):
+    """Accumulation steps: 1 at the start of warm-up, growing to the nominal batch by its end."""
+    if ni >= warmup_iters:
+        return accumulate_steps(batch_size)
+    return max(1, round(float(np.interp(ni, [0, warmup_iters], [1, NOMINAL_BATCH / batch_size]))))
+
+
+class StepState:
+    """Counters that survive across epochs: global iteration and last optimizer step."""
+
+    def __init__(self, ni=0, last_step=-1):
+        self.ni, self.last_step = ni, last_step
+
+
+def optimizer_step(model, optimizer, scaler, ema):
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g['params']], max_norm=10.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(model)
+
+
+def train_one_epoch(model, loader, optimizer, scaler, ema, compute_loss, device, epoch, cfg, state, show=True):
+    """One pass over ``loader``. ``cfg`` holds epochs, hyp, warmup_iters, batch_size, cos_lr, amp, world_size,
+    imgsz. Returns the mean (box, obj, cls) losses and images/s."""
+    model.train()
+    nb = len(loader)
+    mloss = torch.zeros(3, device=device)
+    pbar = tqdm(enumerate(loader), total=nb, disable=not show, bar_format='{l_bar}{bar:10}{r_bar}')
+    t0, n_img = time.time(), 0
+    for i, (imgs, targets, _, _) in pbar:
+        ni = state.ni
+        set_lr(optimizer, ni, epoch, cfg['epochs'], cfg['hyp'], cfg['warmup_iters'], cfg['cos_lr'])
+        imgs = imgs.to(device, non_blocking=True).float() / 255
+        targets = targets.to(device)
+        with torch.autocast(device_type=device.type, enabled=cfg['amp']):
+            loss, items = compute_loss(model(imgs), targets)
+            loss = loss * cfg['world_size']  # DDP averages gradients over processes
+        scaler.scale(loss).backward()
+        if ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size']):
+            optimizer_step(model, optimizer, scaler, ema)
+            state.last_step = ni
+        state.ni += 1
+        n_img += imgs.shape[0]
+        mloss = (mloss * i + items) / (i + 1)
+        if i == 0 and cfg.get('on_first_batch'):
+            cfg['on_first_batch'](imgs, targets)
+        if show:
+            mem = f'{torch.cuda.memory_reserved(device) / 1e9:.2f}G' if device.type == 'cuda' else 'cpu'
+            pbar.set_description(f"{epoch + 1}/{cfg['epochs']} {mem} box {mloss[0]:.4f} obj {mloss[1]:.4f} "
+                                 f"cls {mloss[2]:.4f} inst {targets.shape[0]} {imgs.shape[-1]}px")
+    if state.last_step != state.ni - 1:  # flush a partial accumulation: each epoch is self-contained (resume)
+        optimizer_step(model, optimizer, scaler, ema)
+        state.last_step = state.ni - 1
+    return mloss.cpu().tolist(), n_img / max(time.time() - t0, 1e-9)

@@ -1,0 +1,121 @@
+"""YOLOv5 loss: target-to-anchor assignment, CIoU box loss, objectness and class BCE.
+
+    compute_loss = ComputeLoss(model, hyp)
+    loss, items = compute_loss(model(imgs), targets)   # loss is scaled by batch size; items = (box, obj, cls)
+
+``targets`` is (N, 6) [image index, class, cx, cy, w, h] normalised to the input image.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}  # objectness weight per level, P3 (small objects) weighs most
+NEIGHBOUR_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
+
+
+def scale_loss_gains(hyp, nl, nc, imgsz):
+    """YOLOv5's gains adjusted to the number of levels, classes and image size (returns a new dict)."""
+    hyp = dict(hyp)
+    hyp['box'] *= 3 / nl
+    hyp['cls'] *= nc / 80 * 3 / nl
+    hyp['obj'] *= (imgsz / 640) ** 2 * 3 / nl
+    return hyp
+
+
+def bbox_ciou(box1, box2, eps=1e-7):
+    """Complete IoU (arXiv:1911.08287) of matching rows of two (n, 4) xywh box tensors."""
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
+    b1x1, b1x2, b1y1, b1y2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
+    b2x1, b2x2, b2y1, b2y2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
+    inter = (torch.min(b1x2, b2x2) - torch.max(b1x1, b2x1)).clamp(0) * \
+            (torch.min(b1y2, b2y2) - torch.max(b1y1, b2y1)).clamp(0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = torch.max(b1x2, b2x2) - torch.min(b1x1, b2x1)  # enclosing box
+    ch = torch.max(b1y2, b2y2) - torch.min(b1y1, b2y1)
+    c2 = cw ** 2 + ch ** 2 + eps  # enclosing diagonal squared
+    rho2 = (x2 - x1) ** 2 + (y2 - y1) ** 2  # centre distance squared
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+class ComputeLoss:
+    """YOLOv5 loss for a ``Model`` (or its DDP wrapper) and a hyp dict (box, obj, cls, *_pw, anchor_t)."""
+
+    def __init__(self, model, hyp, label_smoothing=0.0):
+        model = getattr(model, 'module', model)
+        det = model.model[-1]
+        device = det.anchors.device
+        self.hyp = hyp
+        self.bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp.get('cls_pw', 1.0)], device=device))
+        self.bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp.get('obj_pw', 1.0)], device=device))
+        self.cls_pos, self.cls_neg = 1.0 - 0.5 * label_smoothing, 0.5 * label_smoothing
+        self.balance = LEVEL_BALANCE.get(det.nl, [4.0, 1.0, 0.25, 0.06, 0.02])
+        self.gr = 1.0  # objectness target = gr * IoU + (1 - gr)
+        self.na, self.nc, self.nl = det.na, det.nc, det.nl
+        self.anchors = det.anchors  # grid units, (nl, na, 2)
+
+    def __call__(self, preds, targets):
+        device = targets.device
+        lcls, lbox, lobj = (torch.zeros(1, device=device) for _ in range(3))
+        tcls, tbox, indices, anchors = self.build_targets(preds, targets)
+        for i, p in enumerate(preds):
+            b, a, gj, gi = indices[i]
+            tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=device)
+            if b.shape[0]:
+                pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
+                pxy = pxy.sigmoid() * 2 - 0.5
+                pwh = (pwh.sigmoid() * 2) ** 2 * anchors[i]
+                iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox[i])
+                lbox += (1.0 - iou).mean()
+                tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * iou.detach().clamp(0).to(tobj.dtype)
+                if self.nc > 1:  # a single class needs no class loss
+                    t = torch.full_like(pcls, self.cls_neg)
+                    t[range(b.shape[0]), tcls[i]] = self.cls_pos
+                    lcls += self.bce_cls(pcls, t)
+            lobj += self.bce_obj(p[..., 4], tobj) * self.balance[i]
+        lbox *= self.hyp['box']
+        lobj *= self.hyp['obj']
+        lcls *= self.hyp['cls']
+        bs = preds[0].shape[0]
+        return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
+
+    def build_targets(self, preds, targets):
+        """Assign each target to every anchor whose wh ratio is within ``anchor_t`` and to its cell plus the two
+        nearest neighbouring cells. Returns per level: classes, boxes (xy offset in cell, wh in grid units),
+        indices (image, anchor, grid y, grid x) and the matched anchors."""
+        nt, g = targets.shape[0], 0.5
+        device = targets.device
+        anchor_idx = torch.arange(self.na, device=device).float().view(self.na, 1).repeat(1, nt)
+        t_all = torch.cat((targets.repeat(self.na, 1, 1), anchor_idx[..., None]), 2)  # (na, nt, 7)
+        offsets_table = NEIGHBOUR_OFFSETS.to(device) * g
+        tcls, tbox, indices, anch = [], [], [], []
+        for i in range(self.nl):
+            anchors, (_, _, ny, nx, _) = self.anchors[i], preds[i].shape
+            gain = torch.tensor([1, 1, nx, ny, nx, ny, 1], device=device, dtype=torch.float32)
+            t = t_all * gain  # to grid units
+            offsets = torch.zeros((0, 2), device=device)
+            if nt:
+                r = t[..., 4:6] / anchors[:, None]  # wh ratio to each anchor
+                t = t[torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']]
+                gxy = t[:, 2:4]
+                gxy_inv = gain[[2, 3]] - gxy
+                left, top = ((gxy % 1 < g) & (gxy > 1)).T
+                right, bottom = ((gxy_inv % 1 < g) & (gxy_inv > 1)).T
+                keep = torch.stack((torch.ones_like(left), left, top, right, bottom))  # (5, n)
+                t = t.repeat((5, 1, 1))[keep]
+                offsets = (torch.zeros_like(gxy)[None] + offsets_table[:, None])[keep]
+            else:
+                t = t_all[0, :0]
+            bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
+            a, (b, c) = a.long().view(-1), bc.long().T
+            gij = (gxy - offsets).long()
+            gi, gj = gij[:, 0].clamp_(0, nx - 1), gij[:, 1].clamp_(0, ny - 1)
+            indices.append((b, a, gj, gi))
+            tbox.append(torch.cat((gxy - gij, gwh), 1))
+            anch.append(anchors[a])
+            tcls.append(c)
+        return tcls, tbox, indices, anch
