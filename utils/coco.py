@@ -123,3 +123,13 @@ def _read_json(path):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f'{path}: not valid JSON ({e})') from None
+
+
+def add_crowd_regions(gt, official):
+    """``gt`` plus the crowd boxes of ``official`` (a GroundTruth from the instances JSON), for labels that
+    lost them (YOLO txt files carry no iscrowd): pycocotools ignores detections there, so must we."""
+    if official is None or not official.crowd.any() or gt.crowd.any():
+        return gt
+    k = official.crowd
+    return GroundTruth(np.r_[gt.boxes, official.boxes[k]], np.r_[gt.cls, official.cls[k]],
+                       crowd=np.r_[gt.crowd, k[k]], difficult=np.r_[gt.difficult, np.zeros(int(k.sum()), bool)])

@@ -153,7 +153,8 @@ def ap_per_class(tp, conf, pred_cls, target_cls, ignored=None, method='coco', ep
     tp, ignored: (n, T) bool per detection and IoU threshold (ignored detections count neither way);
     conf, pred_cls: (n,); target_cls: classes of the counted (non-ignored) ground-truth boxes.
     """
-    tp = np.asarray(tp, bool).reshape(len(conf), -1)
+    tp = np.asarray(tp, bool)
+    tp = tp[:, None] if tp.ndim == 1 else tp
     ignored = np.zeros_like(tp) if ignored is None else np.asarray(ignored, bool).reshape(tp.shape)
     order = np.argsort(-np.asarray(conf), kind='stable')  # stable: ties keep input order, as COCOeval
     tp, ignored, conf, pred_cls = tp[order], ignored[order], np.asarray(conf)[order], np.asarray(pred_cls)[order]
@@ -255,6 +256,7 @@ class Summary:
     map: float
     maps: np.ndarray  # (nc,) mAP50-95 per class; classes without ground truth get the overall mAP
     n_targets: np.ndarray  # (nc,) counted ground-truth boxes per class
+    n_images: np.ndarray  # (nc,) images holding at least one counted box of the class
     per_class: APResult
 
 
@@ -302,7 +304,9 @@ class DetectionEvaluator:
         maps = np.full(self.nc, map_)
         maps[res.classes] = res.ap_mean
         n_targets = np.bincount(self._stack('target_cls').astype(int), minlength=self.nc)
-        return Summary(mp, mr, map50, map_, maps, n_targets, res)
+        n_images = sum((np.bincount(np.unique(p['target_cls']).astype(int), minlength=self.nc) for p in self.images),
+                       np.zeros(self.nc, int))
+        return Summary(mp, mr, map50, map_, maps, n_targets, n_images, res)
 
     def coco_map(self):
         """(mAP50, mAP50-95) under COCOeval's rules: 101 recall thresholds, 100 detections per image/class."""
