@@ -23,12 +23,14 @@ import val as validate
 from models.yolo import Model
 from utils.autoanchor import check_anchors
 from utils.checkpoint import FORMAT, load_checkpoint, read_weights, save_checkpoint, transfer_weights, format_transfer_report
+from utils.download import resolve_weights
 from utils.datasets import check_dataset, create_dataloader, reseed_loader
 from utils.ema import ModelEMA
 from utils.engine import StepState, build_optimizer, rebuild_optimizer, seed_everything, train_one_epoch, accumulate_steps
 from utils.freeze import freeze, freeze_report, frozen_names, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
+from utils.plots import plot_images, plot_labels, plot_results
 from utils.runs import increment_path, select_device
 
 ROOT = Path(__file__).resolve().parent
@@ -103,7 +105,7 @@ def load_hyp(path):
 def build_model(run, data):
     """Model from --cfg / the checkpoint's YAML, with pretrained weights transferred where shapes match."""
     opt = run.opt
-    weights = read_weights(opt.weights) if opt.weights else None
+    weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
     cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5n.yaml')
     model = Model(cfg, nc=data['nc']).to(run.device)
     if weights:
@@ -200,6 +202,8 @@ def setup(run, ckpt=None):
         run.val_loader, _ = create_dataloader(
             run.data['val'], run.imgsz, per_process_batch * 2, gs, hyp=run.hyp, augment=False, rect=True,
             cache=opt.cache, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=run.data, prefix='val: ')
+    if run.main and not opt.noplots and not ckpt:
+        plot_labels(run.dataset.labels, run.data['names'], run.save_dir)
     if not ckpt and not opt.noautoanchor and run.main:
         check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
     hyp = scale_loss_gains(run.hyp, model.model[-1].nl, run.data['nc'], run.imgsz)
@@ -260,6 +264,8 @@ def end_epoch(run, epoch, losses, final):
     fit = float(fitness(results))
     lrs = [g['lr'] for g in run.optimizer.param_groups][:3]
     write_results_row(run.save_dir / 'results.csv', [epoch, *losses, *results[:4], *results[4:7], *lrs])
+    if not run.opt.noplots:
+        plot_results(run.save_dir / 'results.csv')
     improved = fit >= run.best_fitness
     if improved:
         run.best_fitness, run.best_epoch = fit, epoch
@@ -348,7 +354,6 @@ def final_validation(run):
 
 
 def plot_batch(run, imgs, targets):
-    from utils.plots import plot_images
     plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=run.data['names'])
 
 
