@@ -35,7 +35,7 @@ def test_annotate_draws_on_a_copy_in_the_class_colour():
     assert tuple(out[70, 40]) == class_colour(3)  # left edge of the box
     assert tuple(out[70, 80]) == (255, 255, 255)  # inside stays clear
     tab = out[32:48, 40:100].reshape(-1, 3)  # label tab above the box, white text on the blue class colour
-    assert (tab == class_colour(3)).all(1).mean() > 0.6 and (tab == 255).all(1).any()
+    assert (tab == class_colour(3)).all(1).mean() > 0.4 and (tab == 255).all(1).any()
     plain = annotate(im, det, ['a', 'b', 'c', 'bus'], line_width=2, hide_labels=True)
     assert (plain[32:48, 40:100] == 255).all()  # no tab without labels
     assert default_line_width((1080, 810)) == 3 and default_line_width((60, 60)) == 2
