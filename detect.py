@@ -39,15 +39,13 @@ def check_imgsz(imgsz, stride):
     return tuple(fixed)
 
 
-def check_options(conf_thres, iou_thres, max_det, line_thickness, classes, nc):
+def check_options(conf_thres, iou_thres, max_det, classes, nc):
     """Reject out-of-range values before any work is done."""
     for flag, value in (('--conf-thres', conf_thres), ('--iou-thres', iou_thres)):
         if not 0 <= value <= 1:
             raise ValueError(f'{flag} {value}: must be between 0 and 1')
     if max_det < 1:
         raise ValueError(f'--max-det {max_det}: must be at least 1')
-    if line_thickness is not None and line_thickness < 0:
-        raise ValueError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
     bad = [c for c in (classes or []) if not 0 <= int(c) < nc]
     if bad:
         raise ValueError(f'--classes {" ".join(map(str, bad))}: the model has {nc} classes (ids 0-{nc - 1})')
@@ -168,12 +166,6 @@ def progress_prefix(frame):
     return f'webcam {frame.path} (frame {frame.frame})'
 
 
-def warm_up(model, imgsz, device, half):
-    """One forward pass on zeros, so one-off start-up costs do not land in the first image's time."""
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, *imgsz, device=device, dtype=torch.half if half else torch.float))
-
-
 class Stopwatch:
     """Accumulates milliseconds per stage; synchronises CUDA so GPU work is counted where it happens."""
 
@@ -193,6 +185,39 @@ class Stopwatch:
         return out, ms
 
 
+class Detector:
+    """A loaded model plus its settings: BGR image in, (n, 6) detections in that image's pixels out."""
+
+    def __init__(self, weights, device, half, imgsz, conf_thres, iou_thres, classes, agnostic, max_det):
+        with torch.no_grad():  # fusing copies BN-scaled weights; without this they would carry autograd history
+            model = load_model(weights, device, fuse=True)
+        self.model = model.half() if half else model
+        self.names, self.stride = class_names(model), int(model.stride.max())
+        check_options(conf_thres, iou_thres, max_det, classes, len(self.names))
+        self.imgsz = check_imgsz(imgsz, self.stride)
+        self.device, self.half = device, half
+        self.nms_args = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic,
+                             max_det=max_det)
+        self.clock = Stopwatch(device)
+        self.forward(torch.zeros(1, 3, *self.imgsz, device=device))  # warm-up: start-up costs not timed
+
+    def forward(self, x):
+        with torch.inference_mode():
+            return self.model(x.half() if self.half else x)[0]
+
+    def nms(self, pred):
+        return non_max_suppression(pred, **self.nms_args)[0]
+
+    def __call__(self, im0):
+        """Returns (det as a CPU float tensor in ``im0`` pixels, network input shape (h, w), inference ms)."""
+        x, _ = self.clock('pre-process', preprocess, im0, self.imgsz, self.stride, self.device, self.half)
+        pred, ms = self.clock('inference', self.forward, x)
+        det, _ = self.clock('NMS', self.nms, pred)
+        det = det.float().cpu()
+        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape)
+        return det, tuple(x.shape[2:]), ms
+
+
 def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=1000, device='', save_txt=False,
         save_conf=False, save_crop=False, nosave=False, classes=None, agnostic_nms=False, project='runs/detect',
         name='exp', exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False,
@@ -204,60 +229,44 @@ def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=100
     ``save_path`` (the annotated output, or None). Raises FileNotFoundError / ValueError with one-line messages.
     """
     log = print if verbose else (lambda *a, **k: None)
+    if line_thickness is not None and line_thickness < 0:
+        raise ValueError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
     device = select_device(device)
-    half = check_half(half, device)
-    with torch.no_grad():  # fusing copies BN-scaled weights; without this they would carry autograd history
-        model = load_model(weights, device, fuse=True)
-    model = model.half() if half else model
-    names, stride = class_names(model), int(model.stride.max())
-    check_options(conf_thres, iou_thres, max_det, line_thickness, classes, len(names))
-    imgsz = check_imgsz(imgsz, stride)
-    frames = open_source(source, vid_stride)
+    detector = Detector(weights, device, check_half(half, device), imgsz, conf_thres, iou_thres, classes,
+                        agnostic_nms, max_det)
+    frames = open_source(source, vid_stride)  # checked before any run folder is made
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = ResultWriter(save_dir, not nosave, save_txt, save_conf, save_crop, vid_stride)
-    clock, results, skipped = Stopwatch(device), [], 0
-    warm_up(model, imgsz, device, half)
-
-    def infer(x):
-        with torch.inference_mode():
-            return model(x)[0]
-
-    def nms(pred):
-        return non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)[0]
-
+    names, results, skipped = detector.names, [], 0
     try:
         for frame in frames:
             if frame.image is None:
                 skipped += 1
                 log(f'{frame.kind} {frame.index}/{frame.count} skipped: {frame.error}')
                 continue
-            x, _ = clock('pre-process', preprocess, frame.image, imgsz, stride, device, half)
-            pred, ms = clock('inference', infer, x)
-            det, _ = clock('NMS', nms, pred)
-            det = det.float().cpu()
-            det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], frame.image.shape)
+            det, (h, w), ms = detector(frame.image)
             shown = annotate(frame.image, det, names, line_thickness or None, hide_labels, hide_conf)
             save_path = writer.write(frame, shown, det, names)
-            log(f'{progress_prefix(frame)}: {x.shape[2]}x{x.shape[3]} {describe(det, names)}, {ms:.1f}ms')
+            log(f'{progress_prefix(frame)}: {h}x{w} {describe(det, names)}, {ms:.1f}ms')
             results.append({'path': frame.path, 'frame': frame.frame, 'shape': frame.image.shape[:2], 'det': det,
                             'names': names, 'save_path': save_path})
     finally:
         writer.close()
     if not results and skipped:
         raise ValueError(f'{source}: none of its {skipped} file(s) could be read')
-    report(log, clock, results, skipped, imgsz, save_dir, writer)
+    report(log, detector, len(results), skipped, writer)
     return results
 
 
-def report(log, clock, results, skipped, imgsz, save_dir, writer):
-    n = max(len(results), 1)
-    t = {k: v / n for k, v in clock.total.items()}
+def report(log, detector, n, skipped, writer):
+    """Average time per stage, skipped files, and where the results are."""
+    t = {k: v / max(n, 1) for k, v in detector.clock.total.items()}
     log(f"Speed: {t.get('pre-process', 0):.1f}ms pre-process, {t.get('inference', 0):.1f}ms inference, "
-        f"{t.get('NMS', 0):.1f}ms NMS per image at shape (1, 3, {imgsz[0]}, {imgsz[1]})")
+        f"{t.get('NMS', 0):.1f}ms NMS per image at shape (1, 3, {detector.imgsz[0]}, {detector.imgsz[1]})")
     if skipped:
         log(f'{skipped} unreadable file(s) skipped')
-    labels = f', {writer.labels_written} label file(s) in {save_dir / "labels"}' if writer.save_txt else ''
-    log(f'Results saved to {save_dir}{labels}')
+    labels = f', {writer.labels_written} label file(s) in {writer.save_dir / "labels"}' if writer.save_txt else ''
+    log(f'Results saved to {writer.save_dir}{labels}')
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
