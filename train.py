@@ -183,6 +183,7 @@ def setup(run, ckpt=None):
         (run.save_dir / 'hyp.yaml').write_text(yaml.safe_dump(run.hyp, sort_keys=False))
     if opt.single_cls:
         run.data = {**run.data, 'nc': 1, 'names': ['item']}
+    seed_everything(opt.seed)  # same initial weights (and autoanchor) for the same seed
     model = Model(ckpt['yaml']).to(run.device) if ckpt else build_model(run, run.data)
     if ckpt:
         model.load_state_dict(ckpt['model'])

@@ -22,7 +22,7 @@ FAST = dict(imgsz=64, batch_size=8, workers=0, noplots=True, exist_ok=False)
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('tiny')
-    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=96)
+    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
     yaml_file = root / 'tiny.yaml'
     yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
                          'names: [circle, square, triangle, star]\n')
