@@ -26,7 +26,8 @@ from utils.checkpoint import FORMAT, load_checkpoint, read_weights, save_checkpo
 from utils.download import resolve_weights
 from utils.datasets import check_dataset, create_dataloader, reseed_loader
 from utils.ema import ModelEMA
-from utils.engine import StepState, build_optimizer, rebuild_optimizer, seed_everything, train_one_epoch, accumulate_steps
+from utils.engine import (NOMINAL_BATCH, StepState, accumulate_steps, build_optimizer, rebuild_optimizer,
+                          seed_everything, train_one_epoch)
 from utils.freeze import freeze, freeze_report, frozen_names, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
@@ -209,7 +210,8 @@ def setup(run, ckpt=None):
         check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
     hyp = scale_loss_gains(run.hyp, model.model[-1].nl, run.data['nc'], run.imgsz)
     run.loss_hyp = {**hyp, 'label_smoothing': opt.label_smoothing}
-    wd = run.hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size) / 64
+    nbs = run.hyp.get('nbs', NOMINAL_BATCH)
+    wd = run.hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size, nbs) / nbs
     run.weight_decay = wd
     optimizer = build_optimizer(model, opt.optimizer, run.hyp['lr0'], run.hyp['momentum'], wd)
     ema = ModelEMA(model) if run.main else None

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from utils.freeze import optimizer_param_groups
 
-NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size
+NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size (hyp key 'nbs' overrides)
 
 
 def seed_everything(seed):
@@ -22,8 +22,9 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def accumulate_steps(batch_size):
-    return max(round(NOMINAL_BATCH / batch_size), 1)
+def accumulate_steps(batch_size, nbs=NOMINAL_BATCH):
+    """Batches whose gradients are summed before one optimizer step, to reach the nominal batch ``nbs``."""
+    return max(round(nbs / batch_size), 1)
 
 
 def build_optimizer(model, name='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4):
@@ -89,11 +90,11 @@ def set_lr(optimizer, ni, epoch, epochs, hyp, warmup_iters, cos=False):
             g['lr'] *= min(1.0, max(0.0, (ni - start_iter) / max(length, 1)))
 
 
-def warmup_accumulate(ni, warmup_iters, batch_size):
+def warmup_accumulate(ni, warmup_iters, batch_size, nbs=NOMINAL_BATCH):
     """Accumulation steps: 1 at the start of warm-up, growing to the nominal batch by its end."""
     if ni >= warmup_iters:
-        return accumulate_steps(batch_size)
-    return max(1, round(float(np.interp(ni, [0, warmup_iters], [1, NOMINAL_BATCH / batch_size]))))
+        return accumulate_steps(batch_size, nbs)
+    return max(1, round(float(np.interp(ni, [0, warmup_iters], [1, nbs / batch_size]))))
 
 
 class StepState:
@@ -130,7 +131,8 @@ def train_one_epoch(model, loader, optimizer, scaler, ema, compute_loss, device,
             loss, items = compute_loss(model(imgs), targets)
             loss = loss * cfg['world_size']  # DDP averages gradients over processes
         scaler.scale(loss).backward()
-        if ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size']):
+        nbs = cfg['hyp'].get('nbs', NOMINAL_BATCH)
+        if ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size'], nbs):
             optimizer_step(model, optimizer, scaler, ema)
             state.last_step = ni
         state.ni += 1
