@@ -117,7 +117,7 @@ class Validation:
                 det[:, 5] = 0
             scale_boxes(imgs.shape[2:], det[:, :4], shape0, ratio_pad)
             det = det.double().cpu().numpy()
-            self.evaluator.add_image(det, gt)
+            self.evaluator.add_image(det, gt, key=image_id)
             self.seen += 1
             if save_txt:
                 save_txt_labels(det, shape0, save_txt / f'{Path(paths[si]).stem}.txt', save_conf)
