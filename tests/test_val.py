@@ -17,6 +17,8 @@ SHARED = Path(__file__).resolve().parents[1] / '../shared/data'
 COCO64_YAML = SHARED / 'coco64dev/coco64dev.yaml'
 VOC = SHARED / 'voc_fixture/VOCdevkit'
 needs_coco64 = pytest.mark.skipif(not COCO64_YAML.is_file(), reason='../shared/data/coco64dev not present')
+VOC_NAMES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable', 'dog',
+             'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
 needs_voc = pytest.mark.skipif(not VOC.is_dir(), reason='../shared/data/voc_fixture not present')
 
 
@@ -94,9 +96,7 @@ def test_ground_truth_from_targets_matches_records():
 
 @needs_voc
 def test_val_voc_prints_devkit_ap50(tmp_path, capsys):
-    names = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
-             'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
-    data = {'path': str(VOC.resolve()), 'format': 'voc', 'eval': 'voc07', 'names': names,
+    data = {'path': str(VOC.resolve()), 'format': 'voc', 'eval': 'voc07', 'names': VOC_NAMES,
             'train': 'VOC2007/ImageSets/Main/trainval.txt', 'val': 'VOC2007/ImageSets/Main/test.txt'}
     weights = save_model(chatty_model(20), tmp_path / 'voc.pt')
     (p, r, map50, map_, *_), maps, _ = val.run(data=data, weights=weights, imgsz=64, device='cpu', workers=0,
@@ -126,3 +126,19 @@ def test_val_task_speed_and_errors(tmp_path, capsys):
         val.main(['--task', 'bogus'])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --task: invalid choice: 'bogus'")
+
+
+@needs_voc
+def test_val_single_cls_save_json_builds_ground_truth_with_unique_ids(tmp_path, capsys):
+    # VOC2007/000001.jpg and VOC2012/000001.jpg share a stem: the JSON ids must still be distinct
+    data = {'path': str(VOC.resolve()), 'format': 'voc', 'eval': 'voc12', 'names': VOC_NAMES,
+            'train': 'VOC2007/ImageSets/Main/trainval.txt',
+            'val': ['VOC2007/ImageSets/Main/test.txt', 'VOC2012/ImageSets/Main/test.txt']}
+    weights = save_model(chatty_model(20, classes=(11, 14)), tmp_path / 'voc.pt')
+    (p, r, map50, map_, *_), maps, _ = val.run(data=data, weights=weights, imgsz=64, device='cpu', workers=0,
+                                               single_cls=True, save_json=True, save_dir=tmp_path / 'run')
+    gt = json.loads((tmp_path / 'run/ground_truth_from_labels.json').read_text())
+    assert sorted(im['id'] for im in gt['images']) == [1, 2] and len(gt['annotations']) == 3
+    assert {a['category_id'] for a in gt['annotations']} == {0} and maps.shape == (1,)
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith('mAP50-95'))
+    assert abs(float(row[2]) - float(row[3])) < 1e-3  # ours under COCO rules vs pycocotools
