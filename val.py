@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywhn
 from utils.checkpoint import load_model
-from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results, ground_truth_from_coco,
-                        ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
+from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results,
+                        ground_truth_from_coco, ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
 from utils.datasets import check_dataset, create_dataloader
 from utils.metrics import ConfusionMatrix, DetectionEvaluator, GroundTruth
 from utils.runs import increment_path, select_device

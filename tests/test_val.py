@@ -17,8 +17,8 @@ SHARED = Path(__file__).resolve().parents[1] / '../shared/data'
 COCO64_YAML = SHARED / 'coco64dev/coco64dev.yaml'
 VOC = SHARED / 'voc_fixture/VOCdevkit'
 needs_coco64 = pytest.mark.skipif(not COCO64_YAML.is_file(), reason='../shared/data/coco64dev not present')
-VOC_NAMES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable', 'dog',
-             'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
+VOC_NAMES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
+             'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
 needs_voc = pytest.mark.skipif(not VOC.is_dir(), reason='../shared/data/voc_fixture not present')
 
 
