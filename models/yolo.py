@@ -232,6 +232,7 @@ class Model(nn.Module):
         return s
 
 
+@torch.no_grad()
 def fuse_conv_and_bn(conv, bn):
     """A Conv2d (with bias) equal to ``bn(conv(x))`` with ``bn`` in eval mode."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,

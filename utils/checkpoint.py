@@ -10,6 +10,14 @@ A checkpoint is a plain dict of tensors and Python values, loadable with ``torch
      'opt': dict, 'hyp': dict, 'rng': dict or None, 'frozen': [prefixes], 'date': str}
 
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
+
+Official YOLOv5 ``.pt`` files (a pickled model) are read through ``utils/official.py``'s allow-list unpickler;
+``read_weights``/``load_model`` accept both kinds, and ``transfer_weights`` starts a model from either:
+
+    model = load_model('yolov5n.pt')                         # official or ours, fp32, eval mode
+    w = read_weights('yolov5m.pt')                           # {'yaml', 'state_dict', 'names', 'source'}
+    report = transfer_weights(Model(w['yaml'], nc=20), w['state_dict'], source='yolov5m.pt')
+    print(format_transfer_report(report))
 """
 import os
 import tempfile
@@ -59,9 +67,113 @@ def model_from_checkpoint(ckpt, prefer_ema=True):
     return model.eval()
 
 
+def read_weights(path):
+    """Weights to build or start a model from, from our checkpoints or official YOLOv5 files.
+
+    Returns {'yaml': model dict, 'state_dict': {name: fp32 tensor}, 'names': [...], 'source': 'ours'|'official'}.
+    Ours give the EMA when present. Official files are unpickled with an allow-list (``utils/official.py``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: weights file not found')
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError:  # not ours: try the official layout, safely
+        from utils.official import read_official
+        w = read_official(path)
+        return {'yaml': w['yaml'], 'state_dict': w['state_dict'], 'names': w['names'], 'source': 'official'}
+    state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    nc = int(ckpt['yaml']['nc'])
+    names = list(ckpt.get('names') or [str(i) for i in range(nc)])
+    return {'yaml': ckpt['yaml'], 'state_dict': state, 'names': names, 'source': 'ours'}
+
+
+def model_from_weights(weights, path=''):
+    """Build our ``Model`` from ``read_weights`` output and load its tensors exactly (fp32, eval mode)."""
+    from models.yolo import Model
+    try:
+        model = Model(weights['yaml'])
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f'{path}: cannot rebuild the model from its YAML ({e})') from None
+    try:
+        model.load_state_dict(weights['state_dict'])
+    except RuntimeError as e:
+        raise ValueError(f'{path}: weights do not fit the model rebuilt from its YAML '
+                         f'({str(e).strip().splitlines()[-1].strip()[:200]})') from None
+    model.names = list(weights['names'])
+    return model.eval()
+
+
 def load_model(path, device='cpu', fuse=False):
-    """Load a model for inference from one of our checkpoints (official YOLOv5 files: see issue #7)."""
-    model = model_from_checkpoint(load_checkpoint(path))
+    """Load a model for inference from one of our checkpoints or an official YOLOv5 ``.pt`` (fp32, eval)."""
+    model = model_from_weights(read_weights(path), path)
     if fuse:
-        model.fuse()
+        with torch.no_grad():  # keep the folded weights leaf tensors
+            model.fuse()
     return model.to(device).eval()
+
+
+def _detect_rows(model):
+    """(prefix of the Detect output convs, anchors per level, levels) of the model's last layer."""
+    detect = model.model[-1]
+    return f'model.{len(model.model) - 1}.m.', detect.na, detect.nl
+
+
+def _copy_box_obj_rows(dst, src, na):
+    """Copy rows [0:5) (box + objectness) of every anchor from ``src`` to ``dst``. False if layouts differ."""
+    if dst.shape[1:] != src.shape[1:] or dst.shape[0] % na or src.shape[0] % na:
+        return False
+    no_dst, no_src = dst.shape[0] // na, src.shape[0] // na
+    if min(no_dst, no_src) < 5:
+        return False
+    for a in range(na):
+        dst[a * no_dst:a * no_dst + 5].copy_(src[a * no_src:a * no_src + 5])
+    return True
+
+
+def transfer_weights(model, state_dict, source=None):
+    """Copy every tensor of ``state_dict`` whose name and shape match into ``model``.
+
+    For the Detect output convolutions (the last layer's ``m.*``) with another class count, the box (4) and
+    objectness (1) rows of every anchor are copied and only the class rows keep their initial values.
+    Returns a report dict for ``format_transfer_report``.
+    """
+    own = model.state_dict()  # tensors share storage with the model
+    params = dict(model.named_parameters())
+    prefix, na, nl = _detect_rows(model)
+    whole, partial, reinit = [], [], []
+    n_params = 0
+    with torch.no_grad():
+        for name, dst in own.items():
+            src = state_dict.get(name)
+            if src is not None and src.shape == dst.shape:
+                dst.copy_(src)
+                whole.append(name)
+                n_params += dst.numel() if name in params else 0
+            elif src is not None and name.startswith(prefix) and _copy_box_obj_rows(dst, src, na):
+                partial.append(name)
+                n_params += na * 5 * dst[0].numel() if name in params else 0
+            else:
+                reinit.append(name)
+    return {'source': str(source) if source else None, 'tensors_total': len(own), 'tensors_copied': len(whole),
+            'tensors_partial': partial, 'tensors_reinitialised': reinit,
+            'unused': sorted(set(state_dict) - set(own)),
+            'params_copied': n_params, 'params_total': sum(p.numel() for p in params.values()),
+            'detect_anchors': na, 'detect_levels': nl}
+
+
+def format_transfer_report(report):
+    """One or two lines: how much of the model came from the checkpoint, and what the Detect head kept."""
+    r = report
+    src = f" from {Path(r['source']).name}" if r.get('source') else ''
+    s = (f"Transferred {r['tensors_copied']}/{r['tensors_total']} tensors whole "
+         f"({r['params_copied']:,}/{r['params_total']:,} params){src}")
+    if r['tensors_partial']:
+        s += (f"; Detect: box+obj rows of {r['detect_anchors']} anchors x {r['detect_levels']} levels kept "
+              f"({len(r['tensors_partial'])} tensors), class rows re-initialised")
+    others = [n for n in r['tensors_reinitialised']]
+    if others:
+        shown = ', '.join(others[:3]) + (', ...' if len(others) > 3 else '')
+        s += f'\nRe-initialised {len(others)} tensors not in the checkpoint or of another shape: {shown}'
+    return s

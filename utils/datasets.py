@@ -6,7 +6,6 @@ Usage::
     loader, ds = create_dataloader(data['train'], 320, 16, 32, hyp, augment=True, data=data)
     for imgs, targets, paths, shapes in loader: ...          # uint8 Bx3xHxW RGB, Nx6 [i, cls, cx, cy, w, h]
 """
-import math
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from utils.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4,
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.label_formats import Record, ScanReport, load_coco_json, scan_source
+from utils.label_formats import Record, ScanReport, load_coco_json, scan_source  # noqa: F401 (Record re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ('yolo', 'voc', 'coco')
@@ -327,8 +326,16 @@ class DetectionDataset(Dataset):
         lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, padw, padh)
         return lb
 
+    def _three_others(self, index):
+        """Three other images for a mosaic, distinct whenever the dataset has enough of them."""
+        n = len(self)
+        if n == 1:
+            return [index] * 3
+        others = self.rng.choice(n - 1, 3, replace=n - 1 < 3)
+        return [int(i) + (i >= index) for i in others]  # skip ``index`` itself
+
     def load_mosaic(self, index):
-        idx = [index] + list(self.rng.integers(0, len(self), 3))
+        idx = [index] + self._three_others(index)
         ims, lbs = [], []
         for i in idx:
             im, _, ok = self.load_image(int(i))
@@ -374,7 +381,8 @@ class DetectionDataset(Dataset):
 
     def _colour_and_flips(self, im, labels):
         h = self.hyp
-        im, labels = self.albumentations(im, labels)
+        if self.albumentations is not None:
+            im, labels = self.albumentations(im, labels)
         augment_hsv(im, self.rng, h['hsv_h'], h['hsv_s'], h['hsv_v'])
         if self.rng.random() < h['flipud']:
             im, labels = flip_ud(im, labels)
@@ -398,6 +406,18 @@ def seed_worker(worker_id):
     ds.rng = np.random.default_rng(info.seed)
     if ds.albumentations is not None:
         ds.albumentations.set_seed(info.seed % 2 ** 32)
+
+
+def reseed_loader(loader, seed):
+    """Restart a loader's randomness (shuffling, worker seeds, in-process augmentation) from ``seed``.
+
+    train.py calls it at every epoch with a seed derived from the epoch, so a resumed run replays the same batches.
+    """
+    loader.generator.manual_seed(seed)
+    ds = loader.dataset
+    ds.rng = np.random.default_rng(seed)
+    if ds.albumentations is not None:
+        ds.albumentations.set_seed(seed % 2 ** 32)
 
 
 def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, rect=False, cache=None, workers=0,

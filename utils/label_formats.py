@@ -72,20 +72,23 @@ class ScanReport:
 def verify_image(path):
     """(h, w) after EXIF orientation, or raise ValueError saying why the image is unusable."""
     try:
+        with open(path, 'rb') as f:
+            head = f.read(2)
+            f.seek(-2, 2)
+            tail = f.read(2)
+    except OSError as e:
+        raise ValueError(f'unreadable image ({e.strerror or e})') from None
+    if head == b'\xff\xd8' and tail != b'\xff\xd9':
+        raise ValueError('truncated JPEG (no end-of-image marker)')
+    try:
         with Image.open(path) as im:
             im.verify()  # structure check without a full decode
         with Image.open(path) as im:
-            fmt = (im.format or '').lower()
             w, h = ImageOps.exif_transpose(im).size if _has_rotation(im) else im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f'unreadable image ({type(e).__name__}: {e})') from None
+        raise ValueError(f'unreadable image ({type(e).__name__})') from None
     if min(h, w) < MIN_IMAGE_SIDE:
         raise ValueError(f'image size {w}x{h} below {MIN_IMAGE_SIDE} px')
-    if fmt in ('jpeg', 'mpo'):
-        with open(path, 'rb') as f:
-            f.seek(-2, 2)
-            if f.read() != b'\xff\xd9':
-                raise ValueError('truncated JPEG (no end-of-image marker)')
     return h, w
 
 
@@ -98,7 +101,7 @@ def _has_rotation(im):
 
 # ---------------------------------------------------------------- label checks shared by the formats
 def check_boxes(cls, xyxy, nc):
-    """Validate normalised x1y1x2y2 boxes; returns (cls, xywh, notes) or raises ValueError for a bad row.
+    """Validate normalised x1y1x2y2 boxes; returns (clipped xyxy, keep mask, notes) or raises ValueError.
 
     Rows outside [0, 1] by more than COORD_TOL, or with a class id outside [0, nc), make the image corrupt;
     zero-size boxes and exact duplicates are dropped with a note.

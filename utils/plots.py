@@ -158,3 +158,37 @@ def _draw_boxes(tile, rows, size, scale, names, conf_thres):
         if is_pred:
             label = f'{label} {row[6]:.2f}'
         cv2.putText(tile, label, (p1[0], max(p1[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
+
+
+def plot_results(csv_path):
+    """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch."""
+    import csv
+    csv_path = Path(csv_path)
+    with csv_path.open() as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        return None
+    keys, values = rows[0], np.array(rows[1:], dtype=float)
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 6), tight_layout=True)
+    for ax, key in zip(fig.subplots(2, 5).ravel(), keys[1:11]):
+        ax.plot(values[:, 0] + 1, values[:, keys.index(key)], marker='.', linewidth=2)
+        ax.set_title(key, fontsize=10)
+    return _save(fig, csv_path.with_name('results.png'))
+
+
+def plot_labels(labels, names, save_dir):
+    """labels.jpg: instances per class, box centres and box sizes of a training set."""
+    labels = [lb for lb in labels if len(lb)]
+    lb = np.concatenate(labels, 0) if labels else np.zeros((0, 5))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4), tight_layout=True)
+    ax = fig.subplots(1, 3)
+    ax[0].bar(range(len(names)), np.bincount(lb[:, 0].astype(int), minlength=len(names)))
+    ax[0].set_xticks(range(len(names)), [str(n) for n in names], rotation=90 if len(names) > 10 else 0)
+    ax[0].set_ylabel('instances')
+    ax[1].scatter(lb[:, 1], lb[:, 2], s=2, alpha=0.3)
+    ax[1].set(xlabel='x', ylabel='y', xlim=(0, 1), ylim=(1, 0))
+    ax[2].scatter(lb[:, 3], lb[:, 4], s=2, alpha=0.3)
+    ax[2].set(xlabel='width', ylabel='height', xlim=(0, 1), ylim=(0, 1))
+    return _save(fig, Path(save_dir) / 'labels.jpg')

@@ -1,0 +1,314 @@
+"""Run a YOLOv5 model on images, folders, globs, .txt lists, videos or a webcam, and save what it finds.
+
+Usage:
+    python detect.py --weights runs/train/exp/weights/best.pt --source path/to/images   # folder
+    python detect.py --weights best.pt --source 'shots/*.jpg' --save-txt --save-conf    # glob + labels
+    python detect.py --weights best.pt --source clip.mp4 --vid-stride 2 --save-crop     # video
+    python detect.py --weights best.pt --source 0                                       # webcam 0
+
+Results go to runs/detect/exp{N}/: annotated images (same name) and videos (<name>.mp4), labels/<name>.txt
+(`cls cx cy w h [conf]`, normalised; video frames as <name>_<frame>.txt) and crops/<class>/<name>.jpg.
+From Python: ``detect.run(weights=..., source=...)`` returns one dict per image or frame.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from utils.annotate import annotate, crop_box
+from utils.augment import letterbox
+from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywhn
+from utils.checkpoint import load_model
+from utils.runs import increment_path, select_device
+from utils.sources import open_source
+
+
+def check_imgsz(imgsz, stride):
+    """--imgsz as (h, w), each rounded up to a multiple of the model stride (with a note when changed)."""
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s <= 0 for s in sizes):
+        raise ValueError(f'--imgsz {imgsz}: expected one or two positive integers (size, or height width)')
+    sizes = sizes * 2 if len(sizes) == 1 else sizes
+    fixed = [-(-s // stride) * stride for s in sizes]
+    if fixed != sizes:
+        print(f'note: --imgsz {sizes} is not a multiple of the model stride {stride}, using {fixed}')
+    return tuple(fixed)
+
+
+def check_options(conf_thres, iou_thres, max_det, classes, nc):
+    """Reject out-of-range values before any work is done."""
+    for flag, value in (('--conf-thres', conf_thres), ('--iou-thres', iou_thres)):
+        if not 0 <= value <= 1:
+            raise ValueError(f'{flag} {value}: must be between 0 and 1')
+    if max_det < 1:
+        raise ValueError(f'--max-det {max_det}: must be at least 1')
+    bad = [c for c in (classes or []) if not 0 <= int(c) < nc]
+    if bad:
+        raise ValueError(f'--classes {" ".join(map(str, bad))}: the model has {nc} classes (ids 0-{nc - 1})')
+
+
+def check_half(half, device):
+    if half and device.type != 'cuda':
+        print(f'note: --half needs CUDA; running in FP32 on {device.type}')
+        return False
+    return bool(half)
+
+
+def class_names(model):
+    """``model.names`` as a list, whether stored as a list or an {id: name} dict."""
+    names = model.names
+    return [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
+
+
+def preprocess(im0, imgsz, stride, device, half):
+    """Original BGR image -> (1, 3, h, w) network input: letterbox(auto), BGR->RGB, HWC->CHW, /255."""
+    im = letterbox(im0, imgsz, stride=stride, auto=True)[0]
+    im = np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))
+    x = torch.from_numpy(im).to(device)
+    return (x.half() if half else x.float()).div_(255).unsqueeze(0)
+
+
+def describe(det, names):
+    """'4 persons, 1 bus' (classes in id order), or '(no detections)'."""
+    if not len(det):
+        return '(no detections)'
+    classes, counts = np.unique(det[:, 5].numpy().astype(int), return_counts=True)
+    return ', '.join(f"{n} {names[c]}{'s' * int(n > 1)}" for c, n in zip(classes, counts))
+
+
+def label_lines(det, shape, save_conf):
+    """YOLO label lines 'cls cx cy w h [conf]' (normalised to the original image) for each detection."""
+    xywhn = xyxy2xywhn(det[:, :4].clone(), w=shape[1], h=shape[0])
+    lines = []
+    for (cx, cy, w, h), conf, cls in zip(xywhn.tolist(), det[:, 4].tolist(), det[:, 5].tolist()):
+        values = (int(cls), cx, cy, w, h, conf) if save_conf else (int(cls), cx, cy, w, h)
+        lines.append(' '.join(f'{v:g}' for v in values))
+    return lines
+
+
+def save_image(path, im):
+    """cv2.imwrite, falling back to .jpg for suffixes OpenCV cannot write. Returns the path written."""
+    try:
+        if cv2.imwrite(str(path), im):
+            return path
+    except cv2.error:
+        pass
+    path = path.with_suffix('.jpg')
+    cv2.imwrite(str(path), im)
+    return path
+
+
+class ResultWriter:
+    """Writes a run's outputs under ``save_dir``: annotated images/videos, labels/*.txt and crops/."""
+
+    def __init__(self, save_dir, save_img=True, save_txt=False, save_conf=False, save_crop=False, vid_stride=1):
+        self.save_dir, self.save_img, self.save_txt = Path(save_dir), save_img, save_txt
+        self.save_conf, self.save_crop, self.vid_stride = save_conf, save_crop, vid_stride
+        self.video_path, self.video = None, None
+        self.labels_written = 0
+        if save_txt:
+            (self.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def base_name(frame):
+        """'bus' for bus.jpg or clip.mp4, 'webcam0' for camera 0."""
+        return f'webcam{frame.path}' if frame.kind == 'webcam' else Path(frame.path).stem
+
+    def stem(self, frame):
+        """Per-picture file stem: 'bus', or 'clip_<frame>' for a video frame."""
+        base = self.base_name(frame)
+        return base if frame.frame is None else f'{base}_{frame.frame}'
+
+    def write(self, frame, annotated, det, names):
+        """Save everything asked for one image or frame; returns the annotated output's path (or None)."""
+        if self.save_txt and len(det):
+            path = self.save_dir / 'labels' / f'{self.stem(frame)}.txt'
+            path.write_text('\n'.join(label_lines(det, frame.image.shape, self.save_conf)) + '\n')
+            self.labels_written += 1
+        if self.save_crop:
+            for *xyxy, _, cls in det.tolist():
+                folder = self.save_dir / 'crops' / str(names[int(cls)])
+                folder.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(increment_path(folder / f'{self.stem(frame)}.jpg')), crop_box(frame.image, xyxy))
+        if not self.save_img:
+            return None
+        if frame.kind == 'image':
+            return save_image(self.save_dir / Path(frame.path).name, annotated)
+        return self.write_video_frame(frame, annotated)
+
+    def write_video_frame(self, frame, annotated):
+        path = self.save_dir / f'{self.base_name(frame)}.mp4'
+        if path != self.video_path:
+            self.close()
+            fps = max((frame.fps or 30.0) / self.vid_stride, 1.0)  # keep the clip's real-time duration
+            h, w = annotated.shape[:2]
+            self.video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+            self.video_path = path
+        self.video.write(annotated)
+        return path
+
+    def close(self):
+        if self.video is not None:
+            self.video.release()
+        self.video_path, self.video = None, None
+
+
+def progress_prefix(frame):
+    """'image 1/2 /p/bus.jpg', 'video 1/1 (3/90) /p/clip.mp4' or 'webcam 0 (frame 3)'."""
+    if frame.kind == 'image':
+        return f'image {frame.index}/{frame.count} {frame.path}'
+    if frame.kind == 'video':
+        return f'video {frame.index}/{frame.count} ({frame.frame}/{frame.frames or "?"}) {frame.path}'
+    return f'webcam {frame.path} (frame {frame.frame})'
+
+
+class Stopwatch:
+    """Accumulates milliseconds per stage; synchronises CUDA so GPU work is counted where it happens."""
+
+    def __init__(self, device):
+        self.cuda = device.type == 'cuda'
+        self.total = {}
+
+    def __call__(self, stage, fn, *args):
+        if self.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn(*args)
+        if self.cuda:
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - t) * 1e3
+        self.total[stage] = self.total.get(stage, 0.0) + ms
+        return out, ms
+
+
+class Detector:
+    """A loaded model plus its settings: BGR image in, (n, 6) detections in that image's pixels out."""
+
+    def __init__(self, weights, device, half, imgsz, conf_thres, iou_thres, classes, agnostic, max_det):
+        with torch.no_grad():  # fusing copies BN-scaled weights; without this they would carry autograd history
+            model = load_model(weights, device, fuse=True)
+        self.model = model.half() if half else model
+        self.names, self.stride = class_names(model), int(model.stride.max())
+        check_options(conf_thres, iou_thres, max_det, classes, len(self.names))
+        self.imgsz = check_imgsz(imgsz, self.stride)
+        self.device, self.half = device, half
+        self.nms_args = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic,
+                             max_det=max_det)
+        self.clock = Stopwatch(device)
+        self.forward(torch.zeros(1, 3, *self.imgsz, device=device))  # warm-up: start-up costs not timed
+
+    def forward(self, x):
+        with torch.inference_mode():
+            return self.model(x.half() if self.half else x)[0]
+
+    def nms(self, pred):
+        return non_max_suppression(pred, **self.nms_args)[0]
+
+    def __call__(self, im0):
+        """Returns (det as a CPU float tensor in ``im0`` pixels, network input shape (h, w), inference ms)."""
+        x, _ = self.clock('pre-process', preprocess, im0, self.imgsz, self.stride, self.device, self.half)
+        pred, ms = self.clock('inference', self.forward, x)
+        det, _ = self.clock('NMS', self.nms, pred)
+        det = det.float().cpu()
+        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape)
+        return det, tuple(x.shape[2:]), ms
+
+
+def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=1000, device='', save_txt=False,
+        save_conf=False, save_crop=False, nosave=False, classes=None, agnostic_nms=False, project='runs/detect',
+        name='exp', exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False,
+        vid_stride=1, verbose=True):
+    """Detect objects in ``source`` and save results; see ``parse_opt`` for what each argument means.
+
+    Returns one dict per image or video frame: ``path``, ``frame`` (None for images), ``shape`` (h, w) of the
+    original, ``det`` (n, 6) float tensor [x1, y1, x2, y2, conf, cls] in original pixels, ``names`` and
+    ``save_path`` (the annotated output, or None). Raises FileNotFoundError / ValueError with one-line messages.
+    """
+    log = print if verbose else (lambda *a, **k: None)
+    if line_thickness is not None and line_thickness < 0:
+        raise ValueError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
+    device = select_device(device)
+    detector = Detector(weights, device, check_half(half, device), imgsz, conf_thres, iou_thres, classes,
+                        agnostic_nms, max_det)
+    frames = open_source(source, vid_stride)  # checked before any run folder is made
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    writer = ResultWriter(save_dir, not nosave, save_txt, save_conf, save_crop, vid_stride)
+    names, results, skipped = detector.names, [], 0
+    try:
+        for frame in frames:
+            if frame.image is None:
+                skipped += 1
+                log(f'{frame.kind} {frame.index}/{frame.count} skipped: {frame.error}')
+                continue
+            det, (h, w), ms = detector(frame.image)
+            shown = annotate(frame.image, det, names, line_thickness or None, hide_labels, hide_conf)
+            save_path = writer.write(frame, shown, det, names)
+            log(f'{progress_prefix(frame)}: {h}x{w} {describe(det, names)}, {ms:.1f}ms')
+            results.append({'path': frame.path, 'frame': frame.frame, 'shape': frame.image.shape[:2], 'det': det,
+                            'names': names, 'save_path': save_path})
+    finally:
+        writer.close()
+    if not results and skipped:
+        raise ValueError(f'{source}: none of its {skipped} file(s) could be read')
+    report(log, detector, len(results), skipped, writer)
+    return results
+
+
+def report(log, detector, n, skipped, writer):
+    """Average time per stage, skipped files, and where the results are."""
+    t = {k: v / max(n, 1) for k, v in detector.clock.total.items()}
+    log(f"Speed: {t.get('pre-process', 0):.1f}ms pre-process, {t.get('inference', 0):.1f}ms inference, "
+        f"{t.get('NMS', 0):.1f}ms NMS per image at shape (1, 3, {detector.imgsz[0]}, {detector.imgsz[1]})")
+    if skipped:
+        log(f'{skipped} unreadable file(s) skipped')
+    labels = f', {writer.labels_written} label file(s) in {writer.save_dir / "labels"}' if writer.save_txt else ''
+    log(f'Results saved to {writer.save_dir}{labels}')
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a single 'error: ...' line (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f'error: {message} (see --help)\n')
+
+
+def parse_opt(argv=None):
+    p = OneLineErrorParser(description='YOLOv5 inference on images, folders, globs, lists, videos or a webcam.')
+    p.add_argument('--weights', required=True, help='model checkpoint (.pt)')
+    p.add_argument('--source', required=True, help='image, folder, glob, .txt list of paths, video, or webcam index')
+    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
+    p.add_argument('--conf-thres', type=float, default=0.25, help='confidence threshold')
+    p.add_argument('--iou-thres', type=float, default=0.45, help='NMS IoU threshold')
+    p.add_argument('--max-det', type=int, default=1000, help='maximum detections per image')
+    p.add_argument('--device', default='', help="cuda device, i.e. 0 or 0,1 or cpu ('' = CUDA 0 if available)")
+    p.add_argument('--save-txt', action='store_true', help='save results to labels/*.txt')
+    p.add_argument('--save-conf', action='store_true', help='add confidences to --save-txt labels')
+    p.add_argument('--save-crop', action='store_true', help='save cropped boxes to crops/<class>/')
+    p.add_argument('--nosave', action='store_true', help='do not save annotated images/videos')
+    p.add_argument('--classes', nargs='+', type=int, help='keep only these class ids: --classes 0, or 0 2 3')
+    p.add_argument('--agnostic-nms', action='store_true', help='class-agnostic NMS')
+    p.add_argument('--project', default='runs/detect', help='save results to project/name')
+    p.add_argument('--name', default='exp', help='save results to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--line-thickness', type=int, default=3, help='bounding box thickness in pixels (0 = auto)')
+    p.add_argument('--hide-labels', action='store_true', help='hide labels')
+    p.add_argument('--hide-conf', action='store_true', help='hide confidences')
+    p.add_argument('--half', action='store_true', help='FP16 half-precision inference (CUDA only)')
+    p.add_argument('--vid-stride', type=int, default=1, help='video frame-rate stride')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    opt = parse_opt(argv)
+    try:
+        run(**vars(opt))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,69 @@
+"""export.py: TorchScript (always) and ONNX (when installed) reproduce the PyTorch model's output."""
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import export
+from models.yolo import Model
+from utils.checkpoint import FORMAT, load_model, save_checkpoint
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """One of our checkpoints: a small v6 yolov5n with 4 classes and non-trivial weights."""
+    torch.manual_seed(0)
+    model = Model('v6/yolov5n.yaml', nc=4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # make BN folding matter
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ckpt = {'format': FORMAT, 'yaml': model.yaml, 'names': ['a', 'b', 'c', 'd'], 'nc': 4,
+            'model': model.state_dict(), 'ema': None}
+    return save_checkpoint(ckpt, tmp_path / 'tiny.pt')
+
+
+def test_torchscript_output_equals_pytorch(weights):
+    paths = export.run(weights=weights, include=['torchscript'], imgsz=[128, 160], batch_size=2, device='cpu')
+    assert paths == [weights.with_suffix('.torchscript')]
+    extra = {'config.txt': ''}
+    ts = torch.jit.load(str(paths[0]), _extra_files=extra)
+    assert json.loads(extra['config.txt']) == {'shape': [2, 3, 128, 160], 'stride': 32, 'names': ['a', 'b', 'c', 'd']}
+    x = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_model(weights)(x)[0]  # unfused PyTorch model
+        got = ts(x)
+    assert got.shape == expected.shape == (2, 3 * (16 * 20 + 8 * 10 + 4 * 5), 9)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_output_equals_pytorch(weights):
+    if importlib.util.find_spec('onnx') is None or importlib.util.find_spec('onnxruntime') is None:
+        pytest.skip('onnx and onnxruntime are not both installed')
+    import onnxruntime
+    paths = export.run(weights=weights, include=['onnx'], imgsz=[128, 160], device='cpu')
+    assert [p.suffix for p in paths] == ['.torchscript', '.onnx']
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(str(paths[1]), providers=['CPUExecutionProvider'])
+    got = session.run(None, {'images': x.numpy()})[0]
+    with torch.no_grad():
+        expected = load_model(weights)(x)[0]
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_onnx_missing_is_one_clear_message(weights, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'onnx' else real(name, *a))
+    paths = export.run(weights=weights, include=['torchscript', 'onnx'], imgsz=64)
+    assert paths == [weights.with_suffix('.torchscript')] and not weights.with_suffix('.onnx').exists()
+    assert 'onnx package is not installed' in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(tmp_path, weights, capsys):
+    with pytest.raises(SystemExit) as e:
+        export.main(['--weights', str(tmp_path / 'absent.pt')])
+    assert str(e.value) == f'error: {tmp_path / "absent.pt"}: weights file not found'
+    with pytest.raises(SystemExit) as e:
+        export.main(['--weights', str(weights), '--imgsz', '100'])
+    assert 'multiple of the model stride 32' in str(e.value) and '\n' not in str(e.value)

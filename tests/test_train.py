@@ -1,0 +1,150 @@
+"""End-to-end training runs on a tiny generated dataset (64 px images, 1-2 epochs)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from utils.checkpoint import load_checkpoint
+from utils.shapes import ensure_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / 'shared'
+FAST = dict(imgsz=64, batch_size=8, workers=0, noplots=True, exist_ok=False)
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('tiny')
+    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=96)
+    yaml_file = root / 'tiny.yaml'
+    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
+                         'names: [circle, square, triangle, star]\n')
+    return yaml_file
+
+
+def run_train(tmp_path, data, name, **kw):
+    opts = {**FAST, 'data': str(data), 'project': str(tmp_path / 'runs'), 'name': name, **kw}
+    train.run(**opts)
+    return tmp_path / 'runs' / name / 'weights'
+
+
+def test_train_writes_run_folder(tiny_data, tmp_path):
+    w = run_train(tmp_path, tiny_data, 'exp', epochs=1, noplots=False)
+    run_dir = w.parent
+    for f in ('weights/last.pt', 'weights/best.pt', 'hyp.yaml', 'opt.yaml', 'results.csv', 'results.png',
+              'labels.jpg', 'train_batch0.jpg'):
+        assert (run_dir / f).is_file(), f
+    ck = torch.load(w / 'last.pt', weights_only=True)  # plain tensors and Python types only
+    assert ck['optimizer'] is None and ck['model'] is None and ck['ema'] is not None  # final: stripped
+    assert ck['epoch'] == 0 and ck['names'] == ['circle', 'square', 'triangle', 'star']
+    assert (run_dir / 'results.csv').read_text().splitlines()[0].startswith('epoch,train/box_loss')
+
+
+def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, tmp_path):
+    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+    start = load_checkpoint(src)['ema']
+    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], noautoanchor=True)
+    end = load_checkpoint(w / 'last.pt')['ema']
+    assert set(start) == set(end)
+    changed_trainable = 0
+    for k, v in start.items():
+        if int(k.split('.')[1]) < 10:  # weights AND BatchNorm buffers of model.0-9
+            assert torch.equal(v, end[k]), f'frozen {k} changed'
+        elif k.endswith(('.weight', 'running_mean')):
+            changed_trainable += not torch.equal(v, end[k])
+    n_trainable = sum(1 for k in start if int(k.split('.')[1]) >= 10 and k.endswith(('.weight', 'running_mean')))
+    assert changed_trainable == n_trainable
+
+
+def test_upstream_bn_behaviour_is_opt_in(tiny_data, tmp_path):
+    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+    start = load_checkpoint(src)['ema']
+    w = run_train(tmp_path, tiny_data, 'up', epochs=1, weights=str(src), freeze=['10'], freeze_bn_stats='false',
+                  noautoanchor=True)
+    end = load_checkpoint(w / 'last.pt')['ema']
+    assert torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
+    assert not torch.equal(start['model.0.bn.running_mean'], end['model.0.bn.running_mean'])
+
+
+def test_unfreeze_epoch_releases_backbone(tiny_data, tmp_path):
+    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+    start = load_checkpoint(src)['ema']
+    w = run_train(tmp_path, tiny_data, 'unf', epochs=2, weights=str(src), freeze=['backbone'], unfreeze_epoch=1,
+                  close_mosaic=1, noautoanchor=True)
+    end = load_checkpoint(w / 'last.pt')['ema']
+    assert not torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
+    full = run_train(tmp_path, tiny_data, 'full', epochs=3)
+    cmd = [sys.executable, str(ROOT / 'train.py'), '--data', str(tiny_data), '--epochs', '3', '--imgsz', '64',
+           '--batch-size', '8', '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', 'killed']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / 'runs' / 'killed' / 'weights' / 'last.pt'
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run: right after the first epoch's checkpoint
+    proc.wait()
+    ck = load_checkpoint(last)
+    assert ck['epoch'] < 2 and ck['optimizer'] is not None, 'the run ended before it could be killed'
+    train.run(resume=str(last), workers=0)
+    a, b = load_checkpoint(full / 'last.pt'), load_checkpoint(last)
+    assert b['epoch'] == 2
+    for k in a['ema']:
+        assert torch.equal(a['ema'][k], b['ema'][k]), k
+
+
+def test_resume_errors(tiny_data, tmp_path):
+    w = run_train(tmp_path, tiny_data, 'done', epochs=1)
+    with pytest.raises(ValueError, match='already finished'):
+        train.run(resume=str(w / 'last.pt'))
+    with pytest.raises(FileNotFoundError, match='no last.pt'):
+        train.run(resume=True, project=str(tmp_path / 'empty'))
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--freeze', 'heads'], "--freeze heads: expected a layer count"),
+    (['--data', 'nope.yaml'], 'nope.yaml'),
+    (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyper-parameter file not found'),
+    (['--weights', 'missing_weights.pt'], 'missing_weights.pt'),
+])
+def test_cli_bad_input_is_one_line(tiny_data, tmp_path, args, msg):
+    base = ['--data', str(tiny_data), '--epochs', '1', '--imgsz', '64', '--workers', '0', '--noplots',
+            '--project', str(tmp_path / 'runs')]
+    out = subprocess.run([sys.executable, 'train.py', *base, *args], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert msg in last and 'Traceback' not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')
+def test_finetune_from_official_weights(tiny_data, tmp_path, capsys):
+    run_train(tmp_path, tiny_data, 'off', epochs=1, weights=str(SHARED / 'weights/yolov5n.pt'), freeze=['10'])
+    out = capsys.readouterr().out
+    assert 'Detect: box+obj rows of 3 anchors x 3 levels kept' in out
+    assert 'Frozen tensors verified' in out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tiny_data, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(free_port()),
+           'train.py', '--data', str(tiny_data), '--epochs', '1', '--imgsz', '64', '--batch-size', '8',
+           '--workers', '0', '--device', 'cpu', '--noplots', '--project', str(tmp_path / 'runs'), '--name', 'ddp']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / 'runs' / 'ddp' / 'weights' / 'last.pt')
+    assert ck['epoch'] == 0 and not any(k.startswith('module.') for k in ck['ema'])

@@ -1,0 +1,421 @@
+"""Train YOLOv5, optionally with frozen layers.
+
+Usage:
+    python train.py                                       # small model on the built-in shapes dataset
+    python train.py --weights yolov5m.pt --data voc.yaml --freeze 10
+    python train.py --resume                              # continue the latest run
+    python -m torch.distributed.run --nproc_per_node 2 train.py --data coco128.yaml   # DDP
+"""
+import argparse
+import csv
+import hashlib
+import os
+import sys
+import time
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+
+import val as validate
+from models.yolo import Model
+from utils.autoanchor import check_anchors
+from utils.checkpoint import FORMAT, load_checkpoint, read_weights, save_checkpoint, transfer_weights, format_transfer_report
+from utils.download import resolve_weights
+from utils.datasets import check_dataset, create_dataloader, reseed_loader
+from utils.ema import ModelEMA
+from utils.engine import StepState, build_optimizer, rebuild_optimizer, seed_everything, train_one_epoch, accumulate_steps
+from utils.freeze import freeze, freeze_report, frozen_names, unfreeze
+from utils.loss import ComputeLoss, scale_loss_gains
+from utils.metrics import fitness
+from utils.plots import plot_images, plot_labels, plot_results
+from utils.runs import increment_path, select_device
+
+ROOT = Path(__file__).resolve().parent
+CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
+            'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
+            'x/lr0', 'x/lr1', 'x/lr2']
+
+
+def parse_opt(argv=None):
+    p = argparse.ArgumentParser(description='Train YOLOv5 with built-in layer freezing.')
+    p.add_argument('--weights', default='', help='initial weights (.pt, ours or official); empty: from scratch')
+    p.add_argument('--cfg', default='', help='model YAML (default: the checkpoint\'s, else v6/yolov5n.yaml)')
+    p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'), help='data YAML')
+    p.add_argument('--hyp', default=str(ROOT / 'data/hyps/hyp.scratch.yaml'), help='hyper-parameter YAML')
+    p.add_argument('--epochs', type=int, default=20)
+    p.add_argument('--batch-size', type=int, default=16, help='total batch size over all processes')
+    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=256, help='train/val image size (pixels)')
+    p.add_argument('--rect', action='store_true', help='rectangular training batches')
+    p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run, or this last.pt')
+    p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
+    p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
+    p.add_argument('--noautoanchor', action='store_true', help='disable the anchor check')
+    p.add_argument('--noplots', action='store_true', help='save no plots')
+    p.add_argument('--cache', nargs='?', const='ram', default=None, help='cache images in "ram"')
+    p.add_argument('--device', default='', help='cuda device (0 or 0,1) or cpu')
+    p.add_argument('--workers', type=int, default=2, help='dataloader workers per process')
+    p.add_argument('--project', default='runs/train')
+    p.add_argument('--name', default='exp')
+    p.add_argument('--exist-ok', action='store_true')
+    p.add_argument('--optimizer', default='SGD', choices=['SGD', 'Adam', 'AdamW'])
+    p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm in DDP')
+    p.add_argument('--cos-lr', action='store_true', help='cosine LR schedule')
+    p.add_argument('--label-smoothing', type=float, default=0.0)
+    p.add_argument('--patience', type=int, default=100, help='stop after this many epochs without improvement')
+    p.add_argument('--freeze', nargs='+', default=['0'],
+                   help="layers to freeze: N (first N), indices '0 1 2', 'backbone', 'all', or prefixes 'model.24.'")
+    p.add_argument('--freeze-bn-stats', default='true', choices=['true', 'false'],
+                   help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour)')
+    p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--single-cls', action='store_true', help='train multi-class data as one class')
+    p.add_argument('--close-mosaic', type=int, default=0, help='turn mosaic off for the last K epochs')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+class Run:
+    """Everything one training run holds: options, data, model, optimizer, EMA, counters, output paths."""
+
+    def __init__(self, opt, device, rank, world_size):
+        self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
+        self.main = rank in (-1, 0)
+        self.log = print if self.main else (lambda *a, **k: None)
+
+
+def load_hyp(path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: hyper-parameter file not found')
+    try:
+        hyp = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
+    need = ['lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr',
+            'box', 'cls', 'obj', 'anchor_t']
+    missing = [k for k in need if not isinstance(hyp, dict) or k not in hyp]
+    if missing:
+        raise ValueError(f'{path}: missing hyper-parameters {", ".join(missing)}')
+    return hyp
+
+
+def build_model(run, data):
+    """Model from --cfg / the checkpoint's YAML, with pretrained weights transferred where shapes match."""
+    opt = run.opt
+    weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
+    cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5n.yaml')
+    model = Model(cfg, nc=data['nc']).to(run.device)
+    if weights:
+        report = transfer_weights(model, weights['state_dict'])
+        run.log(format_transfer_report(report))
+    model.names = list(data['names'])
+    return model
+
+
+def apply_freeze(run, model):
+    prefixes = freeze(model, run.opt.freeze)
+    if run.opt.freeze_bn_stats == 'false':  # upstream behaviour: BN of frozen layers keeps normalising per batch
+        model.frozen_bn = set()
+        model.train(model.training)
+    return prefixes
+
+
+def tensor_digests(model, names):
+    state = model.state_dict()
+    return {n: hashlib.sha256(state[n].detach().cpu().contiguous().numpy().tobytes()).hexdigest() for n in names}
+
+
+def make_checkpoint(run, model, ema, optimizer, scaler, epoch, best_fitness, final=False):
+    m = getattr(model, 'module', model)
+    return {
+        'format': FORMAT, 'yaml': m.yaml, 'names': list(m.names), 'nc': m.yaml['nc'],
+        'model': None if final else deepcopy(m.state_dict()), 'ema': deepcopy(ema.ema.state_dict()),
+        'ema_updates': ema.updates, 'epoch': epoch, 'best_fitness': float(best_fitness),
+        'optimizer': None if final else optimizer.state_dict(),
+        'scaler': None if final else scaler.state_dict(),
+        'opt': {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(run.opt).items()},
+        'hyp': run.hyp, 'frozen': run.frozen_prefixes, 'frozen_sha256': run.frozen_digests,
+        'date': datetime.now().isoformat(timespec='seconds'),
+    }
+
+
+def find_resume_checkpoint(resume, project):
+    if resume is True:
+        found = sorted(Path(project).glob('**/last.pt'), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f'--resume: no last.pt under {project}')
+        return found[-1]
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f'--resume {resume}: checkpoint not found')
+    return path
+
+
+def resume_options(opt):
+    """Options of the run to resume (from its checkpoint), keeping this call's device and workers."""
+    path = find_resume_checkpoint(opt.resume, opt.project)
+    ckpt = load_checkpoint(path)
+    if ckpt.get('optimizer') is None or ckpt.get('model') is None:
+        raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
+    saved = argparse.Namespace(**ckpt['opt'])
+    saved.device, saved.workers, saved.resume = opt.device, opt.workers, str(path)
+    return saved, ckpt
+
+
+def write_results_row(path, row):
+    new = not path.exists()
+    with path.open('a', newline='') as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(CSV_KEYS)
+        w.writerow([f'{x:.5g}' if isinstance(x, float) else x for x in row])
+
+
+def setup(run, ckpt=None):
+    """Data, model, freezing, optimizer, EMA, loss, loaders: everything before the first epoch."""
+    opt = run.opt
+    run.hyp = ckpt['hyp'] if ckpt else load_hyp(opt.hyp)
+    run.data = check_dataset(opt.data)
+    if run.main:
+        (run.save_dir / 'hyp.yaml').write_text(yaml.safe_dump(run.hyp, sort_keys=False))
+    if opt.single_cls:
+        run.data = {**run.data, 'nc': 1, 'names': ['item']}
+    model = Model(ckpt['yaml']).to(run.device) if ckpt else build_model(run, run.data)
+    if ckpt:
+        model.load_state_dict(ckpt['model'])
+        model.names = list(ckpt['names'])
+    run.frozen_prefixes = apply_freeze(run, model)
+    run.frozen_digests = ckpt['frozen_sha256'] if ckpt else tensor_digests(model, frozen_names(model))
+    run.log(freeze_report(model, opt.imgsz))
+    gs = max(int(model.stride.max()), 32)
+    run.imgsz = max(opt.imgsz // gs * gs, gs)
+    per_process_batch = opt.batch_size // max(run.world_size, 1)
+    run.train_loader, run.dataset = create_dataloader(
+        run.data['train'], run.imgsz, per_process_batch, gs, hyp=run.hyp, augment=True, rect=opt.rect,
+        cache=opt.cache, workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls,
+        seed=opt.seed, data=run.data, prefix='train: ')
+    run.val_loader = None
+    if run.main:
+        run.val_loader, _ = create_dataloader(
+            run.data['val'], run.imgsz, per_process_batch * 2, gs, hyp=run.hyp, augment=False, rect=True,
+            cache=opt.cache, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=run.data, prefix='val: ')
+    if run.main and not opt.noplots and not ckpt:
+        plot_labels(run.dataset.labels, run.data['names'], run.save_dir)
+    if not ckpt and not opt.noautoanchor and run.main:
+        check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
+    hyp = scale_loss_gains(run.hyp, model.model[-1].nl, run.data['nc'], run.imgsz)
+    run.loss_hyp = {**hyp, 'label_smoothing': opt.label_smoothing}
+    wd = run.hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size) / 64
+    run.weight_decay = wd
+    optimizer = build_optimizer(model, opt.optimizer, run.hyp['lr0'], run.hyp['momentum'], wd)
+    ema = ModelEMA(model) if run.main else None
+    if ema:
+        ema.set_frozen(frozen_names(model))
+    run.amp = run.device.type == 'cuda'
+    scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
+    run.start_epoch, run.best_fitness = 0, 0.0
+    if ckpt:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        if ema:
+            ema.ema.load_state_dict(ckpt['ema'])
+            ema.updates = ckpt['ema_updates']
+        if ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        run.start_epoch, run.best_fitness = ckpt['epoch'] + 1, ckpt['best_fitness']
+        run.log(f"Resuming {opt.resume} from epoch {run.start_epoch + 1}/{opt.epochs}")
+    if run.world_size > 1:
+        if opt.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [run.device.index] if run.device.type == 'cuda' else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    run.model, run.optimizer, run.ema, run.scaler = model, optimizer, ema, scaler
+    run.compute_loss = ComputeLoss(model, hyp, opt.label_smoothing)
+
+
+def maybe_unfreeze(run, epoch, nb):
+    """--unfreeze-epoch: release every frozen layer and rebuild the optimizer with a warm-up for them."""
+    if epoch != run.opt.unfreeze_epoch:
+        return
+    m = getattr(run.model, 'module', run.model)
+    unfreeze(m)
+    run.optimizer = rebuild_optimizer(run.optimizer, m, run.opt.optimizer, run.hyp['lr0'], run.hyp['momentum'],
+                                      run.weight_decay, start_iter=epoch * nb, ramp_iters=nb)
+    if run.ema:
+        run.ema.set_frozen([])
+    run.log(f'epoch {epoch + 1}: unfroze all layers; their LR warms up over one epoch')
+
+
+def validate_epoch(run, final):
+    if run.opt.noval and not final:
+        return (0.0,) * 7, None
+    results, maps, _ = validate.run(data=run.data, model=run.ema.ema, dataloader=run.val_loader,
+                                    compute_loss=run.compute_loss, half=run.amp, save_dir=run.save_dir,
+                                    plots=final and not run.opt.noplots, batch_size=run.opt.batch_size * 2,
+                                    imgsz=run.imgsz, verbose=final)
+    return results, maps
+
+
+def end_epoch(run, epoch, losses, final):
+    """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
+    results, _ = validate_epoch(run, final)
+    fit = float(fitness(results))
+    lrs = [g['lr'] for g in run.optimizer.param_groups][:3]
+    write_results_row(run.save_dir / 'results.csv', [epoch, *losses, *results[:4], *results[4:7], *lrs])
+    if not run.opt.noplots:
+        plot_results(run.save_dir / 'results.csv')
+    improved = fit >= run.best_fitness
+    if improved:
+        run.best_fitness, run.best_epoch = fit, epoch
+    if not run.opt.nosave or final:
+        ck = make_checkpoint(run, run.model, run.ema, run.optimizer, run.scaler, epoch, run.best_fitness)
+        save_checkpoint(ck, run.weights_dir / 'last.pt')
+        if improved:
+            save_checkpoint(ck, run.weights_dir / 'best.pt')
+    return epoch - run.best_epoch >= run.opt.patience
+
+
+def verify_frozen(run):
+    """Every frozen tensor, in the model and in the EMA copy, must equal its starting value bit for bit."""
+    m = getattr(run.model, 'module', run.model)
+    names = [n for n in run.frozen_digests if n in set(frozen_names(m))]
+    bad = [n for n, d in tensor_digests(m, names).items() if d != run.frozen_digests[n]]
+    bad += [f'ema:{n}' for n, d in tensor_digests(run.ema.ema, names).items() if d != run.frozen_digests[n]]
+    if bad:
+        raise RuntimeError(f'{len(bad)} frozen tensors changed during training: {", ".join(bad[:5])}')
+    run.log(f'Frozen tensors verified: {len(names)} tensors (weights and BatchNorm buffers) bit-identical to '
+            f'their starting values in the model and its EMA')
+    return len(names)
+
+
+def finish(run, epoch):
+    """Final validation with best weights, strip optimizer state from last/best, verify frozen tensors."""
+    for name in ('last.pt', 'best.pt'):
+        path = run.weights_dir / name
+        if path.exists():
+            ck = load_checkpoint(path)
+            ck.update(model=None, optimizer=None, scaler=None)
+            save_checkpoint(ck, path)
+    run.verified = verify_frozen(run) if run.ema else 0
+
+
+def train(run, ckpt=None):
+    opt = run.opt
+    setup(run, ckpt)
+    nb = len(run.train_loader)
+    cfg = {'epochs': opt.epochs, 'hyp': run.hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
+           'amp': run.amp, 'world_size': run.world_size,
+           'warmup_iters': max(round(run.hyp['warmup_epochs'] * nb), 100)}
+    if run.main and not opt.noplots:
+        cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, imgs, targets)
+    run.best_epoch = run.start_epoch - 1
+    state = StepState(ni=run.start_epoch * nb, last_step=run.start_epoch * nb - 1)
+    results = (0.0,) * 7
+    t0 = time.time()
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, opt.epochs):
+        seed_everything(opt.seed + epoch)  # a resumed run replays the same epoch
+        reseed_loader(run.train_loader, (opt.seed + epoch) * 1000 + max(run.rank, 0))
+        maybe_unfreeze(run, epoch, nb)
+        if opt.close_mosaic and epoch == opt.epochs - opt.close_mosaic:
+            run.dataset.mosaic = False
+            run.log(f'epoch {epoch + 1}: mosaic off for the last {opt.close_mosaic} epochs')
+        if hasattr(run.train_loader.sampler, 'set_epoch'):
+            run.train_loader.sampler.set_epoch(epoch)
+        losses, ips = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.ema,
+                                      run.compute_loss, run.device, epoch, cfg, state, show=run.main)
+        if run.main:
+            final = epoch == opt.epochs - 1
+            stop = end_epoch(run, epoch, losses, final)
+            if stop:
+                run.log(f'Early stopping: no improvement in {opt.patience} epochs (best epoch {run.best_epoch + 1})')
+            if stop and not final:
+                break
+        cfg.pop('on_first_batch', None)
+    if run.main:
+        run.log(f'{epoch - run.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
+        finish(run, epoch)
+        results = final_validation(run)
+    return results
+
+
+def final_validation(run):
+    best = run.weights_dir / 'best.pt'
+    if not best.exists():
+        return (0.0,) * 7
+    results, _, _ = validate.run(data=run.data, weights=str(best), batch_size=run.opt.batch_size * 2,
+                                 imgsz=run.imgsz, device=str(run.device.index if run.device.type == 'cuda' else 'cpu'),
+                                 save_dir=run.save_dir, plots=not run.opt.noplots, verbose=True,
+                                 workers=run.opt.workers)
+    run.log(f'Results saved to {run.save_dir}: mAP50 {results[2]:.3f}, mAP50-95 {results[3]:.3f}')
+    return results
+
+
+def plot_batch(run, imgs, targets):
+    plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=run.data['names'])
+
+
+def prepare_run_dir(run):
+    opt = run.opt
+    if opt.resume:
+        run.save_dir = Path(opt.resume).parent.parent
+    else:
+        run.save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok) if run.main else None
+    if run.main:
+        run.weights_dir = run.save_dir / 'weights'
+        run.weights_dir.mkdir(parents=True, exist_ok=True)
+
+
+def init_distributed(opt):
+    """(device, rank, world_size) from torch.distributed.run's environment; (device, -1, 1) without DDP."""
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', -1))
+    local_rank = int(os.environ.get('LOCAL_RANK', -1))
+    device = select_device(opt.device)
+    if world_size > 1:
+        if device.type == 'cuda':
+            device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device, rank, world_size
+
+
+def run(**kwargs):
+    """Python entry point: ``train.run(data='data/shapes.yaml', epochs=3)``. Returns the final val results."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        if not hasattr(opt, k):
+            raise ValueError(f'train.run: unknown option {k}')
+        setattr(opt, k, v)
+    return main(opt)
+
+
+def main(opt):
+    device, rank, world_size = init_distributed(opt)
+    ckpt = None
+    if opt.resume:
+        opt, ckpt = resume_options(opt)
+    r = Run(opt, device, rank, world_size)
+    prepare_run_dir(r)
+    if r.main:
+        (r.save_dir / 'opt.yaml').write_text(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v)
+                                                             for k, v in vars(opt).items()}, sort_keys=False))
+    try:
+        return train(r, ckpt)
+    finally:
+        if world_size > 1:
+            torch.distributed.destroy_process_group()
+
+
+def cli(argv=None):
+    opt = parse_opt(argv)
+    try:
+        main(opt)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    cli()
