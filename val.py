@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywhn
 from utils.checkpoint import load_model
-from utils.coco import (add_crowd_regions, category_ids_for, detections_to_results, ground_truth_from_coco,
-                        ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
+from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results,
+                        ground_truth_from_coco, ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
 from utils.datasets import check_dataset, create_dataloader
 from utils.metrics import ConfusionMatrix, DetectionEvaluator, GroundTruth
 from utils.runs import increment_path, select_device
@@ -33,7 +33,7 @@ ROW = '%22s' + '%11i' * 2 + '%11.3g' * 4
 
 def resolve_data(data):
     """A data dict already resolved by ``check_dataset`` is used as is; a YAML path (or raw dict) is resolved."""
-    if isinstance(data, dict) and {'format', 'eval', 'names', 'nc'} <= set(data):
+    if isinstance(data, dict) and {'format', 'eval', 'names', 'nc', 'annotations', 'yaml_file'} <= set(data):
         return data
     return check_dataset(data)
 
@@ -65,7 +65,8 @@ def image_ground_truth(record, targets, img_shape, shape0, ratio_pad, single_cls
                            difficult=record.difficult)
     boxes = xywhn2xyxy(targets[:, 2:6].double(), img_shape[1], img_shape[0])
     scale_boxes(img_shape, boxes, shape0, ratio_pad)
-    return GroundTruth(boxes.cpu().numpy(), targets[:, 1].cpu().numpy())
+    cls = targets[:, 1].cpu().numpy()
+    return GroundTruth(boxes.cpu().numpy(), np.zeros_like(cls) if single_cls else cls)
 
 
 def save_txt_labels(det, shape0, path, save_conf):
@@ -94,14 +95,17 @@ class Validation:
         self.evaluator = DetectionEvaluator(nc, voc_rule=voc_rule, confusion=ConfusionMatrix(nc) if plots else None)
         records = getattr(dataloader.dataset, 'records', None) or []
         self.records = {str(r.im_file): r for r in records}
+        self.image_ids = assign_image_ids(records) if anno_json is None else {}  # own GT JSON: ids must be unique
         self.anno_json = anno_json
-        self.category_ids = category_ids_for(nc, anno_json if not single_cls else None)
-        use_official_crowd = anno_json is not None and data.get('format') == 'yolo' and not single_cls
+        self.category_ids = category_ids_for(nc, anno_json)
+        use_official_crowd = anno_json is not None and data.get('format') == 'yolo'
         self.official = ground_truth_from_coco(anno_json, self.category_ids) if use_official_crowd else {}
         self.save_json, self.results, self.images = save_json, [], []
         self.seen, self.times, self.loss = 0, np.zeros(3), None
 
     def image_id(self, record, path):
+        if str(path) in self.image_ids:
+            return self.image_ids[str(path)]
         return record.image_id if record is not None and record.image_id is not None else image_id_from_path(path)
 
     def add_batch(self, imgs, targets, paths, shapes, preds, save_txt=None, save_conf=False):
@@ -117,7 +121,7 @@ class Validation:
                 det[:, 5] = 0
             scale_boxes(imgs.shape[2:], det[:, :4], shape0, ratio_pad)
             det = det.double().cpu().numpy()
-            self.evaluator.add_image(det, gt)
+            self.evaluator.add_image(det, gt, key=image_id)
             self.seen += 1
             if save_txt:
                 save_txt_labels(det, shape0, save_txt / f'{Path(paths[si]).stem}.txt', save_conf)
@@ -140,8 +144,9 @@ class Validation:
         ap, mean = self.evaluator.voc_ap()
         rule = self.evaluator.voc_rule
         if verbose:
+            print(f"{'Class':>22s}{'VOC AP50':>11s}")
             for c in np.flatnonzero(np.isfinite(ap)):
-                print(f'{self.names[c]:>22s} {ap[c]:11.4f}')
+                print(f'{self.names[c]:>22s}{ap[c]:11.4f}')
         print(f"VOC devkit AP50 ({'VOC2007 11-point' if rule == 'voc07' else 'VOC2010+ all-point'}, difficult "
               f'ignored): mAP {mean:.4f} over {int(np.isfinite(ap).sum())} classes')
         return mean
@@ -214,7 +219,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         stride = int(model.stride.max())
         dataloader, split = build_dataloader(data, task, check_imgsz(imgsz, stride), batch_size, stride, workers,
                                              single_cls)
-    anno_json = (data.get('annotations') or {}).get(split) if data.get('eval') == 'coco' or save_json else None
+    official = data.get('eval') == 'coco' or save_json
+    anno_json = None if single_cls or not official else (data.get('annotations') or {}).get(split)  # 1 class: ours
     state = Validation(data, nc, names, dataloader, save_dir, single_cls, plots, save_json, anno_json)
     was_training = model.training
     model.eval()

@@ -4,7 +4,7 @@ import pytest
 
 from utils.metrics import (ConfusionMatrix, DetectionEvaluator, GroundTruth, ap_per_class, coco_iou, compute_ap,
                            fitness, match_detections, rank_within_class)
-from utils.voc_eval import voc_ap, voc_ap_per_class, voc_iou, voc_match
+from utils.voc_eval import voc_ap, voc_iou, voc_match
 
 BOX_A = [10., 10., 50., 50.]
 BOX_B = [100., 100., 160., 140.]
@@ -26,7 +26,7 @@ def test_perfect_detector_scores_one():
     assert ev.coco_map() == pytest.approx((1.0, 1.0))
     assert ev.voc_ap()[1] == 1.0
     assert s.maps.tolist() == pytest.approx([1.0, 1.0, 1.0])  # class 2 has no ground truth: it gets the overall mAP
-    assert s.n_targets.tolist() == [1, 1, 0]
+    assert s.n_targets.tolist() == [1, 1, 0] and s.n_images.tolist() == [1, 1, 0]
 
 
 def test_one_false_positive_above_one_true_positive():

@@ -121,3 +121,21 @@ def test_cocoeval_small_case_and_errors(tmp_path):
     (tmp_path / 'broken.json').write_text('{')
     with pytest.raises(ValueError, match='broken.json: not valid JSON'):
         run_cocoeval(anno, tmp_path / 'broken.json')
+
+
+@needs_coco64
+def test_tied_scores_are_ordered_by_image_id_like_pycocotools(tmp_path):
+    """fp16 models give many equal scores; COCOeval orders equal scores by image id, whatever order we saw."""
+    category_ids = category_ids_for(80, ANNO)
+    gts = ground_truth_from_coco(ANNO, category_ids)
+    rng = np.random.default_rng(3)
+    keyed, unkeyed, results = DetectionEvaluator(nc=80), DetectionEvaluator(nc=80), []
+    for image_id in sorted(gts, reverse=True):  # loader order (here reversed) differs from id order
+        det = fake_detections(gts[image_id], rng)
+        det[:, 4] = np.round(det[:, 4], 1)  # heavy ties
+        keyed.add_image(det, gts[image_id], key=image_id)
+        unkeyed.add_image(det, gts[image_id])
+        results += detections_to_results(det, image_id, category_ids)
+    map_coco, map50_coco, _ = run_cocoeval(ANNO, write_json(results, tmp_path / 'p.json'), verbose=False)
+    assert keyed.coco_map() == pytest.approx((map50_coco, map_coco), abs=1e-9)
+    assert unkeyed.coco_map() != pytest.approx((map50_coco, map_coco), abs=1e-9)  # the test can tell

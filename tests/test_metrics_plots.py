@@ -1,6 +1,5 @@
 """utils/plots.py: curve and confusion-matrix figures, labelled image grids."""
 import numpy as np
-import pytest
 import torch
 
 from utils.metrics import ConfusionMatrix, ap_per_class

@@ -269,14 +269,19 @@ class DetectionEvaluator:
         self.nc, self.voc_rule, self.confusion, self.iou_thresholds = nc, voc_rule, confusion, iou_thresholds
         self.images = []  # per image: dict of arrays
 
-    def add_image(self, det, gt):
-        """det: (n, 6) [x1, y1, x2, y2, conf, cls] in original pixels; gt: ``GroundTruth``."""
+    def add_image(self, det, gt, key=None):
+        """det: (n, 6) [x1, y1, x2, y2, conf, cls] in original pixels; gt: ``GroundTruth``.
+
+        Images are ranked by ``key`` (default: the order added) when detections of equal confidence in
+        different images are ordered; pass the COCO image id to break such ties exactly as COCOeval does.
+        """
         det = np.asarray(det, np.float64).reshape(-1, 6)
         det = det[np.argsort(-det[:, 4], kind='stable')]
         correct, ignored = match_detections(det[:, :4], det[:, 5], gt.boxes, gt.cls, gt.ignore, gt.crowd,
                                             self.iou_thresholds)
         part = dict(correct=correct, ignored=ignored, conf=det[:, 4], cls=det[:, 5].astype(int),
-                    rank=rank_within_class(det[:, 5]), target_cls=gt.cls[~gt.ignore])
+                    rank=rank_within_class(det[:, 5]), target_cls=gt.cls[~gt.ignore],
+                    key=len(self.images) if key is None else key)
         if self.voc_rule:
             from utils.voc_eval import voc_match  # VOC datasets only
             part['voc_tp'], part['voc_ignored'] = voc_match(det[:, :4], det[:, 5], gt.boxes, gt.cls, gt.difficult)
@@ -288,7 +293,8 @@ class DetectionEvaluator:
             self.confusion.process_batch(det[keep], np.c_[gt.cls[counted], gt.boxes[counted]])
 
     def _stack(self, key, mask=None):
-        parts = [p[key] if mask is None else p[key][mask(p)] for p in self.images]
+        images = sorted(self.images, key=lambda p: (isinstance(p['key'], str), p['key']))
+        parts = [p[key] if mask is None else p[key][mask(p)] for p in images]
         if not parts:
             return np.zeros((0, len(self.iou_thresholds)) if key in ('correct', 'ignored') else 0)
         return np.concatenate(parts, 0)
