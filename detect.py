@@ -23,6 +23,7 @@ from utils.annotate import annotate, crop_box
 from utils.augment import letterbox
 from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywhn
 from utils.checkpoint import load_model
+from utils.download import resolve_weights
 from utils.runs import increment_path, select_device
 from utils.sources import open_source
 
@@ -190,7 +191,7 @@ class Detector:
 
     def __init__(self, weights, device, half, imgsz, conf_thres, iou_thres, classes, agnostic, max_det):
         with torch.no_grad():  # fusing copies BN-scaled weights; without this they would carry autograd history
-            model = load_model(weights, device, fuse=True)
+            model = load_model(resolve_weights(weights), device, fuse=True)
         self.model = model.half() if half else model
         self.names, self.stride = class_names(model), int(model.stride.max())
         check_options(conf_thres, iou_thres, max_det, classes, len(self.names))

@@ -35,6 +35,9 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.runs import increment_path, select_device
 
 ROOT = Path(__file__).resolve().parent
+DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml', 'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'),
+        'epochs': 15, 'imgsz': 192}
+STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch.yaml'), 'epochs': 100, 'imgsz': 640}
 CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
             'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
             'x/lr0', 'x/lr1', 'x/lr2']
@@ -43,12 +46,12 @@ CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metr
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description='Train YOLOv5 with built-in layer freezing.')
     p.add_argument('--weights', default='', help='initial weights (.pt, ours or official); empty: from scratch')
-    p.add_argument('--cfg', default='', help='model YAML (default: the checkpoint\'s, else v6/yolov5n.yaml)')
-    p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'), help='data YAML')
-    p.add_argument('--hyp', default=str(ROOT / 'data/hyps/hyp.scratch.yaml'), help='hyper-parameter YAML')
-    p.add_argument('--epochs', type=int, default=20)
+    p.add_argument('--cfg', default='', help="model YAML (default: the checkpoint's, else v6/yolov5s.yaml)")
+    p.add_argument('--data', default=None, help='data YAML (default: the built-in shapes demo, see below)')
+    p.add_argument('--hyp', default=None, help='hyper-parameter YAML (default: data/hyps/hyp.scratch.yaml)')
+    p.add_argument('--epochs', type=int, default=None, help='default 100')
     p.add_argument('--batch-size', type=int, default=16, help='total batch size over all processes')
-    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=256, help='train/val image size (pixels)')
+    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None, help='train/val image size, default 640')
     p.add_argument('--rect', action='store_true', help='rectangular training batches')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run, or this last.pt')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
@@ -76,6 +79,17 @@ def parse_opt(argv=None):
     p.add_argument('--close-mosaic', type=int, default=0, help='turn mosaic off for the last K epochs')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def fill_defaults(opt):
+    """YOLOv5's defaults, except without --data: then the built-in demo (v6/yolov5n, shapes, 192 px, 15 epochs,
+    hyp.shapes.yaml) for every option left unset, so `python train.py` finishes in minutes on a CPU."""
+    demo = opt.data is None
+    preset = DEMO if demo else STANDARD
+    for k, v in preset.items():
+        if getattr(opt, k) in (None, ''):
+            setattr(opt, k, v)
+    return opt
 
 
 class Run:
@@ -107,7 +121,7 @@ def build_model(run, data):
     """Model from --cfg / the checkpoint's YAML, with pretrained weights transferred where shapes match."""
     opt = run.opt
     weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
-    cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5n.yaml')
+    cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5s.yaml')
     model = Model(cfg, nc=data['nc']).to(run.device)
     if weights:
         report = transfer_weights(model, weights['state_dict'])
@@ -396,6 +410,7 @@ def run(**kwargs):
 
 
 def main(opt):
+    fill_defaults(opt)
     device, rank, world_size = init_distributed(opt)
     ckpt = None
     if opt.resume:

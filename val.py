@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywhn
 from utils.checkpoint import load_model
+from utils.download import resolve_weights
 from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results,
                         ground_truth_from_coco, ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
 from utils.datasets import check_dataset, create_dataloader
@@ -184,7 +185,7 @@ def _xyxy_to_xywh(b):
 def load_for_val(weights, device, nc, single_cls):
     if not weights:
         raise ValueError('--weights is required when no model is given')
-    model = load_model(weights, device, fuse=True)
+    model = load_model(resolve_weights(weights), device, fuse=True)
     model_nc = int(model.model[-1].nc)
     if model_nc != nc and not single_cls:
         raise ValueError(f'{weights}: model has {model_nc} classes but the data has {nc}')

@@ -250,7 +250,7 @@ def test_all_files_corrupt_and_bad_flags(weights, tmp_path, capsys):
     assert err.count('\n') == 1
     assert '--conf-thres 1.5: must be between 0 and 1' in main_error(base + [str(img), '--conf-thres', '1.5'])
     assert '--vid-stride 0: must be a whole number >= 1' in main_error(base + [str(img), '--vid-stride', '0'])
-    assert 'checkpoint not found' in main_error(['--weights', str(tmp_path / 'no.pt'), '--source', str(img)])
+    assert 'not found' in main_error(['--weights', str(tmp_path / 'no.pt'), '--source', str(img)])
     if not torch.cuda.is_available():
         run(weights, img, tmp_path, half=True, device='cpu', imgsz=100, nosave=True)
         out = capsys.readouterr().out
