@@ -11,10 +11,14 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) models/yolo.py --cfg yolov5s.yaml
+	$(PY) train.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/freeze.py
+	$(PY) benchmarks/dataloader.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -8,7 +8,6 @@ Usage:
 """
 import argparse
 import csv
-import hashlib
 import os
 import sys
 import time
@@ -22,13 +21,14 @@ import yaml
 import val as validate
 from models.yolo import Model
 from utils.autoanchor import check_anchors
-from utils.checkpoint import FORMAT, load_checkpoint, read_weights, save_checkpoint, transfer_weights, format_transfer_report
+from utils.checkpoint import (FORMAT, find_last_checkpoint, format_transfer_report, load_checkpoint, read_weights,
+                              save_checkpoint, strip_optimizer, transfer_weights)
 from utils.download import resolve_weights
-from utils.datasets import check_dataset, create_dataloader, reseed_loader
+from utils.datasets import check_dataset, create_dataloader, load_hyp, reseed_loader
 from utils.ema import ModelEMA
 from utils.engine import (NOMINAL_BATCH, StepState, accumulate_steps, build_optimizer, rebuild_optimizer,
                           seed_everything, train_one_epoch)
-from utils.freeze import freeze, freeze_report, frozen_names, unfreeze
+from utils.freeze import freeze, freeze_report, frozen_names, tensor_digests, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
@@ -101,22 +101,6 @@ class Run:
         self.log = print if self.main else (lambda *a, **k: None)
 
 
-def load_hyp(path):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: hyper-parameter file not found')
-    try:
-        hyp = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
-    need = ['lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr',
-            'box', 'cls', 'obj', 'anchor_t']
-    missing = [k for k in need if not isinstance(hyp, dict) or k not in hyp]
-    if missing:
-        raise ValueError(f'{path}: missing hyper-parameters {", ".join(missing)}')
-    return hyp
-
-
 def build_model(run, data):
     """Model from --cfg / the checkpoint's YAML, with pretrained weights transferred where shapes match."""
     opt = run.opt
@@ -138,11 +122,6 @@ def apply_freeze(run, model):
     return prefixes
 
 
-def tensor_digests(model, names):
-    state = model.state_dict()
-    return {n: hashlib.sha256(state[n].detach().cpu().contiguous().numpy().tobytes()).hexdigest() for n in names}
-
-
 def make_checkpoint(run, model, ema, optimizer, scaler, epoch, best_fitness, final=False):
     m = getattr(model, 'module', model)
     return {
@@ -157,21 +136,11 @@ def make_checkpoint(run, model, ema, optimizer, scaler, epoch, best_fitness, fin
     }
 
 
-def find_resume_checkpoint(resume, project):
-    if resume is True:
-        found = sorted(Path(project).glob('**/last.pt'), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f'--resume: no last.pt under {project}')
-        return found[-1]
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f'--resume {resume}: checkpoint not found')
-    return path
-
-
 def resume_options(opt):
     """Options of the run to resume (from its checkpoint), keeping this call's device and workers."""
-    path = find_resume_checkpoint(opt.resume, opt.project)
+    path = find_last_checkpoint(opt.project) if opt.resume is True else Path(opt.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f'--resume {opt.resume}: checkpoint not found')
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
         raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
@@ -310,11 +279,8 @@ def verify_frozen(run):
 def finish(run, epoch):
     """Final validation with best weights, strip optimizer state from last/best, verify frozen tensors."""
     for name in ('last.pt', 'best.pt'):
-        path = run.weights_dir / name
-        if path.exists():
-            ck = load_checkpoint(path)
-            ck.update(model=None, optimizer=None, scaler=None)
-            save_checkpoint(ck, path)
+        if (run.weights_dir / name).exists():
+            strip_optimizer(run.weights_dir / name)
     run.verified = verify_frozen(run) if run.ema else 0
 
 

@@ -114,7 +114,7 @@ def test_resume_errors(tiny_data, tmp_path):
 @pytest.mark.parametrize('args,msg', [
     (['--freeze', 'heads'], "--freeze heads: expected a layer count"),
     (['--data', 'nope.yaml'], 'nope.yaml'),
-    (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyper-parameter file not found'),
+    (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyp file not found'),
     (['--weights', 'missing_weights.pt'], 'missing_weights.pt'),
 ])
 def test_cli_bad_input_is_one_line(tiny_data, tmp_path, args, msg):

@@ -63,8 +63,9 @@ def draw_box(im, xyxy, colour, label=None, line_width=2):
     (w, h), baseline = cv2.getTextSize(label, FONT, scale, thickness)
     outside = p1[1] - h - baseline - 3 >= 0  # room above the box for the tab
     top = p1[1] - h - baseline - 3 if outside else p1[1]
-    cv2.rectangle(im, (p1[0], top), (p1[0] + w + 2, top + h + baseline + 3), colour, -1, cv2.LINE_AA)
-    cv2.putText(im, label, (p1[0] + 1, top + h + 1), FONT, scale, text_colour(colour), thickness, cv2.LINE_AA)
+    left = max(min(p1[0], im.shape[1] - w - 2), 0)  # keep the tab inside the image at the right edge
+    cv2.rectangle(im, (left, top), (left + w + 2, top + h + baseline + 3), colour, -1, cv2.LINE_AA)
+    cv2.putText(im, label, (left + 1, top + h + 1), FONT, scale, text_colour(colour), thickness, cv2.LINE_AA)
     return im
 
 

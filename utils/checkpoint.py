@@ -57,14 +57,19 @@ def load_checkpoint(path, map_location='cpu'):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, prefer_ema=True):
-    """Rebuild the ``Model`` stored in a checkpoint dict (fp32, eval mode, names set)."""
-    from models.yolo import Model  # lazy: keeps this module importable without building models
-    model = Model(ckpt['yaml'])
-    state = ckpt.get('ema') if prefer_ema and ckpt.get('ema') is not None else ckpt['model']
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    model.names = list(ckpt.get('names') or model.names)
-    return model.eval()
+def strip_optimizer(path):
+    """Make ``path`` a final checkpoint: drop the training-only state (model copy, optimizer, scaler), keep the EMA."""
+    ckpt = load_checkpoint(path)
+    ckpt.update(model=None, optimizer=None, scaler=None)
+    return save_checkpoint(ckpt, path)
+
+
+def find_last_checkpoint(project):
+    """The most recently written ``last.pt`` under ``project`` (for a bare ``--resume``)."""
+    found = sorted(Path(project).glob('**/last.pt'), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f'--resume: no last.pt under {project}')
+    return found[-1]
 
 
 def read_weights(path):

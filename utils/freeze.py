@@ -11,6 +11,8 @@ Freeze specs (``--freeze`` values): ``10`` (first 10 layers), ``0 1 2`` (those l
 (the YAML's backbone section), ``all`` (everything but the Detect head), and parameter-name prefixes such as
 ``model.24.`` or ``model.24.m.0``. Prefixes match whole dotted components: ``model.1.`` never matches ``model.11.``.
 """
+import hashlib
+
 import torch.nn as nn
 
 
@@ -110,6 +112,12 @@ def _bit_equal(a, b):
     a = a.detach().cpu()
     b = b.detach().cpu()
     return a.shape == b.shape and a.dtype == b.dtype and bool((a == b).all() | (a.isnan() & b.isnan()).all())
+
+
+def tensor_digests(model_or_state, names):
+    """SHA-256 of each named tensor's bytes: a compact fingerprint that survives checkpoints and resumes."""
+    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
+    return {n: hashlib.sha256(state[n].detach().cpu().contiguous().numpy().tobytes()).hexdigest() for n in names}
 
 
 def optimizer_param_groups(model, weight_decay=5e-4):
