@@ -10,8 +10,6 @@ Results go to runs/detect/exp{N}/: annotated images (same name) and videos (<nam
 (`cls cx cy w h [conf]`, normalised; video frames as <name>_<frame>.txt) and crops/<class>/<name>.jpg.
 From Python: ``detect.run(weights=..., source=...)`` returns one dict per image or frame.
 """
-import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from utils.annotate import annotate, crop_box
 from utils.augment import letterbox
 from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywhn
+from utils.cli import ArgumentParser, run_cli
 from utils.checkpoint import load_model
 from utils.download import resolve_weights
 from utils.runs import increment_path, select_device
@@ -270,15 +269,8 @@ def report(log, detector, n, skipped, writer):
     log(f'Results saved to {writer.save_dir}{labels}')
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a single 'error: ...' line (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f'error: {message} (see --help)\n')
-
-
 def parse_opt(argv=None):
-    p = OneLineErrorParser(description='YOLOv5 inference on images, folders, globs, lists, videos or a webcam.')
+    p = ArgumentParser(description='YOLOv5 inference on images, folders, globs, lists, videos or a webcam.')
     p.add_argument('--weights', required=True, help='model checkpoint (.pt)')
     p.add_argument('--source', required=True, help='image, folder, glob, .txt list of paths, video, or webcam index')
     p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
@@ -304,11 +296,7 @@ def parse_opt(argv=None):
 
 
 def main(argv=None):
-    opt = parse_opt(argv)
-    try:
-        run(**vars(opt))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    run_cli(run, parse_opt(argv))
 
 
 if __name__ == '__main__':

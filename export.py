@@ -7,7 +7,6 @@ The exported graph is the fused eval model and returns only the decoded tensor (
 pixels, sigmoid objectness and class scores, ready for ``non_max_suppression``. TorchScript files carry
 ``config.txt`` (JSON: shape, stride, names) as an extra file.
 """
-import argparse
 import importlib.util
 import json
 import sys
@@ -21,6 +20,7 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from utils.checkpoint import load_model  # noqa: E402
+from utils.cli import ArgumentParser, run_cli  # noqa: E402
 from utils.download import resolve_weights  # noqa: E402
 from utils.runs import select_device  # noqa: E402
 
@@ -95,7 +95,7 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Export a YOLOv5 model to TorchScript and ONNX.')
+    parser = ArgumentParser(description='Export a YOLOv5 model to TorchScript and ONNX.')
     parser.add_argument('--weights', default='yolov5s.pt', help='our checkpoint or an official .pt')
     parser.add_argument('--include', nargs='+', default=['torchscript', 'onnx'], choices=FORMATS)
     parser.add_argument('--imgsz', '--img', nargs='+', type=int, default=[640], help='image size h (w)')
@@ -106,11 +106,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    opt = parse_args(argv)
-    try:
-        run(**vars(opt))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    run_cli(run, parse_args(argv))
 
 
 if __name__ == '__main__':

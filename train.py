@@ -9,7 +9,6 @@ Usage:
 import argparse
 import csv
 import os
-import sys
 import time
 from copy import deepcopy
 from datetime import datetime
@@ -21,13 +20,29 @@ import yaml
 import val as validate
 from models.yolo import Model
 from utils.autoanchor import check_anchors
-from utils.checkpoint import (FORMAT, find_last_checkpoint, format_transfer_report, load_checkpoint, read_weights,
-                              save_checkpoint, strip_optimizer, transfer_weights)
-from utils.download import resolve_weights
+from utils.checkpoint import (
+    FORMAT,
+    find_last_checkpoint,
+    format_transfer_report,
+    load_checkpoint,
+    read_weights,
+    save_checkpoint,
+    strip_optimizer,
+    transfer_weights,
+)
+from utils.cli import ArgumentParser, run_cli
 from utils.datasets import check_dataset, create_dataloader, load_hyp, reseed_loader
+from utils.download import resolve_weights
 from utils.ema import ModelEMA
-from utils.engine import (NOMINAL_BATCH, StepState, accumulate_steps, build_optimizer, rebuild_optimizer,
-                          seed_everything, train_one_epoch)
+from utils.engine import (
+    NOMINAL_BATCH,
+    StepState,
+    accumulate_steps,
+    build_optimizer,
+    rebuild_optimizer,
+    seed_everything,
+    train_one_epoch,
+)
 from utils.freeze import freeze, freeze_report, frozen_names, tensor_digests, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
@@ -35,8 +50,8 @@ from utils.plots import plot_images, plot_labels, plot_results
 from utils.runs import increment_path, select_device
 
 ROOT = Path(__file__).resolve().parent
-DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml', 'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'),
-        'epochs': 15, 'imgsz': 192}
+DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
+        'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 15, 'imgsz': 192}
 STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch.yaml'), 'epochs': 100, 'imgsz': 640}
 CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
             'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
@@ -44,7 +59,7 @@ CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metr
 
 
 def parse_opt(argv=None):
-    p = argparse.ArgumentParser(description='Train YOLOv5 with built-in layer freezing.')
+    p = ArgumentParser(description='Train YOLOv5 with built-in layer freezing.')
     p.add_argument('--weights', default='', help='initial weights (.pt, ours or official); empty: from scratch')
     p.add_argument('--cfg', default='', help="model YAML (default: the checkpoint's, else v6/yolov5s.yaml)")
     p.add_argument('--data', default=None, help='data YAML (default: the built-in shapes demo, see below)')
@@ -394,11 +409,7 @@ def main(opt):
 
 
 def cli(argv=None):
-    opt = parse_opt(argv)
-    try:
-        main(opt)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    run_cli(lambda **kw: main(argparse.Namespace(**kw)), parse_opt(argv))
 
 
 if __name__ == '__main__':

@@ -9,9 +9,7 @@ Usage:
 From Python (train.py does this every epoch):
     (p, r, map50, map, *losses), maps, times = val.run(data=data_dict, model=ema_model, dataloader=loader)
 """
-import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywhn
 from utils.checkpoint import load_model
+from utils.cli import ArgumentParser, run_cli
 from utils.download import resolve_weights
 from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results,
                         ground_truth_from_coco, ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
@@ -278,13 +277,8 @@ def report(state, verbose, training, weights, plots, save_json, n_batches, task,
     return (summary.mp, summary.mr, summary.map50, summary.map, *loss), summary.maps, times
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        self.exit(2, f'error: {message}\n')
-
-
 def parse_opt(argv=None):
-    p = _Parser(description='Validate a YOLOv5 model on a dataset.')
+    p = ArgumentParser(description='Validate a YOLOv5 model on a dataset.')
     p.add_argument('--data', default='data/coco128.yaml', help='dataset YAML')
     p.add_argument('--weights', help='checkpoint .pt')
     p.add_argument('--batch-size', type=int, default=32)
@@ -308,11 +302,7 @@ def parse_opt(argv=None):
 
 
 def main(argv=None):
-    opt = parse_opt(argv)
-    try:
-        run(**vars(opt))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    run_cli(run, parse_opt(argv))
 
 
 if __name__ == '__main__':

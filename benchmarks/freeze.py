@@ -88,7 +88,7 @@ def measure(opt):
 
 def run_one(opt, f):
     cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--cfg', opt.cfg, '--data', opt.data,
-               '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size), '--iters', str(opt.iters),
+           '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size), '--iters', str(opt.iters),
            '--warmup', str(opt.warmup), '--device', opt.device]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:

@@ -18,7 +18,7 @@ def autopad(k, p=None):
 
 
 def make_activation(name='SiLU'):
-    """Build an activation module from its YAML name (``SiLU``, ``LeakyReLU``, ``Hardswish``, ``ReLU``, ``Identity``)."""
+    """Activation module from its YAML name: SiLU, LeakyReLU (slope 0.1), Hardswish, ReLU or Identity."""
     table = {
         'silu': lambda: nn.SiLU(inplace=True),
         'leakyrelu': lambda: nn.LeakyReLU(0.1, inplace=True),

@@ -144,7 +144,8 @@ def test_same_result_as_letterbox_model_nms_by_hand(random_weights, tmp_path):
 def test_classes_filter_and_bad_classes(weights, tmp_path):
     img = tmp_path / 'a.jpg'
     cv2.imwrite(str(img), textured_image(64, 64))
-    assert len(run(weights, img, tmp_path, classes=[1], verbose=False)[0]['det']) == 16  # upscaled to 128x128: 4x4 cells
+    # upscaled to 128x128: 4x4 cells
+    assert len(run(weights, img, tmp_path, classes=[1], verbose=False)[0]['det']) == 16
     assert len(run(weights, img, tmp_path, classes=[0, 2], verbose=False)[0]['det']) == 0
     with pytest.raises(ValueError, match=r'--classes 3: the model has 3 classes \(ids 0-2\)'):
         run(weights, img, tmp_path, classes=[1, 3])

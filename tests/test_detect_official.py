@@ -19,4 +19,5 @@ def test_official_yolov5n_on_bus_and_zidane(tmp_path, capsys):
     assert found['zidane.jpg'] == {'person': 2, 'tie': 1}
     out = capsys.readouterr().out
     assert 'bus.jpg: 640x480 4 persons, 1 bus' in out and 'zidane.jpg: 384x640 2 persons, 1 tie' in out
-    assert (tmp_path / 'exp' / 'bus.jpg').is_file() and len((tmp_path / 'exp' / 'labels' / 'bus.txt').read_text().splitlines()) == 5
+    assert (tmp_path / 'exp' / 'bus.jpg').is_file()
+    assert len((tmp_path / 'exp' / 'labels' / 'bus.txt').read_text().splitlines()) == 5

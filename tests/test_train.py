@@ -118,7 +118,8 @@ def test_resume_errors(tiny_data, tmp_path):
     (['--weights', 'missing_weights.pt'], 'missing_weights.pt'),
 ])
 def test_cli_bad_input_is_one_line(tiny_data, tmp_path, args, msg):
-    base = ['--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0', '--noplots',
+    base = ['--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0',
+            '--noplots',
             '--project', str(tmp_path / 'runs')]
     out = subprocess.run([sys.executable, 'train.py', *base, *args], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
@@ -142,7 +143,8 @@ def free_port():
 
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(free_port()),
-           'train.py', '--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--batch-size', '8',
+           'train.py', '--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64',
+           '--batch-size', '8',
            '--workers', '0', '--device', 'cpu', '--noplots', '--project', str(tmp_path / 'runs'), '--name', 'ddp']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
