@@ -174,73 +174,99 @@ def write_results_row(path, row):
 
 
 def setup(run, ckpt=None):
-    """Data, model, freezing, optimizer, EMA, loss, loaders: everything before the first epoch."""
+    """Everything before the first epoch: hyp, data, model (frozen), loaders, optimizer, EMA, loss."""
     opt = run.opt
     run.hyp = ckpt['hyp'] if ckpt else load_hyp(opt.hyp)
     run.data = check_dataset(opt.data)
-    if run.main:
-        (run.save_dir / 'hyp.yaml').write_text(yaml.safe_dump(run.hyp, sort_keys=False))
     if opt.single_cls:
         run.data = {**run.data, 'nc': 1, 'names': ['item']}
-    seed_everything(opt.seed)  # same initial weights (and autoanchor) for the same seed
-    model = Model(ckpt['yaml']).to(run.device) if ckpt else build_model(run, run.data)
-    if ckpt:
-        model.load_state_dict(ckpt['model'])
-        model.names = list(ckpt['names'])
-    run.frozen_prefixes = apply_freeze(run, model)
-    run.frozen_digests = ckpt['frozen_sha256'] if ckpt else tensor_digests(model, frozen_names(model))
-    run.log(freeze_report(model, opt.imgsz))
-    gs = max(int(model.stride.max()), 32)
-    run.imgsz = max(opt.imgsz // gs * gs, gs)
-    per_process_batch = opt.batch_size // max(run.world_size, 1)
-    run.train_loader, run.dataset = create_dataloader(
-        run.data['train'], run.imgsz, per_process_batch, gs, hyp=run.hyp, augment=True, rect=opt.rect,
-        cache=opt.cache, workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls,
-        seed=opt.seed, data=run.data, prefix='train: ')
-    run.val_loader = None
     if run.main:
-        run.val_loader, _ = create_dataloader(
-            run.data['val'], run.imgsz, per_process_batch * 2, gs, hyp=run.hyp, augment=False, rect=True,
-            cache=opt.cache, workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=run.data, prefix='val: ')
-    if run.main and not opt.noplots and not ckpt:
-        plot_labels(run.dataset.labels, run.data['names'], run.save_dir)
-    if not ckpt and not opt.noautoanchor and run.main:
-        check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
-    hyp = scale_loss_gains(run.hyp, model.model[-1].nl, run.data['nc'], run.imgsz)
-    run.loss_hyp = {**hyp, 'label_smoothing': opt.label_smoothing}
-    nbs = run.hyp.get('nbs', NOMINAL_BATCH)
-    wd = run.hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size, nbs) / nbs
-    run.weight_decay = wd
-    optimizer = build_optimizer(model, opt.optimizer, run.hyp['lr0'], run.hyp['momentum'], wd)
-    ema = ModelEMA(model) if run.main else None
-    if ema:
-        ema.set_frozen(frozen_names(model))
-    run.amp = run.device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
-    run.start_epoch, run.best_fitness = 0, 0.0
-    if ckpt:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        if ema:
-            ema.ema.load_state_dict(ckpt['ema'])
-            ema.updates = ckpt['ema_updates']
-        if ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        run.start_epoch, run.best_fitness = ckpt['epoch'] + 1, ckpt['best_fitness']
-        run.log(f"Resuming {opt.resume} from epoch {run.start_epoch + 1}/{opt.epochs}")
+        (run.save_dir / 'hyp.yaml').write_text(yaml.safe_dump(run.hyp, sort_keys=False))
+    model = setup_model(run, ckpt)
+    setup_loaders(run, model, fresh=ckpt is None)
+    setup_optimization(run, model, ckpt)
     if run.world_size > 1:
         if opt.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [run.device.index] if run.device.type == 'cuda' else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    run.model, run.optimizer, run.ema, run.scaler = model, optimizer, ema, scaler
-    run.compute_loss = ComputeLoss(model, hyp, opt.label_smoothing)
+    run.model = model
 
 
-def maybe_unfreeze(run, epoch, nb):
+def setup_model(run, ckpt):
+    """The model (new, pretrained or resumed), frozen as asked, with the fingerprints of its frozen tensors."""
+    seed_everything(run.opt.seed)  # same initial weights (and autoanchor) for the same seed
+    if ckpt:
+        model = Model(ckpt['yaml']).to(run.device)
+        model.load_state_dict(ckpt['model'])
+        model.names = list(ckpt['names'])
+    else:
+        model = build_model(run, run.data)
+    run.frozen_prefixes = apply_freeze(run, model)
+    run.frozen_digests = ckpt['frozen_sha256'] if ckpt else tensor_digests(model, frozen_names(model))
+    run.log(freeze_report(model, run.opt.imgsz))
+    return model
+
+
+def setup_loaders(run, model, fresh):
+    """Train loader (every process) and val loader (main process); labels plot and anchor check on a new run."""
+    opt = run.opt
+    gs = max(int(model.stride.max()), 32)
+    run.imgsz = max(opt.imgsz // gs * gs, gs)
+    batch = opt.batch_size // max(run.world_size, 1)
+    run.train_loader, run.dataset = create_dataloader(
+        run.data['train'], run.imgsz, batch, gs, hyp=run.hyp, augment=True, rect=opt.rect, cache=opt.cache,
+        workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed, data=run.data,
+        prefix='train: ')
+    run.val_loader = None
+    if not run.main:
+        return
+    run.val_loader, _ = create_dataloader(
+        run.data['val'], run.imgsz, batch * 2, gs, hyp=run.hyp, augment=False, rect=True, cache=opt.cache,
+        workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=run.data, prefix='val: ')
+    if fresh and not opt.noplots:
+        plot_labels(run.dataset.labels, run.data['names'], run.save_dir)
+    if fresh and not opt.noautoanchor:
+        check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
+
+
+def setup_optimization(run, model, ckpt):
+    """Loss, optimizer (trainable parameters only), EMA (skipping frozen tensors), AMP scaler; resumed state."""
+    opt, hyp = run.opt, run.hyp
+    run.compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, run.data['nc'], run.imgsz),
+                                   opt.label_smoothing)
+    nbs = hyp.get('nbs', NOMINAL_BATCH)
+    run.weight_decay = hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size, nbs) / nbs
+    run.optimizer = build_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], run.weight_decay)
+    run.ema = ModelEMA(model) if run.main else None
+    if run.ema:
+        run.ema.set_frozen(frozen_names(model))
+    run.amp = run.device.type == 'cuda'
+    run.scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
+    run.start_epoch, run.best_fitness = 0, 0.0
+    if ckpt:
+        resume_state(run, model, ckpt)
+
+
+def resume_state(run, model, ckpt):
+    """Restore optimizer, EMA, scaler and counters; re-apply an --unfreeze-epoch the run had already passed."""
+    run.start_epoch, run.best_fitness = ckpt['epoch'] + 1, ckpt['best_fitness']
+    if 0 <= run.opt.unfreeze_epoch < run.start_epoch:
+        maybe_unfreeze(run, run.opt.unfreeze_epoch, len(run.train_loader), model)
+    run.optimizer.load_state_dict(ckpt['optimizer'])
+    if run.ema:
+        run.ema.ema.load_state_dict(ckpt['ema'])
+        run.ema.updates = ckpt['ema_updates']
+    if ckpt.get('scaler'):
+        run.scaler.load_state_dict(ckpt['scaler'])
+    run.log(f"Resuming {run.opt.resume} from epoch {run.start_epoch + 1}/{run.opt.epochs}")
+
+
+def maybe_unfreeze(run, epoch, nb, model=None):
     """--unfreeze-epoch: release every frozen layer and rebuild the optimizer with a warm-up for them."""
     if epoch != run.opt.unfreeze_epoch:
         return
-    m = getattr(run.model, 'module', run.model)
+    m = model if model is not None else getattr(run.model, 'module', run.model)
     unfreeze(m)
     run.optimizer = rebuild_optimizer(run.optimizer, m, run.opt.optimizer, run.hyp['lr0'], run.hyp['momentum'],
                                       run.weight_decay, start_iter=epoch * nb, ramp_iters=nb)

@@ -82,25 +82,45 @@ def test_unfreeze_epoch_releases_backbone(tiny_data, tmp_path):
     assert not torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
-    full = run_train(tmp_path, tiny_data, 'full', epochs=3)
-    cmd = [sys.executable, str(ROOT / 'train.py'), '--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml',
-           '--epochs', '3', '--imgsz', '64',
-           '--batch-size', '8', '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', 'killed']
+def kill_after_epoch(tmp_path, data, name, epoch, extra=()):
+    """Start train.py in a subprocess and SIGKILL it as soon as last.pt holds ``epoch``; returns last.pt."""
+    cmd = [sys.executable, str(ROOT / 'train.py'), '--data', str(data), '--cfg', 'v6/yolov5n.yaml',
+           '--epochs', '3', '--imgsz', '64', '--batch-size', '8', '--workers', '0', '--noplots',
+           '--project', str(tmp_path / 'runs'), '--name', name, *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = tmp_path / 'runs' / 'killed' / 'weights' / 'last.pt'
+    last = tmp_path / 'runs' / name / 'weights' / 'last.pt'
     deadline = time.time() + 300
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
+    while proc.poll() is None and time.time() < deadline:
+        if last.exists() and load_checkpoint(last)['epoch'] >= epoch:
+            break
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-run: right after the first epoch's checkpoint
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run: during the next epoch
     proc.wait()
     ck = load_checkpoint(last)
-    assert ck['epoch'] < 2 and ck['optimizer'] is not None, 'the run ended before it could be killed'
-    train.run(resume=str(last), workers=0)
-    a, b = load_checkpoint(full / 'last.pt'), load_checkpoint(last)
-    assert b['epoch'] == 2
+    assert ck['epoch'] == epoch and ck['optimizer'] is not None, 'the run ended before it could be killed'
+    return last
+
+
+def assert_same_ema(a, b):
+    a, b = load_checkpoint(a), load_checkpoint(b)
+    assert a['epoch'] == b['epoch'] == 2
     for k in a['ema']:
         assert torch.equal(a['ema'][k], b['ema'][k]), k
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
+    full = run_train(tmp_path, tiny_data, 'full', epochs=3)
+    last = kill_after_epoch(tmp_path, tiny_data, 'killed', 0)
+    train.run(resume=str(last), workers=0)
+    assert_same_ema(full / 'last.pt', last)
+
+
+def test_resume_after_unfreeze_epoch(tiny_data, tmp_path):
+    extra = {'freeze': ['backbone'], 'unfreeze_epoch': 1}
+    full = run_train(tmp_path, tiny_data, 'full', epochs=3, **extra)
+    last = kill_after_epoch(tmp_path, tiny_data, 'killed', 1, ['--freeze', 'backbone', '--unfreeze-epoch', '1'])
+    train.run(resume=str(last), workers=0)
+    assert_same_ema(full / 'last.pt', last)
 
 
 def test_resume_errors(tiny_data, tmp_path):
