@@ -8,10 +8,7 @@ Usage:
 """
 import argparse
 import csv
-import os
 import time
-from copy import deepcopy
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -20,34 +17,19 @@ import yaml
 import val as validate
 from models.yolo import Model
 from utils.autoanchor import check_anchors
-from utils.checkpoint import (
-    FORMAT,
-    find_last_checkpoint,
-    format_transfer_report,
-    load_checkpoint,
-    read_weights,
-    save_checkpoint,
-    strip_optimizer,
-    transfer_weights,
-)
+from utils.checkpoint import (find_last_checkpoint, format_transfer_report, load_checkpoint, read_weights,
+                              save_checkpoint, strip_optimizer, training_checkpoint, transfer_weights)
 from utils.cli import ArgumentParser, run_cli
 from utils.datasets import check_dataset, create_dataloader, load_hyp, reseed_loader
 from utils.download import resolve_weights
 from utils.ema import ModelEMA
-from utils.engine import (
-    NOMINAL_BATCH,
-    StepState,
-    accumulate_steps,
-    build_optimizer,
-    rebuild_optimizer,
-    seed_everything,
-    train_one_epoch,
-)
+from utils.engine import (NOMINAL_BATCH, StepState, accumulate_steps, build_optimizer, rebuild_optimizer,
+                          seed_everything, train_one_epoch)
 from utils.freeze import freeze, freeze_report, frozen_names, tensor_digests, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.runs import increment_path, select_device
+from utils.runs import increment_path, init_distributed
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -137,18 +119,9 @@ def apply_freeze(run, model):
     return prefixes
 
 
-def make_checkpoint(run, model, ema, optimizer, scaler, epoch, best_fitness, final=False):
-    m = getattr(model, 'module', model)
-    return {
-        'format': FORMAT, 'yaml': m.yaml, 'names': list(m.names), 'nc': m.yaml['nc'],
-        'model': None if final else deepcopy(m.state_dict()), 'ema': deepcopy(ema.ema.state_dict()),
-        'ema_updates': ema.updates, 'epoch': epoch, 'best_fitness': float(best_fitness),
-        'optimizer': None if final else optimizer.state_dict(),
-        'scaler': None if final else scaler.state_dict(),
-        'opt': {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(run.opt).items()},
-        'hyp': run.hyp, 'frozen': run.frozen_prefixes, 'frozen_sha256': run.frozen_digests,
-        'date': datetime.now().isoformat(timespec='seconds'),
-    }
+def make_checkpoint(run, epoch):
+    return training_checkpoint(run.model, run.ema, run.optimizer, run.scaler, epoch, run.best_fitness, vars(run.opt),
+                               run.hyp, run.frozen_prefixes, run.frozen_digests)
 
 
 def resume_options(opt):
@@ -297,7 +270,7 @@ def end_epoch(run, epoch, losses, final):
     if improved:
         run.best_fitness, run.best_epoch = fit, epoch
     if not run.opt.nosave or final:
-        ck = make_checkpoint(run, run.model, run.ema, run.optimizer, run.scaler, epoch, run.best_fitness)
+        ck = make_checkpoint(run, epoch)
         save_checkpoint(ck, run.weights_dir / 'last.pt')
         if improved:
             save_checkpoint(ck, run.weights_dir / 'best.pt')
@@ -392,20 +365,6 @@ def prepare_run_dir(run):
         run.weights_dir.mkdir(parents=True, exist_ok=True)
 
 
-def init_distributed(opt):
-    """(device, rank, world_size) from torch.distributed.run's environment; (device, -1, 1) without DDP."""
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
-    rank = int(os.environ.get('RANK', -1))
-    local_rank = int(os.environ.get('LOCAL_RANK', -1))
-    device = select_device(opt.device)
-    if world_size > 1:
-        if device.type == 'cuda':
-            device = torch.device('cuda', local_rank)
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return device, rank, world_size
-
-
 def run(**kwargs):
     """Python entry point: ``train.run(data='data/shapes.yaml', epochs=3)``. Returns the final val results."""
     opt = parse_opt([])
@@ -418,7 +377,7 @@ def run(**kwargs):
 
 def main(opt):
     fill_defaults(opt)
-    device, rank, world_size = init_distributed(opt)
+    device, rank, world_size = init_distributed(opt.device)
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)

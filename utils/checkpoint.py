@@ -7,7 +7,10 @@ A checkpoint is a plain dict of tensors and Python values, loadable with ``torch
      'ema': state_dict or None,     # its exponential moving average, preferred for inference
      'ema_updates': int, 'epoch': int, 'best_fitness': float,
      'optimizer': state_dict or None, 'scaler': state_dict or None,
-     'opt': dict, 'hyp': dict, 'rng': dict or None, 'frozen': [prefixes], 'date': str}
+     'opt': dict, 'hyp': dict, 'frozen': [prefixes], 'frozen_sha256': {name: digest}, 'date': str}
+
+Random state is not stored: train.py reseeds every epoch from (--seed, epoch), so a resume replays it exactly.
+Final checkpoints (``strip_optimizer``) keep only the EMA: 'model', 'optimizer' and 'scaler' are None.
 
 Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
 
@@ -21,6 +24,8 @@ Official YOLOv5 ``.pt`` files (a pickled model) are read through ``utils/officia
 """
 import os
 import tempfile
+from copy import deepcopy
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -55,6 +60,20 @@ def load_checkpoint(path, map_location='cpu'):
     if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
         raise ValueError(f"{path}: not a yolov5-freeze checkpoint (no '{FORMAT}' format tag)")
     return ckpt
+
+
+def training_checkpoint(model, ema, optimizer, scaler, epoch, best_fitness, opt, hyp, frozen=(), frozen_sha256=None):
+    """The dict train.py saves each epoch (see the module docstring): everything a resume needs."""
+    m = getattr(model, 'module', model)  # DDP wrapper -> model
+    return {
+        'format': FORMAT, 'yaml': m.yaml, 'names': list(m.names), 'nc': m.yaml['nc'],
+        'model': deepcopy(m.state_dict()), 'ema': deepcopy(ema.ema.state_dict()), 'ema_updates': ema.updates,
+        'epoch': epoch, 'best_fitness': float(best_fitness),
+        'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+        'opt': {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(opt).items()},
+        'hyp': dict(hyp), 'frozen': list(frozen), 'frozen_sha256': dict(frozen_sha256 or {}),
+        'date': datetime.now().isoformat(timespec='seconds'),
+    }
 
 
 def strip_optimizer(path):

@@ -1,4 +1,5 @@
 """Run folders (runs/train/exp, exp2, ...) and device selection shared by the scripts."""
+import os
 import re
 from pathlib import Path
 
@@ -33,3 +34,17 @@ def select_device(device=''):
     if first >= torch.cuda.device_count():
         raise ValueError(f'--device {device}: only {torch.cuda.device_count()} CUDA device(s) present')
     return torch.device(f'cuda:{first}')
+
+
+def init_distributed(device=''):
+    """(device, rank, world_size) from torch.distributed.run's environment; (device, -1, 1) without DDP."""
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', -1))
+    local_rank = int(os.environ.get('LOCAL_RANK', -1))
+    device = select_device(device)
+    if world_size > 1:
+        if device.type == 'cuda':
+            device = torch.device('cuda', local_rank)
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device, rank, world_size
