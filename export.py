@@ -22,7 +22,7 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
 from utils.checkpoint import load_model  # noqa: E402
 from utils.cli import ArgumentParser, run_cli  # noqa: E402
 from utils.download import resolve_weights  # noqa: E402
-from utils.runs import select_device  # noqa: E402
+from utils.runs import is_writable_dir, select_device  # noqa: E402
 
 FORMATS = ('torchscript', 'onnx')
 
@@ -72,6 +72,9 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     if unknown:
         raise ValueError(f"--include {' '.join(unknown)}: unknown format (choose from {', '.join(FORMATS)})")
     weights = resolve_weights(weights)
+    if not is_writable_dir(weights.parent):
+        raise ValueError(f'{weights.parent}: read-only folder; exports are written beside the weights, '
+                         f'so copy {weights.name} somewhere writable first')
     device = select_device(device)
     model = load_model(weights, device=device, fuse=True)
     for p in model.parameters():

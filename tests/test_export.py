@@ -67,3 +67,20 @@ def test_cli_errors_are_one_line(tmp_path, weights, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(['--weights', str(weights), '--imgsz', '100'])
     assert 'multiple of the model stride 32' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_export_refuses_read_only_weights_folder(tmp_path):
+    import stat
+    import export
+    from models.yolo import Model
+    from utils.checkpoint import FORMAT, save_checkpoint
+    m = Model('v6/yolov5n.yaml', nc=2)
+    path = save_checkpoint({'format': FORMAT, 'yaml': m.yaml, 'names': ['a', 'b'], 'model': m.state_dict(),
+                            'ema': None}, tmp_path / 'ro' / 'w.pt')
+    path.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)  # read-only, like ../shared
+    try:
+        with pytest.raises(ValueError, match='read-only folder'):
+            export.run(weights=str(path), include=['torchscript'], imgsz=64)
+        assert sorted(p.name for p in path.parent.iterdir()) == ['w.pt']
+    finally:
+        path.parent.chmod(stat.S_IRWXU)

@@ -7,13 +7,14 @@ cached per source in a ``.cache`` JSON file keyed by a hash of paths, sizes and 
 import hashlib
 import json
 import os
-import stat
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from utils.runs import is_writable_dir
 
 IMG_FORMATS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp', '.dng', '.mpo', '.pfm')
 CACHE_VERSION = 1
@@ -399,7 +400,7 @@ def save_cache(cache_file, key, records, report):
     """Write the cache atomically; silently skipped where the folder is read-only (e.g. shared data)."""
     cache_file = Path(cache_file)
     folder = cache_file.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK) or not folder.stat().st_mode & stat.S_IWUSR:
+    if not is_writable_dir(folder):
         return False
     payload = {'version': CACHE_VERSION, 'hash': key, 'records': [r.to_json() for r in records],
                'report': {**{k: getattr(report, k) for k in ('images', 'found', 'missing', 'empty', 'corrupt',

@@ -1,6 +1,7 @@
 """Run folders (runs/train/exp, exp2, ...) and device selection shared by the scripts."""
 import os
 import re
+import stat
 from pathlib import Path
 
 import torch
@@ -17,6 +18,13 @@ def increment_path(path, exist_ok=False, mkdir=False):
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def is_writable_dir(folder):
+    """A folder we may write into: it exists, and is writable by its mode bits too (root ignores permissions,
+    so read-only shared data would otherwise be written into)."""
+    folder = Path(folder)
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
 
 
 def select_device(device=''):
