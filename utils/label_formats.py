@@ -191,30 +191,31 @@ def read_yolo_label(label_file, nc):
     return arr[:, 0].astype(np.int64), xyxy
 
 
-def scan_yolo(src, nc, image_id_from_stem=True):
-    """Records and report for one YOLO source (folder, list or image)."""
+def scan_labelled(items, read_labels, nc, what):
+    """The scan loop YOLO and VOC share: verify each image, read its annotation file, count and note problems.
+
+    ``items`` yields (image file, annotation file, image id); ``read_labels(file, shape)`` returns
+    (cls, xyxy normalised, difficult, crowd) or raises ValueError naming the problem.
+    """
     report, records = ScanReport(), []
-    for im_file in list_images(src):
+    for im_file, label_file, image_id in items:
         report.images += 1
         try:
             shape = verify_image(im_file)
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             report.corrupt += 1
-            report.note(im_file, str(e))
+            report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
             continue
-        stem = Path(im_file).stem
-        rec = Record(im_file, shape, image_id=int(stem) if image_id_from_stem and stem.isdigit() else None)
-        label_file = img2label_path(im_file)
-        if not label_file.is_file():
+        rec = Record(str(im_file), shape, image_id=image_id)
+        if not Path(label_file).is_file():
             report.missing += 1
-            report.note(label_file, 'label file missing (image kept as background)')
+            report.note(label_file, f'{what} missing (image kept as background)')
             records.append(rec)
             continue
         report.found += 1
         try:
-            cls, xyxy = read_yolo_label(label_file, nc)
-            n = len(cls)
-            _finish(rec, cls, xyxy, np.zeros(n, bool), np.zeros(n, bool), nc, report, label_file)
+            cls, xyxy, difficult, crowd = read_labels(label_file, shape)
+            _finish(rec, cls, xyxy, difficult, crowd, nc, report, label_file)
         except (ValueError, OSError, UnicodeDecodeError) as e:
             report.corrupt += 1
             report.note(label_file, f'{e} (image skipped)')
@@ -222,6 +223,20 @@ def scan_yolo(src, nc, image_id_from_stem=True):
         report.empty += not len(rec.cls)
         records.append(rec)
     return records, report
+
+
+def scan_yolo(src, nc, image_id_from_stem=True):
+    """Records and report for one YOLO source (folder, list or image)."""
+    def image_id(f):
+        stem = Path(f).stem
+        return int(stem) if image_id_from_stem and stem.isdigit() else None
+
+    def read(label_file, shape):
+        cls, xyxy = read_yolo_label(label_file, nc)
+        return cls, xyxy, np.zeros(len(cls), bool), np.zeros(len(cls), bool)
+
+    items = ((f, img2label_path(f), image_id(f)) for f in list_images(src))
+    return scan_labelled(items, read, nc, 'label file')
 
 
 def yolo_inputs(src):
@@ -264,34 +279,15 @@ def read_voc_xml(xml_file, names, shape):
 
 
 def scan_voc(src, names):
-    report, records = ScanReport(), []
+    """Records and report for one VOC image-set list (``ImageSets/Main/<split>.txt``), difficult flags kept."""
     ids, year_dir = voc_ids(src)
-    for i in ids:
-        im_file, xml_file = year_dir / 'JPEGImages' / f'{i}.jpg', year_dir / 'Annotations' / f'{i}.xml'
-        report.images += 1
-        try:
-            shape = verify_image(im_file)
-        except (ValueError, FileNotFoundError) as e:
-            report.corrupt += 1
-            report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
-            continue
-        rec = Record(str(im_file), shape)
-        if not xml_file.is_file():
-            report.missing += 1
-            report.note(xml_file, 'annotation XML missing (image kept as background)')
-            records.append(rec)
-            continue
-        report.found += 1
-        try:
-            cls, xyxy, difficult = read_voc_xml(xml_file, names, shape)
-            _finish(rec, cls, xyxy, difficult, np.zeros(len(cls), bool), len(names), report, xml_file)
-        except (ValueError, OSError) as e:
-            report.corrupt += 1
-            report.note(xml_file, f'{e} (image skipped)')
-            continue
-        report.empty += not len(rec.cls)
-        records.append(rec)
-    return records, report
+
+    def read(xml_file, shape):
+        cls, xyxy, difficult = read_voc_xml(xml_file, names, shape)
+        return cls, xyxy, difficult, np.zeros(len(cls), bool)
+
+    items = ((year_dir / 'JPEGImages' / f'{i}.jpg', year_dir / 'Annotations' / f'{i}.xml', None) for i in ids)
+    return scan_labelled(items, read, len(names), 'annotation XML')
 
 
 def voc_inputs(src):
