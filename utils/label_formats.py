@@ -191,6 +191,18 @@ def read_yolo_label(label_file, nc):
     return arr[:, 0].astype(np.int64), xyxy
 
 
+def verified_record(im_file, image_id, report):
+    """A Record for a decodable image, or None with the problem counted and noted in ``report``."""
+    report.images += 1
+    try:
+        shape = verify_image(im_file)
+    except (ValueError, FileNotFoundError) as e:
+        report.corrupt += 1
+        report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
+        return None
+    return Record(str(im_file), shape, image_id=image_id)
+
+
 def scan_labelled(items, read_labels, nc, what):
     """The scan loop YOLO and VOC share: verify each image, read its annotation file, count and note problems.
 
@@ -199,14 +211,9 @@ def scan_labelled(items, read_labels, nc, what):
     """
     report, records = ScanReport(), []
     for im_file, label_file, image_id in items:
-        report.images += 1
-        try:
-            shape = verify_image(im_file)
-        except (ValueError, FileNotFoundError) as e:
-            report.corrupt += 1
-            report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
+        rec = verified_record(im_file, image_id, report)
+        if rec is None:
             continue
-        rec = Record(str(im_file), shape, image_id=image_id)
         if not Path(label_file).is_file():
             report.missing += 1
             report.note(label_file, f'{what} missing (image kept as background)')
@@ -214,7 +221,7 @@ def scan_labelled(items, read_labels, nc, what):
             continue
         report.found += 1
         try:
-            cls, xyxy, difficult, crowd = read_labels(label_file, shape)
+            cls, xyxy, difficult, crowd = read_labels(label_file, rec.shape)
             _finish(rec, cls, xyxy, difficult, crowd, nc, report, label_file)
         except (ValueError, OSError, UnicodeDecodeError) as e:
             report.corrupt += 1
@@ -323,19 +330,14 @@ def scan_coco(src, json_file, nc):
     for a in d['annotations']:
         anns.setdefault(a['image_id'], []).append(a)
     for img in sorted(d['images'], key=lambda x: x['file_name']):
-        im_file = Path(src) / img['file_name']
-        report.images += 1
-        try:
-            shape = verify_image(im_file)
-        except (ValueError, FileNotFoundError) as e:
-            report.corrupt += 1
-            report.note(im_file, str(e) if isinstance(e, ValueError) else 'image file missing')
+        rec = verified_record(Path(src) / img['file_name'], img['id'], report)
+        if rec is None:
             continue
-        rec = Record(str(im_file), shape, image_id=img['id'])
         items = anns.get(img['id'], [])
         report.found += bool(items)
         try:
-            _finish(rec, *_coco_rows(items, cat_map, shape, report, json_file), nc, report, json_file, dedupe=False)
+            _finish(rec, *_coco_rows(items, cat_map, rec.shape, report, json_file), nc, report, json_file,
+                    dedupe=False)
         except ValueError as e:
             report.corrupt += 1
             report.note(json_file, f"image id {img['id']}: {e} (image skipped)")
