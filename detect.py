@@ -18,25 +18,13 @@ import numpy as np
 import torch
 
 from utils.annotate import annotate, crop_box
-from utils.augment import letterbox
-from utils.boxes import non_max_suppression, scale_boxes, xyxy2xywhn
-from utils.cli import ArgumentParser, run_cli
+from utils.augment import check_imgsz, letterbox
+from utils.boxes import non_max_suppression, scale_boxes, yolo_label_lines
 from utils.checkpoint import load_model
+from utils.cli import ArgumentParser, run_cli
 from utils.download import resolve_weights
 from utils.runs import increment_path, select_device
 from utils.sources import open_source
-
-
-def check_imgsz(imgsz, stride):
-    """--imgsz as (h, w), each rounded up to a multiple of the model stride (with a note when changed)."""
-    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s <= 0 for s in sizes):
-        raise ValueError(f'--imgsz {imgsz}: expected one or two positive integers (size, or height width)')
-    sizes = sizes * 2 if len(sizes) == 1 else sizes
-    fixed = [-(-s // stride) * stride for s in sizes]
-    if fixed != sizes:
-        print(f'note: --imgsz {sizes} is not a multiple of the model stride {stride}, using {fixed}')
-    return tuple(fixed)
 
 
 def check_options(conf_thres, iou_thres, max_det, classes, nc):
@@ -80,16 +68,6 @@ def describe(det, names):
     return ', '.join(f"{n} {names[c]}{'s' * int(n > 1)}" for c, n in zip(classes, counts))
 
 
-def label_lines(det, shape, save_conf):
-    """YOLO label lines 'cls cx cy w h [conf]' (normalised to the original image) for each detection."""
-    xywhn = xyxy2xywhn(det[:, :4].clone(), w=shape[1], h=shape[0])
-    lines = []
-    for (cx, cy, w, h), conf, cls in zip(xywhn.tolist(), det[:, 4].tolist(), det[:, 5].tolist()):
-        values = (int(cls), cx, cy, w, h, conf) if save_conf else (int(cls), cx, cy, w, h)
-        lines.append(' '.join(f'{v:g}' for v in values))
-    return lines
-
-
 def save_image(path, im):
     """cv2.imwrite, falling back to .jpg for suffixes OpenCV cannot write. Returns the path written."""
     try:
@@ -127,7 +105,7 @@ class ResultWriter:
         """Save everything asked for one image or frame; returns the annotated output's path (or None)."""
         if self.save_txt and len(det):
             path = self.save_dir / 'labels' / f'{self.stem(frame)}.txt'
-            path.write_text('\n'.join(label_lines(det, frame.image.shape, self.save_conf)) + '\n')
+            path.write_text('\n'.join(yolo_label_lines(det, frame.image.shape, self.save_conf)) + '\n')
             self.labels_written += 1
         if self.save_crop:
             for *xyxy, _, cls in det.tolist():

@@ -16,6 +16,7 @@ import yaml
 
 import val as validate
 from models.yolo import Model
+from utils.augment import check_imgsz
 from utils.autoanchor import check_anchors
 from utils.checkpoint import (find_last_checkpoint, format_transfer_report, load_checkpoint, read_weights,
                               save_checkpoint, strip_optimizer, training_checkpoint, transfer_weights)
@@ -89,6 +90,25 @@ def fill_defaults(opt):
     return opt
 
 
+def check_options(opt, world_size):
+    """Refuse flag values that cannot work, before anything is built (one-line errors)."""
+    for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, 1),
+                             ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
+                             ('--patience', opt.patience, 1), ('--close-mosaic', opt.close_mosaic, 0)):
+        if value < low:
+            raise ValueError(f'{flag} {value}: must be at least {low}')
+    if opt.cache not in (None, 'ram'):
+        raise ValueError(f"--cache {opt.cache}: only 'ram' is supported")
+    if opt.unfreeze_epoch >= opt.epochs:
+        raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
+    if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:
+        raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
+    if opt.rect and world_size > 1:
+        raise ValueError('--rect does not work with DDP (each process would mix batches of different shapes)')
+    if opt.batch_size % world_size:
+        raise ValueError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
+
+
 class Run:
     """Everything one training run holds: options, data, model, optimizer, EMA, counters, output paths."""
 
@@ -98,16 +118,16 @@ class Run:
         self.log = print if self.main else (lambda *a, **k: None)
 
 
-def build_model(run, data):
+def build_model(run):
     """Model from --cfg / the checkpoint's YAML, with pretrained weights transferred where shapes match."""
     opt = run.opt
     weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
     cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5s.yaml')
-    model = Model(cfg, nc=data['nc']).to(run.device)
+    model = Model(cfg, nc=run.nc).to(run.device)
     if weights:
         report = transfer_weights(model, weights['state_dict'])
         run.log(format_transfer_report(report))
-    model.names = list(data['names'])
+    model.names = list(run.names)
     return model
 
 
@@ -120,8 +140,9 @@ def apply_freeze(run, model):
 
 
 def make_checkpoint(run, epoch):
-    return training_checkpoint(run.model, run.ema, run.optimizer, run.scaler, epoch, run.best_fitness, vars(run.opt),
-                               run.hyp, run.frozen_prefixes, run.frozen_digests)
+    ck = training_checkpoint(run.model, run.ema, run.optimizer, run.scaler, epoch, run.best_fitness, vars(run.opt),
+                             run.hyp, run.frozen_prefixes, run.frozen_digests)
+    return {**ck, 'best_epoch': run.best_epoch}
 
 
 def resume_options(opt):
@@ -151,19 +172,16 @@ def setup(run, ckpt=None):
     opt = run.opt
     run.hyp = ckpt['hyp'] if ckpt else load_hyp(opt.hyp)
     run.data = check_dataset(opt.data)
-    if opt.single_cls:
-        run.data = {**run.data, 'nc': 1, 'names': ['item']}
+    # --single-cls: the data keep their classes (labels are checked against them); model and loss see one class
+    run.nc, run.names = (1, ['item']) if opt.single_cls else (run.data['nc'], list(run.data['names']))
     if run.main:
         (run.save_dir / 'hyp.yaml').write_text(yaml.safe_dump(run.hyp, sort_keys=False))
     model = setup_model(run, ckpt)
     setup_loaders(run, model, fresh=ckpt is None)
     setup_optimization(run, model, ckpt)
-    if run.world_size > 1:
-        if opt.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ids = [run.device.index] if run.device.type == 'cuda' else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    run.model = model
+    if run.world_size > 1 and opt.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    run.model = wrap_ddp(run, model)
 
 
 def setup_model(run, ckpt):
@@ -174,7 +192,7 @@ def setup_model(run, ckpt):
         model.load_state_dict(ckpt['model'])
         model.names = list(ckpt['names'])
     else:
-        model = build_model(run, run.data)
+        model = build_model(run)
     run.frozen_prefixes = apply_freeze(run, model)
     run.frozen_digests = ckpt['frozen_sha256'] if ckpt else tensor_digests(model, frozen_names(model))
     run.log(freeze_report(model, run.opt.imgsz))
@@ -185,7 +203,7 @@ def setup_loaders(run, model, fresh):
     """Train loader (every process) and val loader (main process); labels plot and anchor check on a new run."""
     opt = run.opt
     gs = max(int(model.stride.max()), 32)
-    run.imgsz = max(opt.imgsz // gs * gs, gs)
+    run.imgsz = check_imgsz(opt.imgsz, gs)[0]
     batch = opt.batch_size // max(run.world_size, 1)
     run.train_loader, run.dataset = create_dataloader(
         run.data['train'], run.imgsz, batch, gs, hyp=run.hyp, augment=True, rect=opt.rect, cache=opt.cache,
@@ -198,7 +216,7 @@ def setup_loaders(run, model, fresh):
         run.data['val'], run.imgsz, batch * 2, gs, hyp=run.hyp, augment=False, rect=True, cache=opt.cache,
         workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=run.data, prefix='val: ')
     if fresh and not opt.noplots:
-        plot_labels(run.dataset.labels, run.data['names'], run.save_dir)
+        plot_labels(run.dataset.labels, run.names, run.save_dir)
     if fresh and not opt.noautoanchor:
         check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
 
@@ -206,7 +224,7 @@ def setup_loaders(run, model, fresh):
 def setup_optimization(run, model, ckpt):
     """Loss, optimizer (trainable parameters only), EMA (skipping frozen tensors), AMP scaler; resumed state."""
     opt, hyp = run.opt, run.hyp
-    run.compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, run.data['nc'], run.imgsz),
+    run.compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, run.nc, run.imgsz),
                                    opt.label_smoothing)
     nbs = hyp.get('nbs', NOMINAL_BATCH)
     run.weight_decay = hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size, nbs) / nbs
@@ -216,7 +234,7 @@ def setup_optimization(run, model, ckpt):
         run.ema.set_frozen(frozen_names(model))
     run.amp = run.device.type == 'cuda'
     run.scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
-    run.start_epoch, run.best_fitness = 0, 0.0
+    run.start_epoch, run.best_fitness, run.best_epoch = 0, 0.0, -1
     if ckpt:
         resume_state(run, model, ckpt)
 
@@ -232,6 +250,7 @@ def resume_state(run, model, ckpt):
         run.ema.updates = ckpt['ema_updates']
     if ckpt.get('scaler'):
         run.scaler.load_state_dict(ckpt['scaler'])
+    run.best_epoch = ckpt.get('best_epoch', run.start_epoch - 1)
     run.log(f"Resuming {run.opt.resume} from epoch {run.start_epoch + 1}/{run.opt.epochs}")
 
 
@@ -240,12 +259,24 @@ def maybe_unfreeze(run, epoch, nb, model=None):
     if epoch != run.opt.unfreeze_epoch:
         return
     m = model if model is not None else getattr(run.model, 'module', run.model)
+    if model is None and run.ema:
+        verify_frozen(run)  # the frozen phase ends here: check it before the layers are released
     unfreeze(m)
     run.optimizer = rebuild_optimizer(run.optimizer, m, run.opt.optimizer, run.hyp['lr0'], run.hyp['momentum'],
                                       run.weight_decay, start_iter=epoch * nb, ramp_iters=nb)
     if run.ema:
         run.ema.set_frozen([])
+    if model is None:
+        run.model = wrap_ddp(run, m)  # DDP only syncs parameters that were trainable when it was wrapped
     run.log(f'epoch {epoch + 1}: unfroze all layers; their LR warms up over one epoch')
+
+
+def wrap_ddp(run, model):
+    """The model wrapped in DistributedDataParallel when several processes train; as it is otherwise."""
+    if run.world_size == 1:
+        return model
+    ids = [run.device.index] if run.device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def validate_epoch(run, final):
@@ -254,7 +285,7 @@ def validate_epoch(run, final):
     results, maps, _ = validate.run(data=run.data, model=run.ema.ema, dataloader=run.val_loader,
                                     compute_loss=run.compute_loss, half=run.amp, save_dir=run.save_dir,
                                     plots=final and not run.opt.noplots, batch_size=run.opt.batch_size * 2,
-                                    imgsz=run.imgsz, verbose=final)
+                                    imgsz=run.imgsz, verbose=final, single_cls=run.opt.single_cls)
     return results, maps
 
 
@@ -269,33 +300,38 @@ def end_epoch(run, epoch, losses, final):
     improved = fit >= run.best_fitness
     if improved:
         run.best_fitness, run.best_epoch = fit, epoch
-    if not run.opt.nosave or final:
+    stop = epoch - run.best_epoch >= run.opt.patience
+    if not run.opt.nosave or final or stop:
         ck = make_checkpoint(run, epoch)
         save_checkpoint(ck, run.weights_dir / 'last.pt')
         if improved:
             save_checkpoint(ck, run.weights_dir / 'best.pt')
-    return epoch - run.best_epoch >= run.opt.patience
+    return stop
 
 
-def verify_frozen(run):
-    """Every frozen tensor, in the model and in the EMA copy, must equal its starting value bit for bit."""
+def verify_frozen(run, files=()):
+    """Every frozen tensor, in the model, its EMA and the EMA saved in ``files``, must equal its starting value
+    bit for bit (SHA-256 fingerprints taken before the first step)."""
     m = getattr(run.model, 'module', run.model)
     names = [n for n in run.frozen_digests if n in set(frozen_names(m))]
-    bad = [n for n, d in tensor_digests(m, names).items() if d != run.frozen_digests[n]]
-    bad += [f'ema:{n}' for n, d in tensor_digests(run.ema.ema, names).items() if d != run.frozen_digests[n]]
+    if not names:
+        return 0
+    sources = {'model': m, 'EMA': run.ema.ema, **{f.name: load_checkpoint(f)['ema'] for f in files}}
+    bad = [f'{src}:{n}' for src, obj in sources.items() for n, d in tensor_digests(obj, names).items()
+           if d != run.frozen_digests[n]]
     if bad:
         raise RuntimeError(f'{len(bad)} frozen tensors changed during training: {", ".join(bad[:5])}')
     run.log(f'Frozen tensors verified: {len(names)} tensors (weights and BatchNorm buffers) bit-identical to '
-            f'their starting values in the model and its EMA')
+            f'their starting values in the {", ".join(sources)}')
     return len(names)
 
 
 def finish(run, epoch):
-    """Final validation with best weights, strip optimizer state from last/best, verify frozen tensors."""
-    for name in ('last.pt', 'best.pt'):
-        if (run.weights_dir / name).exists():
-            strip_optimizer(run.weights_dir / name)
-    run.verified = verify_frozen(run) if run.ema else 0
+    """Strip the optimizer state from last/best and verify the frozen tensors, saved ones included."""
+    files = [run.weights_dir / n for n in ('last.pt', 'best.pt') if (run.weights_dir / n).exists()]
+    for f in files:
+        strip_optimizer(f)
+    run.verified = verify_frozen(run, files) if run.ema else 0
 
 
 def train(run, ckpt=None):
@@ -307,7 +343,6 @@ def train(run, ckpt=None):
            'warmup_iters': max(round(run.hyp['warmup_epochs'] * nb), 100)}
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, imgs, targets)
-    run.best_epoch = run.start_epoch - 1
     state = StepState(ni=run.start_epoch * nb, last_step=run.start_epoch * nb - 1)
     results = (0.0,) * 7
     t0 = time.time()
@@ -316,20 +351,22 @@ def train(run, ckpt=None):
         seed_everything(opt.seed + epoch)  # a resumed run replays the same epoch
         reseed_loader(run.train_loader, (opt.seed + epoch) * 1000 + max(run.rank, 0))
         maybe_unfreeze(run, epoch, nb)
-        if opt.close_mosaic and epoch == opt.epochs - opt.close_mosaic:
+        if opt.close_mosaic and epoch >= opt.epochs - opt.close_mosaic and run.dataset.mosaic:
             run.dataset.mosaic = False
             run.log(f'epoch {epoch + 1}: mosaic off for the last {opt.close_mosaic} epochs')
         if hasattr(run.train_loader.sampler, 'set_epoch'):
             run.train_loader.sampler.set_epoch(epoch)
         losses, ips = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.ema,
                                       run.compute_loss, run.device, epoch, cfg, state, show=run.main)
-        if run.main:
-            final = epoch == opt.epochs - 1
-            stop = end_epoch(run, epoch, losses, final)
-            if stop:
-                run.log(f'Early stopping: no improvement in {opt.patience} epochs (best epoch {run.best_epoch + 1})')
-            if stop and not final:
-                break
+        final = epoch == opt.epochs - 1
+        stop = end_epoch(run, epoch, losses, final) if run.main else False
+        if run.world_size > 1:  # every process must leave the loop together
+            flag = [stop]
+            torch.distributed.broadcast_object_list(flag, 0)
+            stop = flag[0]
+        if stop and not final:
+            run.log(f'Early stopping: no improvement in {opt.patience} epochs (best epoch {run.best_epoch + 1})')
+            break
         cfg.pop('on_first_batch', None)
     if run.main:
         run.log(f'{epoch - run.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
@@ -345,13 +382,13 @@ def final_validation(run):
     results, _, _ = validate.run(data=run.data, weights=str(best), batch_size=run.opt.batch_size * 2,
                                  imgsz=run.imgsz, device=str(run.device.index if run.device.type == 'cuda' else 'cpu'),
                                  save_dir=run.save_dir, plots=not run.opt.noplots, verbose=True,
-                                 workers=run.opt.workers)
+                                 workers=run.opt.workers, single_cls=run.opt.single_cls)
     run.log(f'Results saved to {run.save_dir}: mAP50 {results[2]:.3f}, mAP50-95 {results[3]:.3f}')
     return results
 
 
 def plot_batch(run, imgs, targets):
-    plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=run.data['names'])
+    plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=run.names)
 
 
 def prepare_run_dir(run):
@@ -381,6 +418,7 @@ def main(opt):
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
+    check_options(opt, world_size)
     r = Run(opt, device, rank, world_size)
     prepare_run_dir(r)
     if r.main:

@@ -9,7 +9,6 @@ Usage:
 From Python (train.py does this every epoch):
     (p, r, map50, map, *losses), maps, times = val.run(data=data_dict, model=ema_model, dataloader=loader)
 """
-import math
 import time
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywhn
+from utils.augment import check_imgsz
+from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywh, yolo_label_lines
 from utils.checkpoint import load_model
 from utils.cli import ArgumentParser, run_cli
-from utils.download import resolve_weights
 from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results,
                         ground_truth_from_coco, ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
 from utils.datasets import check_dataset, create_dataloader
+from utils.download import resolve_weights
 from utils.metrics import ConfusionMatrix, DetectionEvaluator, GroundTruth
 from utils.runs import increment_path, select_device
 
@@ -48,13 +48,6 @@ def build_dataloader(data, task, imgsz, batch_size, stride, workers, single_cls)
                              data=data, prefix=f'{split}: ')[0], split
 
 
-def check_imgsz(imgsz, stride):
-    size = int(math.ceil(imgsz / stride) * stride)
-    if size != imgsz:
-        print(f'WARNING --imgsz {imgsz} is not a multiple of the max stride {stride}, using {size}')
-    return size
-
-
 def image_ground_truth(record, targets, img_shape, shape0, ratio_pad, single_cls):
     """Ground truth of one image in original pixels: from its dataset record (with difficult/crowd flags),
     else from the batch targets mapped back through the letterbox."""
@@ -71,12 +64,7 @@ def image_ground_truth(record, targets, img_shape, shape0, ratio_pad, single_cls
 
 def save_txt_labels(det, shape0, path, save_conf):
     """YOLO-format predictions ``cls cx cy w h [conf]`` normalised to the original image."""
-    h, w = shape0
-    xywhn = xyxy2xywhn(det[:, :4], w, h)
-    with open(path, 'w') as f:
-        for box, conf, c in zip(xywhn, det[:, 4], det[:, 5]):
-            values = (int(c), *box, conf) if save_conf else (int(c), *box)
-            f.write(('%g ' * len(values)).rstrip() % values + '\n')
+    Path(path).write_text(''.join(line + '\n' for line in yolo_label_lines(det, shape0, save_conf)))
 
 
 def timed(device):
@@ -171,14 +159,10 @@ class Validation:
 def plot_batch(imgs, targets, paths, preds, save_dir, batch_i, names):
     from utils.plots import plot_images  # lazy: only when plotting
     plot_images(imgs, targets, paths, save_dir / f'val_batch{batch_i}_labels.jpg', names)
-    rows = [torch.cat((torch.full((len(p), 1), i, device=p.device), p[:, 5:6], _xyxy_to_xywh(p[:, :4]), p[:, 4:5]), 1)
+    rows = [torch.cat((torch.full((len(p), 1), i, device=p.device), p[:, 5:6], xyxy2xywh(p[:, :4]), p[:, 4:5]), 1)
             for i, p in enumerate(preds)]
     plot_images(imgs, torch.cat(rows, 0) if rows else torch.zeros(0, 7), paths,
                 save_dir / f'val_batch{batch_i}_pred.jpg', names)
-
-
-def _xyxy_to_xywh(b):
-    return torch.cat(((b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]), 1)
 
 
 def load_for_val(weights, device, nc, single_cls):
@@ -199,6 +183,11 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     """Validate; returns ((P, R, mAP50, mAP50-95, box_loss, obj_loss, cls_loss), maps (nc,), (pre, inf, nms) ms)."""
     if task not in ('val', 'test', 'speed'):
         raise ValueError(f"--task '{task}': expected val, test or speed")
+    for flag, value, ok in (('--batch-size', batch_size, batch_size >= 1), ('--imgsz', imgsz, imgsz >= 1),
+                            ('--conf-thres', conf_thres, 0 <= conf_thres <= 1),
+                            ('--iou-thres', iou_thres, 0 <= iou_thres <= 1), ('--max-det', max_det, max_det >= 1)):
+        if not ok:
+            raise ValueError(f'{flag} {value}: out of range')
     if task == 'speed':  # YOLOv5's timing setting: realistic thresholds, nothing written
         conf_thres, iou_thres, save_json, save_txt, plots = 0.25, 0.45, False, False, False
     training = model is not None
@@ -217,7 +206,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     split = task if task != 'speed' else 'val'
     if dataloader is None:
         stride = int(model.stride.max())
-        dataloader, split = build_dataloader(data, task, check_imgsz(imgsz, stride), batch_size, stride, workers,
+        dataloader, split = build_dataloader(data, task, check_imgsz(imgsz, stride)[0], batch_size, stride, workers,
                                              single_cls)
     official = data.get('eval') == 'coco' or save_json
     anno_json = None if single_cls or not official else (data.get('annotations') or {}).get(split)  # 1 class: ours

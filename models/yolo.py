@@ -100,53 +100,75 @@ def load_yaml_cfg(cfg):
 
 
 def parse_model(d, ch):
-    """Build the layer list from a model dict. Returns (nn.Sequential of layers, sorted indices to keep)."""
-    nc, gd, gw = d['nc'], d['depth_multiple'], d['width_multiple']
+    """Build the layer list from a model dict. Returns (nn.Sequential of layers, sorted indices to keep).
+
+    Any malformed row raises a one-line ValueError naming the YAML file, the layer and the row.
+    """
     anchors = d['anchors']
     if isinstance(anchors, int):
         raise ValueError('integer anchors (autoanchor from scratch) are not supported; list them in the YAML')
-    act, csp_act = d.get('activation', 'SiLU'), d.get('csp_activation')
-    names = {'nc': nc, 'anchors': anchors, 'None': None}
-    no = len(anchors[0]) // 2 * (nc + 5)
     layers, save, ch = [], [], list(ch)
-    for i, (f, n, name, args) in enumerate(d['backbone'] + d['head']):
-        if name not in MODULES:
-            raise ValueError(f"layer {i}: unknown module '{name}' (known: {', '.join(sorted(MODULES))})")
-        m = MODULES[name]
-        args = [names.get(a, a) if isinstance(a, str) else a for a in args]
-        n = max(round(n * gd), 1) if n > 1 else n  # depth gain
-        kwargs = {}
-        if m in CHANNEL_BLOCKS:
-            c1, c2 = ch[f], args[0]
-            c2 = make_divisible(c2 * gw, 8) if c2 != no else c2
-            args = [c1, c2, *args[1:]]
-            if m in REPEAT_BLOCKS:
-                args.insert(2, n)
-                n = 1
-            kwargs['act'] = act
-            if m is BottleneckCSP and csp_act:
-                kwargs['csp_act'] = csp_act
-        elif m is nn.BatchNorm2d:
-            args, c2 = [ch[f]], ch[f]
-        elif m is Concat:
-            c2 = sum(ch[x] for x in f)
-        elif m is Detect:
-            args.append([ch[x] for x in f])
-            if isinstance(args[1], int):
-                raise ValueError(f'layer {i}: Detect needs explicit anchors')
-            kwargs['anchor_grid_buffer'] = bool(d.get('anchor_grid_buffer', False))
-        else:
-            c2 = ch[f]
-        m_ = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
-        m_.i, m_.f, m_.type = i, f, name  # index, 'from' index, type name
-        m_.np = sum(p.numel() for p in m_.parameters())
-        m_.args = args[:-1] if m is Detect else args  # for the layer table
+    for i, row in enumerate(d['backbone'] + d['head']):
+        try:
+            f, n, name, args = row
+            _check_from(f, i)
+            m_, c2 = build_layer(d, i, f, n, name, list(args), ch)
+        except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as e:
+            raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {row}: {e}") from None
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
         if i == 0:
             ch = []
         ch.append(c2)
     return nn.Sequential(*layers), sorted(set(save))
+
+
+def _check_from(f, i):
+    """'from' must name earlier layers: -1 (the previous one), an absolute index < i, or a relative one -k."""
+    for x in [f] if isinstance(f, int) else f:
+        earlier = x == -1 or (isinstance(x, int) and (0 <= x < i or -i <= x < -1))
+        if not earlier or (i == 0 and x != -1):
+            raise ValueError(f"'from' index {x} does not name an earlier layer")
+
+
+def build_layer(d, i, f, n, name, args, ch):
+    """One layer (repeated ``n`` times, scaled by the depth/width multiples) and its output channels."""
+    nc, gd, gw, anchors = d['nc'], d['depth_multiple'], d['width_multiple'], d['anchors']
+    if name not in MODULES:
+        raise ValueError(f"unknown module '{name}' (known: {', '.join(sorted(MODULES))})")
+    m = MODULES[name]
+    names = {'nc': nc, 'anchors': anchors, 'None': None}
+    args = [names.get(a, a) if isinstance(a, str) else a for a in args]
+    n = max(round(n * gd), 1) if n > 1 else n  # depth gain
+    no = len(anchors[0]) // 2 * (nc + 5)
+    kwargs = {}
+    if m in CHANNEL_BLOCKS:
+        c1, c2 = ch[f], args[0]
+        c2 = make_divisible(c2 * gw, 8) if c2 != no else c2
+        args = [c1, c2, *args[1:]]
+        if m in REPEAT_BLOCKS:
+            args.insert(2, n)
+            n = 1
+        kwargs['act'] = d.get('activation', 'SiLU')
+        if m is BottleneckCSP and d.get('csp_activation'):
+            kwargs['csp_act'] = d['csp_activation']
+    elif m is nn.BatchNorm2d:
+        args, c2 = [ch[f]], ch[f]
+    elif m is Concat:
+        c2 = sum(ch[x] for x in f)
+    elif m is Detect:
+        args.append([ch[x] for x in f])
+        if isinstance(args[1], int):
+            raise ValueError('Detect needs explicit anchors')
+        kwargs['anchor_grid_buffer'] = bool(d.get('anchor_grid_buffer', False))
+        c2 = None
+    else:
+        c2 = ch[f]
+    m_ = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
+    m_.i, m_.f, m_.type = i, f, name  # index, 'from' index, type name
+    m_.np = sum(p.numel() for p in m_.parameters())
+    m_.args = args[:-1] if m is Detect else args  # for the layer table
+    return m_, c2
 
 
 class Model(nn.Module):

@@ -339,3 +339,15 @@ def test_shapes_yaml_generates_under_repo_datasets():
     assert d['path'] == root and d['names'] == ['circle', 'square', 'triangle', 'star']
     assert len(list((root / 'images' / 'train').glob('*.jpg'))) == 400
     assert len(list((root / 'labels' / 'val').glob('*.txt'))) == 64
+
+
+def test_yolov5_segment_rows_become_their_bounding_box(tmp_path):
+    from utils.label_formats import read_yolo_label
+    f = tmp_path / 'seg.txt'
+    f.write_text('2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n')
+    cls, xyxy = read_yolo_label(f, nc=3)
+    assert cls.tolist() == [2, 0]
+    assert np.allclose(xyxy, [[0.1, 0.2, 0.5, 0.6], [0.4, 0.4, 0.6, 0.6]])
+    f.write_text('1 0.1 0.2 0.5 0.2 0.5 0.6\n1 0.1 0.2 0.3\n')
+    with pytest.raises(ValueError, match='row 2: expected 5 columns'):
+        read_yolo_label(f, nc=3)

@@ -71,6 +71,7 @@ def test_cli_errors_are_one_line(tmp_path, weights, capsys):
 
 def test_export_refuses_read_only_weights_folder(tmp_path):
     import stat
+
     import export
     from models.yolo import Model
     from utils.checkpoint import FORMAT, save_checkpoint

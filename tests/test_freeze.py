@@ -3,8 +3,17 @@ import torch
 import torch.nn as nn
 
 from models.yolo import Model
-from utils.freeze import (changed_frozen, freeze, freeze_report, freeze_summary, frozen_names, optimizer_param_groups,
-                          parse_freeze, snapshot_frozen, unfreeze)
+from utils.freeze import (
+    changed_frozen,
+    freeze,
+    freeze_report,
+    freeze_summary,
+    frozen_names,
+    optimizer_param_groups,
+    parse_freeze,
+    snapshot_frozen,
+    unfreeze,
+)
 
 
 @pytest.fixture
@@ -141,3 +150,10 @@ def test_report(model):
     assert 0.3 < s['frozen_flops_share'] < 0.7
     text = freeze_report(model)
     assert 'frozen' in text and f"{s['frozen_params']:,}" in text and '25 BatchNorm' not in text
+
+
+def test_freezing_part_of_a_batchnorm_freezes_its_statistics(model):
+    freeze(model, ['model.3.bn.weight'])
+    assert model.frozen_bn == {'model.3.bn'} and not model.model[3].bn.training
+    model.train()
+    assert not model.model[3].bn.training and 'model.3.bn.running_mean' in frozen_names(model)

@@ -148,7 +148,14 @@ def test_bad_model_yaml_errors(tmp_path):
         Model(bad)
     d = yaml.safe_load(open('models/v6/yolov5n.yaml'))
     d['backbone'][1][2] = 'Transformer'
-    with pytest.raises(ValueError, match="layer 1: unknown module 'Transformer'"):
+    with pytest.raises(ValueError, match="model YAML: layer 1 .*unknown module 'Transformer'"):
+        Model(d)
+    d = yaml.safe_load(open('models/v6/yolov5n.yaml'))
+    d['backbone'][3] = [5, 1, 'Conv', [16, 3]]  # reads a later layer
+    with pytest.raises(ValueError, match="layer 3 .*'from' index 5 does not name an earlier layer"):
+        Model(d)
+    d['backbone'][3] = [-1, 1, 'Conv']  # three fields
+    with pytest.raises(ValueError, match='layer 3 .*not enough values to unpack'):
         Model(d)
 
 
@@ -158,3 +165,12 @@ def test_layer_table_and_cli(capsys):
     out = capsys.readouterr().out
     assert 'SPPF' in out and '7,235,389 parameters' in out and out.count('\n') == 27
     assert layer_table(Model('yolov5s.yaml')).splitlines()[1].split()[:4] == ['0', '-1', '1', '3520']
+
+
+def test_bad_layer_row_in_a_file_names_the_file(tmp_path):
+    d = yaml.safe_load(open('models/v6/yolov5n.yaml'))
+    d['head'][0] = [-1, 1, 'Conv', ['x', 1, 1]]
+    bad = tmp_path / 'broken.yaml'
+    bad.write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError, match=r'broken.yaml: layer 10 '):
+        Model(bad)

@@ -123,6 +123,14 @@ def test_resume_after_unfreeze_epoch(tiny_data, tmp_path):
     assert_same_ema(full / 'last.pt', last)
 
 
+def test_single_class_training_keeps_every_image(tiny_data, tmp_path, capsys):
+    w = run_train(tmp_path, tiny_data, 'one', epochs=1, single_cls=True)
+    out = capsys.readouterr().out
+    assert 'images/train: 16 images, 16 labels found, 0 missing, 0 empty, 0 corrupt' in out
+    ck = load_checkpoint(w / 'last.pt')
+    assert ck['nc'] == 1 and ck['names'] == ['item']
+
+
 def test_resume_errors(tiny_data, tmp_path):
     w = run_train(tmp_path, tiny_data, 'done', epochs=1)
     with pytest.raises(ValueError, match='already finished'):
@@ -136,6 +144,10 @@ def test_resume_errors(tiny_data, tmp_path):
     (['--data', 'nope.yaml'], 'nope.yaml'),
     (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyp file not found'),
     (['--weights', 'missing_weights.pt'], 'missing_weights.pt'),
+    (['--batch-size', '0'], '--batch-size 0: must be at least 1'),
+    (['--cache', 'disk'], "--cache disk: only 'ram' is supported"),
+    (['--unfreeze-epoch', '3'], '--unfreeze-epoch 3: the run has only epochs 0-0'),
+    (['--unfreeze-epoch', '0'], 'nothing is frozen'),
 ])
 def test_cli_bad_input_is_one_line(tiny_data, tmp_path, args, msg):
     base = ['--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0',
@@ -162,12 +174,14 @@ def free_port():
 
 
 def test_ddp_two_cpu_processes(tiny_data, tmp_path):
+    # frozen backbone released at epoch 1: DDP must be re-wrapped so the released layers' gradients are synced
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(free_port()),
-           'train.py', '--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64',
-           '--batch-size', '8',
+           'train.py', '--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '2', '--imgsz', '64',
+           '--freeze', 'backbone', '--unfreeze-epoch', '1', '--batch-size', '8',
            '--workers', '0', '--device', 'cpu', '--noplots', '--project', str(tmp_path / 'runs'), '--name', 'ddp']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     ck = load_checkpoint(tmp_path / 'runs' / 'ddp' / 'weights' / 'last.pt')
-    assert ck['epoch'] == 0 and not any(k.startswith('module.') for k in ck['ema'])
+    assert ck['epoch'] == 1 and not any(k.startswith('module.') for k in ck['ema'])
+    assert 'unfroze all layers' in out.stdout and 'Frozen tensors verified' in out.stdout

@@ -4,7 +4,7 @@ import torch
 
 from models.yolo import Model
 from utils.augment import letterbox
-from utils.boxes import box_iou, non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh, xyxy2xywhn, xywhn2xyxy
+from utils.boxes import box_iou, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn
 from utils.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from utils.runs import increment_path, select_device
 
@@ -93,3 +93,11 @@ def test_checkpoint_roundtrip_atomic_and_safe(tmp_path):
         load_checkpoint(tmp_path / 'junk.pt')
     with pytest.raises(FileNotFoundError, match='nothere.pt: checkpoint not found'):
         load_checkpoint(tmp_path / 'nothere.pt')
+
+
+def test_garbage_weights_file_is_named_in_one_line(tmp_path):
+    from utils.checkpoint import read_weights
+    bad = tmp_path / 'garbage.pt'
+    bad.write_text('not a checkpoint at all\n')
+    with pytest.raises(ValueError, match='garbage.pt: not a readable checkpoint'):
+        read_weights(bad)

@@ -3,6 +3,18 @@ import cv2
 import numpy as np
 
 
+def check_imgsz(imgsz, stride):
+    """--imgsz as (h, w), each rounded up to a multiple of the model stride (with a note when changed)."""
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s <= 0 for s in sizes):
+        raise ValueError(f'--imgsz {imgsz}: expected one or two positive integers (size, or height width)')
+    sizes = sizes * 2 if len(sizes) == 1 else sizes
+    fixed = [-(-s // stride) * stride for s in sizes]
+    if fixed != sizes:
+        print(f'note: --imgsz {sizes} is not a multiple of the model stride {stride}, using {fixed}')
+    return tuple(fixed)
+
+
 def letterbox(im, new_shape=640, color=(114, 114, 114), auto=True, scale_fill=False, scaleup=True, stride=32):
     """Resize keeping aspect ratio and pad to ``new_shape`` (or, with ``auto``, to the smallest stride multiple).
 

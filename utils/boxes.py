@@ -52,6 +52,17 @@ def xyxy2xywhn(x, w=640, h=640, clip=False):
     return y
 
 
+def yolo_label_lines(det, shape, save_conf=False):
+    """YOLO label lines 'cls cx cy w h [conf]', normalised to an image of ``shape`` (h, w), for (n, 6) detections
+    [x1, y1, x2, y2, conf, cls] in its pixels (what detect.py and val.py write with --save-txt)."""
+    xywhn = xyxy2xywhn(det[:, :4], w=shape[1], h=shape[0])
+    lines = []
+    for (cx, cy, w, h), conf, cls in zip(xywhn.tolist(), det[:, 4].tolist(), det[:, 5].tolist()):
+        values = (int(cls), cx, cy, w, h, conf) if save_conf else (int(cls), cx, cy, w, h)
+        lines.append(' '.join(f'{v:g}' for v in values))
+    return lines
+
+
 def clip_boxes(boxes, shape):
     """Clip xyxy boxes in place to an image of shape (h, w)."""
     h, w = shape[:2]

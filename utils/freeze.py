@@ -43,7 +43,7 @@ def parse_freeze(spec, model):
             prefixes += [f'model.{i}.' for i in range(n_layers - 1)]
         elif item.startswith('model.'):
             p = item if item.endswith('.') else item + '.'
-            if not any(n.startswith(p) for n in names):
+            if not any((n + '.').startswith(p) for n in names):
                 raise ValueError(f"--freeze {item}: no parameter name starts with '{p}'")
             prefixes.append(p)
         else:
@@ -71,7 +71,8 @@ def freeze(model, spec):
         if is_frozen_name(name, prefixes):
             p.requires_grad_(False)
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and is_frozen_name(name, prefixes):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(
+                is_frozen_name(f'{name}.{p}', prefixes) for p in ('weight', 'bias')):  # any of it frozen: all of it
             model.frozen_bn.add(name)
             m.eval()
     return prefixes

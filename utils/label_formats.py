@@ -172,13 +172,24 @@ def list_images(src):
     raise ValueError(f'{src}: not an image folder, image list (.txt) or image')
 
 
+def _segment_to_box(row):
+    """A YOLOv5 segment row (class x1 y1 x2 y2 ...) as a box row (class cx cy w h) around the polygon."""
+    xy = np.array(row[1:], dtype=np.float64).reshape(-1, 2)
+    (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+    return [row[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
+
+
 def read_yolo_label(label_file, nc):
-    """(cls int (n,), xyxy normalised (n, 4)) from a YOLO txt; raises ValueError naming the bad row."""
+    """(cls int (n,), xyxy normalised (n, 4)) from a YOLO txt; raises ValueError naming the bad row.
+
+    Rows are boxes (class cx cy w h) or, as in YOLOv5's segment labels, polygons (class x1 y1 x2 y2 x3 y3 ...),
+    which become the box around them."""
     rows = [ln.split() for ln in Path(label_file).read_text().splitlines() if ln.strip()]
     for k, row in enumerate(rows):
-        if len(row) != 5:
-            raise ValueError(f'row {k + 1}: expected 5 columns (class cx cy w h), got {len(row)}')
+        if len(row) != 5 and not (len(row) >= 7 and len(row) % 2):
+            raise ValueError(f'row {k + 1}: expected 5 columns (class cx cy w h) or a polygon, got {len(row)}')
     try:
+        rows = [row if len(row) == 5 else _segment_to_box(row) for row in rows]
         arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
     except ValueError:
         raise ValueError('non-numeric value in a label row') from None

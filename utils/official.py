@@ -115,8 +115,9 @@ def restricted_torch_load(path):
     except UnsafePickleError as e:
         raise ValueError(f'{path}: refused to load, the pickle names {e}, which is not a known YOLOv5 or torch '
                          f'class (the file may contain code)') from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError) as e:
-        raise ValueError(f'{path}: not a readable checkpoint ({str(e).strip().splitlines()[0][:200]})') from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f'{path}: not a readable checkpoint ({first})') from None
 
 
 def placeholder_state_dict(module, prefix=''):
