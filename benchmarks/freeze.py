@@ -21,10 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def collect_batches(data, imgsz, batch_size, n, seed=0):
-    from utils.datasets import check_dataset, create_dataloader
-    import yaml
+    from utils.datasets import check_dataset, create_dataloader, load_hyp
     d = check_dataset(data)
-    hyp = yaml.safe_load((ROOT / 'data/hyps/hyp.scratch.yaml').read_text())
+    hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
     loader, _ = create_dataloader(d['train'], imgsz, batch_size, 32, hyp=hyp, augment=True, workers=0,
                                   shuffle=True, seed=seed, data=d)
     batches = []
@@ -44,8 +43,8 @@ def measure(opt):
     from utils.engine import build_optimizer, optimizer_step
     from utils.freeze import freeze, freeze_summary, frozen_names
     from utils.loss import ComputeLoss, scale_loss_gains
+    from utils.datasets import load_hyp
     from utils.runs import select_device
-    import yaml
 
     device = select_device(opt.device)
     torch.manual_seed(0)
@@ -53,8 +52,8 @@ def measure(opt):
     model = Model(opt.cfg, nc=nc).to(device)
     freeze(model, opt.freeze)
     share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
-    hyp = yaml.safe_load((ROOT / 'data/hyps/hyp.scratch.yaml').read_text())
-    compute_loss = ComputeLoss(model, scale_loss_gains(hyp, 3, nc, opt.imgsz))
+    hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
+    compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz))
     optimizer = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
     ema = ModelEMA(model)
     ema.set_frozen(frozen_names(model))

@@ -89,7 +89,7 @@ def load_yaml_cfg(cfg):
         raise FileNotFoundError(f'{cfg}: model YAML not found (looked here and in {MODELS_DIR})')
     try:
         d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
     missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head')
                if not isinstance(d, dict) or k not in d]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from utils.boxes import xyxy2xywh
 from utils.runs import is_writable_dir
 
 IMG_FORMATS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp', '.dng', '.mpo', '.pfm')
@@ -121,11 +122,6 @@ def check_boxes(cls, xyxy, nc):
     return xyxy, positive, notes
 
 
-def _xyxy_to_xywh(b):
-    return np.stack(((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]),
-                    1).astype(np.float32)
-
-
 def _finish(record, cls, xyxy, difficult, crowd, nc, report, label_file, dedupe=True):
     """Check boxes, drop zero-size/duplicate rows (noted), and fill ``record``; raises ValueError if corrupt."""
     xyxy, keep, notes = check_boxes(cls, xyxy, nc)
@@ -141,7 +137,7 @@ def _finish(record, cls, xyxy, difficult, crowd, nc, report, label_file, dedupe=
     for n in notes:
         report.note(label_file, n)
     report.dropped += int((~keep).sum())
-    record.cls, record.boxes = cls[keep].astype(np.int64), _xyxy_to_xywh(xyxy[keep])
+    record.cls, record.boxes = cls[keep].astype(np.int64), xyxy2xywh(xyxy[keep]).astype(np.float32)
     record.difficult, record.crowd = difficult[keep], crowd[keep]
     return record
 
