@@ -201,7 +201,7 @@ def test_voc_unknown_class_and_broken_xml_are_counted_skips(tmp_path):
 @needs_coco
 def test_coco64dev_yaml_exposes_official_json_for_pycocotools():
     d = check_dataset(COCO64 / 'coco64dev.yaml')
-    assert d['annotations']['val'] == COCO64 / 'annotations' / 'instances_train2017.json'
+    assert d['annotations']['val'].resolve() == (COCO64 / 'annotations' / 'instances_train2017.json').resolve()
     assert d['eval'] == 'coco' and d['nc'] == 80 and d['names'][79] == 'toothbrush'
 
 
