@@ -88,13 +88,21 @@ class ResultWriter:
         self.save_conf, self.save_crop, self.vid_stride = save_conf, save_crop, vid_stride
         self.video_path, self.video = None, None
         self.labels_written = 0
+        self.bases = {}  # source path -> its output name, unique within the run
         if save_txt:
             (self.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
 
-    @staticmethod
-    def base_name(frame):
-        """'bus' for bus.jpg or clip.mp4, 'webcam0' for camera 0."""
-        return f'webcam{frame.path}' if frame.kind == 'webcam' else Path(frame.path).stem
+    def base_name(self, frame):
+        """'bus' for bus.jpg or clip.mp4, 'webcam0' for camera 0; 'bus_2' for a second bus.jpg from another folder."""
+        key = str(frame.path)
+        if key not in self.bases:
+            base = f'webcam{frame.path}' if frame.kind == 'webcam' else Path(frame.path).stem
+            taken, k = set(self.bases.values()), 2
+            unique = base
+            while unique in taken:
+                unique, k = f'{base}_{k}', k + 1
+            self.bases[key] = unique
+        return self.bases[key]
 
     def stem(self, frame):
         """Per-picture file stem: 'bus', or 'clip_<frame>' for a video frame."""
@@ -115,7 +123,7 @@ class ResultWriter:
         if not self.save_img:
             return None
         if frame.kind == 'image':
-            return save_image(self.save_dir / Path(frame.path).name, annotated)
+            return save_image(self.save_dir / (self.base_name(frame) + Path(frame.path).suffix), annotated)
         return self.write_video_frame(frame, annotated)
 
     def write_video_frame(self, frame, annotated):

@@ -67,10 +67,12 @@ def _image_size(imgsz):
 
 
 def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_size=1, device='cpu', opset=12):
-    """Export ``weights``; returns the list of written paths (TorchScript first)."""
+    """Export ``weights`` to the formats in ``include``, beside the weights; returns the written paths."""
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise ValueError(f"--include {' '.join(unknown)}: unknown format (choose from {', '.join(FORMATS)})")
+    if batch_size < 1:
+        raise ValueError(f'--batch-size {batch_size}: must be at least 1')
     weights = resolve_weights(weights)
     if not is_writable_dir(weights.parent):
         raise ValueError(f'{weights.parent}: read-only folder; exports are written beside the weights, '
@@ -88,10 +90,13 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     with torch.no_grad():
         wrapped(im)  # one dry run: shapes settle and errors surface before writing files
     meta = {'shape': list(im.shape), 'stride': stride, 'names': list(model.names)}
-    written = [export_torchscript(wrapped, im, weights.with_suffix('.torchscript'), meta)]
+    written = [export_torchscript(wrapped, im, weights.with_suffix('.torchscript'), meta)] \
+        if 'torchscript' in include else []
     if 'onnx' in include:
         written.append(export_onnx(wrapped, im, weights.with_suffix('.onnx'), opset))
     written = [p for p in written if p is not None]
+    if not written:
+        raise ValueError(f"--include {' '.join(include)}: nothing could be exported (see the note above)")
     for p in written:
         print(f'Exported {p} ({p.stat().st_size / 1e6:.1f} MB)')
     return written

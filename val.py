@@ -85,6 +85,7 @@ class Validation:
         self.records = {str(r.im_file): r for r in records}
         self.image_ids = assign_image_ids(records) if anno_json is None else {}  # own GT JSON: ids must be unique
         self.anno_json = anno_json
+        self.label_stems = {}
         self.category_ids = category_ids_for(nc, anno_json)
         use_official_crowd = anno_json is not None and data.get('format') == 'yolo'
         self.official = ground_truth_from_coco(anno_json, self.category_ids) if use_official_crowd else {}
@@ -95,6 +96,17 @@ class Validation:
         if str(path) in self.image_ids:
             return self.image_ids[str(path)]
         return record.image_id if record is not None and record.image_id is not None else image_id_from_path(path)
+
+    def label_stem(self, path):
+        """The --save-txt file name for an image: its stem, made unique when two folders hold the same name."""
+        key = str(path)
+        if key not in self.label_stems:
+            stem, taken, k = Path(path).stem, set(self.label_stems.values()), 2
+            unique = stem
+            while unique in taken:
+                unique, k = f'{stem}_{k}', k + 1
+            self.label_stems[key] = unique
+        return self.label_stems[key]
 
     def add_batch(self, imgs, targets, paths, shapes, preds, save_txt=None, save_conf=False):
         for si, pred in enumerate(preds):
@@ -112,7 +124,7 @@ class Validation:
             self.evaluator.add_image(det, gt, key=image_id)
             self.seen += 1
             if save_txt:
-                save_txt_labels(det, shape0, save_txt / f'{Path(paths[si]).stem}.txt', save_conf)
+                save_txt_labels(det, shape0, save_txt / f'{self.label_stem(paths[si])}.txt', save_conf)
             if self.save_json:
                 self.results += detections_to_results(det, image_id, self.category_ids)
                 self.images.append((image_id, Path(paths[si]).name, shape0, gt))
@@ -153,6 +165,9 @@ class Validation:
               f'maxDets=100 per image and class)')
         print(f"{'mAP50-95':>10s}{summary.map:10.4f}{ours_map:12.4f}{coco_map:13.4f}")
         print(f"{'mAP50':>10s}{summary.map50:10.4f}{ours_map50:12.4f}{coco_map50:13.4f}")
+        if any(gt.difficult.any() for *_, gt in self.images):
+            print('note: pycocotools has no "difficult" flag, so it counts difficult boxes as positives that ours '
+                  'ignore (VOC rule); its column differs for that reason')
         return coco_map, coco_map50
 
 

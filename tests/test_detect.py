@@ -257,3 +257,14 @@ def test_all_files_corrupt_and_bad_flags(weights, tmp_path, capsys):
         out = capsys.readouterr().out
         assert 'note: --half needs CUDA; running in FP32 on cpu' in out
         assert 'not a multiple of the model stride 32, using [128, 128]' in out
+
+
+def test_same_file_name_in_two_folders_gives_two_outputs(weights, tmp_path):
+    for sub in ('a', 'b'):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / 'img.jpg'), textured_image(96, 128))
+    (tmp_path / 'list.txt').write_text('a/img.jpg\nb/img.jpg\n')
+    run(weights, tmp_path / 'list.txt', tmp_path, save_txt=True, verbose=False)
+    out = tmp_path / 'runs' / 'exp'
+    assert sorted(p.name for p in (out / 'labels').iterdir()) == ['img.txt', 'img_2.txt']
+    assert (out / 'img.jpg').is_file() and (out / 'img_2.jpg').is_file()
