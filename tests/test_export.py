@@ -67,14 +67,21 @@ def test_cli_errors_are_one_line(tmp_path, weights, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(['--weights', str(weights), '--imgsz', '100'])
     assert 'multiple of the model stride 32' in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        export.main(['--weights', str(weights), '--batch-size', '0'])
+    assert str(e.value) == 'error: --batch-size 0: must be at least 1'
+
+
+def test_only_the_asked_formats_are_written(tmp_path, weights):
+    written = export.run(weights=str(weights), include=['torchscript'], imgsz=64)
+    assert [p.suffix for p in written] == ['.torchscript']
+    if importlib.util.find_spec('onnx') is None:
+        with pytest.raises(ValueError, match='nothing could be exported'):
+            export.run(weights=str(weights), include=['onnx'], imgsz=64)
 
 
 def test_export_refuses_read_only_weights_folder(tmp_path):
     import stat
-
-    import export
-    from models.yolo import Model
-    from utils.checkpoint import FORMAT, save_checkpoint
     m = Model('v6/yolov5n.yaml', nc=2)
     path = save_checkpoint({'format': FORMAT, 'yaml': m.yaml, 'names': ['a', 'b'], 'model': m.state_dict(),
                             'ema': None}, tmp_path / 'ro' / 'w.pt')
