@@ -185,3 +185,19 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     ck = load_checkpoint(tmp_path / 'runs' / 'ddp' / 'weights' / 'last.pt')
     assert ck['epoch'] == 1 and not any(k.startswith('module.') for k in ck['ema'])
     assert 'unfroze all layers' in out.stdout and 'Frozen tensors verified' in out.stdout
+
+
+@pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file() or not (SHARED / 'data/voc_fixture').is_dir(),
+                    reason='needs ../shared/weights/yolov5n.pt and ../shared/data/voc_fixture')
+def test_hero_command_on_voc_layout(tmp_path, capsys):
+    """train.py --weights yolov5n.pt --data voc.yaml --freeze 10, on the two-image VOC fixture in voc.yaml's layout."""
+    voc = (ROOT / 'data/voc.yaml').read_text().replace('path: ../datasets/VOC', f"path: {SHARED / 'data/voc_fixture'}")
+    data = tmp_path / 'voc.yaml'
+    data.write_text(voc)
+    w = run_train(tmp_path, data, 'voc', epochs=1, batch_size=2, weights=str(SHARED / 'weights/yolov5n.pt'),
+                  freeze=['10'], cfg='')
+    out = capsys.readouterr().out
+    assert 'Detect: box+obj rows of 3 anchors x 3 levels kept' in out and 'Frozen tensors verified' in out
+    assert 'VOC devkit AP50 (VOC2007 11-point, difficult ignored)' in out
+    ck = load_checkpoint(w / 'best.pt')
+    assert ck['nc'] == 20 and ck['names'][14] == 'person' and ck['yaml']['backbone'][0][2] == 'Conv'
