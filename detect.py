@@ -23,7 +23,7 @@ from utils.boxes import non_max_suppression, scale_boxes, yolo_label_lines
 from utils.checkpoint import load_model
 from utils.cli import ArgumentParser, run_cli
 from utils.download import resolve_weights
-from utils.runs import increment_path, select_device
+from utils.runs import UniqueStems, increment_path, select_device
 from utils.sources import open_source
 
 
@@ -88,21 +88,13 @@ class ResultWriter:
         self.save_conf, self.save_crop, self.vid_stride = save_conf, save_crop, vid_stride
         self.video_path, self.video = None, None
         self.labels_written = 0
-        self.bases = {}  # source path -> its output name, unique within the run
+        self.unique_stem = UniqueStems()
         if save_txt:
             (self.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
 
     def base_name(self, frame):
         """'bus' for bus.jpg or clip.mp4, 'webcam0' for camera 0; 'bus_2' for a second bus.jpg from another folder."""
-        key = str(frame.path)
-        if key not in self.bases:
-            base = f'webcam{frame.path}' if frame.kind == 'webcam' else Path(frame.path).stem
-            taken, k = set(self.bases.values()), 2
-            unique = base
-            while unique in taken:
-                unique, k = f'{base}_{k}', k + 1
-            self.bases[key] = unique
-        return self.bases[key]
+        return self.unique_stem(frame.path, f'webcam{frame.path}' if frame.kind == 'webcam' else Path(frame.path).stem)
 
     def stem(self, frame):
         """Per-picture file stem: 'bus', or 'clip_<frame>' for a video frame."""

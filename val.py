@@ -25,7 +25,7 @@ from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, d
 from utils.datasets import check_dataset, create_dataloader
 from utils.download import resolve_weights
 from utils.metrics import ConfusionMatrix, DetectionEvaluator, GroundTruth
-from utils.runs import increment_path, select_device
+from utils.runs import UniqueStems, increment_path, select_device
 
 HEADER = ('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95')
 ROW = '%22s' + '%11i' * 2 + '%11.3g' * 4
@@ -85,7 +85,7 @@ class Validation:
         self.records = {str(r.im_file): r for r in records}
         self.image_ids = assign_image_ids(records) if anno_json is None else {}  # own GT JSON: ids must be unique
         self.anno_json = anno_json
-        self.label_stems = {}
+        self.label_stem = UniqueStems()  # --save-txt names, unique when two folders hold the same file name
         self.category_ids = category_ids_for(nc, anno_json)
         use_official_crowd = anno_json is not None and data.get('format') == 'yolo'
         self.official = ground_truth_from_coco(anno_json, self.category_ids) if use_official_crowd else {}
@@ -96,17 +96,6 @@ class Validation:
         if str(path) in self.image_ids:
             return self.image_ids[str(path)]
         return record.image_id if record is not None and record.image_id is not None else image_id_from_path(path)
-
-    def label_stem(self, path):
-        """The --save-txt file name for an image: its stem, made unique when two folders hold the same name."""
-        key = str(path)
-        if key not in self.label_stems:
-            stem, taken, k = Path(path).stem, set(self.label_stems.values()), 2
-            unique = stem
-            while unique in taken:
-                unique, k = f'{stem}_{k}', k + 1
-            self.label_stems[key] = unique
-        return self.label_stems[key]
 
     def add_batch(self, imgs, targets, paths, shapes, preds, save_txt=None, save_conf=False):
         for si, pred in enumerate(preds):
@@ -124,7 +113,8 @@ class Validation:
             self.evaluator.add_image(det, gt, key=image_id)
             self.seen += 1
             if save_txt:
-                save_txt_labels(det, shape0, save_txt / f'{self.label_stem(paths[si])}.txt', save_conf)
+                stem = self.label_stem(paths[si], Path(paths[si]).stem)
+                save_txt_labels(det, shape0, save_txt / f'{stem}.txt', save_conf)
             if self.save_json:
                 self.results += detections_to_results(det, image_id, self.category_ids)
                 self.images.append((image_id, Path(paths[si]).name, shape0, gt))

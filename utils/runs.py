@@ -20,6 +20,22 @@ def increment_path(path, exist_ok=False, mkdir=False):
     return path
 
 
+class UniqueStems:
+    """Output file stems unique within one run: a second 'img' from another folder becomes 'img_2'."""
+
+    def __init__(self):
+        self.by_key = {}
+
+    def __call__(self, key, stem):
+        key = str(key)
+        if key not in self.by_key:
+            taken, unique, k = set(self.by_key.values()), stem, 2
+            while unique in taken:
+                unique, k = f'{stem}_{k}', k + 1
+            self.by_key[key] = unique
+        return self.by_key[key]
+
+
 def is_writable_dir(folder):
     """A folder we may write into: it exists, and is writable by its mode bits too (root ignores permissions,
     so read-only shared data would otherwise be written into)."""
