@@ -241,7 +241,8 @@ def finish(run, epoch):
     files = [run.weights_dir / n for n in ('last.pt', 'best.pt') if (run.weights_dir / n).exists()]
     for f in files:
         strip_optimizer(f)
-    run.verified = verify_frozen(run, files) if run.ema else 0
+    if run.ema:
+        verify_frozen(run, files)
 
 
 def train(run, ckpt=None):
@@ -267,7 +268,7 @@ def train(run, ckpt=None):
             run.log(f'epoch {epoch + 1}: mosaic off for the last {opt.close_mosaic} epochs')
         if hasattr(run.train_loader.sampler, 'set_epoch'):
             run.train_loader.sampler.set_epoch(epoch)
-        losses, ips = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.ema,
+        losses, _ = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.ema,
                                       run.compute_loss, run.device, epoch, cfg, state, show=run.main)
         final = epoch == opt.epochs - 1
         stop = end_epoch(run, epoch, losses, final) if run.main else False
