@@ -1,5 +1,6 @@
 # make demo: train on the built-in shapes dataset.  make test: run the test suite.
-# Both create .venv from requirements.txt first (it may reuse packages already installed on the system).
+# Both create .venv first (it may reuse packages already installed on the system); demo installs
+# requirements.txt, test also requirements-extra.txt so that the optional features' tests run too.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -10,10 +11,14 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
+$(VENV)/.installed-extra: $(VENV)/.installed requirements-extra.txt
+	$(PY) -m pip install -q -r requirements-extra.txt
+	touch $@
+
 demo: $(VENV)/.installed
 	$(PY) train.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-extra
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
