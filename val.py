@@ -18,12 +18,11 @@ from tqdm import tqdm
 
 from utils.augment import check_imgsz
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy, xyxy2xywh, yolo_label_lines
-from utils.checkpoint import load_model
+from utils.backends import load_backend
 from utils.cli import ArgumentParser, run_cli
 from utils.coco import (add_crowd_regions, assign_image_ids, category_ids_for, detections_to_results,
                         ground_truth_from_coco, ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
 from utils.datasets import check_dataset, create_dataloader
-from utils.download import resolve_weights
 from utils.metrics import ConfusionMatrix, DetectionEvaluator, GroundTruth
 from utils.runs import UniqueStems, increment_path, select_device
 
@@ -38,12 +37,13 @@ def resolve_data(data):
     return check_dataset(data)
 
 
-def build_dataloader(data, task, imgsz, batch_size, stride, workers, single_cls):
-    """The split's loader; rectangular batches (pad 0.5) for accuracy, square ones for timing."""
+def build_dataloader(data, task, imgsz, batch_size, stride, workers, single_cls, rect=True):
+    """The split's loader; rectangular batches (pad 0.5) for accuracy, square ones for timing (and for exports
+    of a fixed size)."""
     split = 'val' if task == 'speed' else task
     if not data.get(split):
         raise ValueError(f"{data.get('yaml_file') or 'data'}: no '{split}' images to validate on")
-    return create_dataloader(data[split], imgsz, batch_size, stride, rect=task != 'speed',
+    return create_dataloader(data[split], imgsz, batch_size, stride, rect=rect and task != 'speed',
                              pad=0.0 if task == 'speed' else 0.5, workers=workers, single_cls=single_cls,
                              data=data, prefix=f'{split}: ')[0], split
 
@@ -170,14 +170,27 @@ def plot_batch(imgs, targets, paths, preds, save_dir, batch_i, names):
                 save_dir / f'val_batch{batch_i}_pred.jpg', names)
 
 
-def load_for_val(weights, device, nc, single_cls):
+def load_for_val(weights, device, nc, single_cls, half):
+    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/backends`` Backend."""
     if not weights:
         raise ValueError('--weights is required when no model is given')
-    model = load_model(resolve_weights(weights), device, fuse=True)
-    model_nc = int(model.model[-1].nc)
-    if model_nc != nc and not single_cls:
-        raise ValueError(f'{weights}: model has {model_nc} classes but the data has {nc}')
-    return model
+    backend = load_backend(weights, device, fp16=half)
+    if backend.nc != nc and not single_cls:
+        raise ValueError(f'{weights}: model has {backend.nc} classes but the data has {nc}')
+    return backend
+
+
+def loader_size(model, imgsz):
+    """(image size, rectangular batches?) for the loader: an export of a fixed size takes square batches of it."""
+    if getattr(model, 'dynamic', True):
+        return check_imgsz(imgsz, int(torch.as_tensor(model.stride).max()))[0], True
+    h, w = model.imgsz
+    if h != w:
+        raise ValueError(f'{model.path}: takes {h}x{w} images (fixed at export) but val uses square ones; '
+                         f're-export with a square --imgsz or --dynamic')
+    if imgsz != h:
+        print(f'note: {model.path.name} takes {h}x{w} images (fixed at export); validating at {h}, not {imgsz}')
+    return h, False
 
 
 @torch.no_grad()
@@ -202,7 +215,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         device = next(model.parameters()).device
     else:
         device = select_device(device)
-        model = load_for_val(weights, device, data['nc'], single_cls)
+        model = load_for_val(weights, device, data['nc'], single_cls, half and device.type != 'cpu')
     save_dir = Path(save_dir) if save_dir else increment_path(Path(project) / name, exist_ok, mkdir=True)
     save_dir.mkdir(parents=True, exist_ok=True)
     labels_dir = save_dir / 'labels' if save_txt else None
@@ -210,19 +223,22 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         labels_dir.mkdir(parents=True, exist_ok=True)
     split = task if task != 'speed' else 'val'
     if dataloader is None:
-        stride = int(model.stride.max())
-        dataloader, split = build_dataloader(data, task, check_imgsz(imgsz, stride)[0], batch_size, stride, workers,
-                                             single_cls)
+        size, rect = loader_size(model, imgsz)
+        dataloader, split = build_dataloader(data, task, size, batch_size, int(torch.as_tensor(model.stride).max()),
+                                             workers, single_cls, rect)
     official = data.get('eval') == 'coco' or save_json
     anno_json = None if single_cls or not official else (data.get('annotations') or {}).get(split)  # 1 class: ours
     state = Validation(data, nc, names, dataloader, save_dir, single_cls, plots, save_json, anno_json)
-    was_training = model.training
-    model.eval()
+    was_training = model.training if training else None  # a loaded Backend has no training mode
+    if training:
+        model.eval()
     try:
-        evaluate_batches(model, dataloader, state, device, conf_thres, iou_thres, max_det, half and device.type
-                         != 'cpu', compute_loss, plots, training, labels_dir, save_conf)
+        evaluate_batches(model, dataloader, state, device, conf_thres, iou_thres, max_det,
+                         half and training and device.type != 'cpu', compute_loss, plots, training, labels_dir,
+                         save_conf)
     finally:
-        model.train(was_training)
+        if training:
+            model.train(was_training)
     return report(state, verbose or (not training and nc < 50), training, weights, plots, save_json,
                   len(dataloader), task, imgsz)
 
@@ -236,7 +252,8 @@ def evaluate_batches(model, dataloader, state, device, conf_thres, iou_thres, ma
         targets = targets.to(device)
         t1 = timed(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=half):
-            out, train_out = model(imgs)
+            out = model(imgs)  # training: (decoded, raw maps) of the nn.Module; a Backend: decoded only
+        out, train_out = out if isinstance(out, tuple) else (out, None)
         t2 = timed(device)
         if compute_loss is not None:
             items = compute_loss([x.float() for x in train_out], targets)[1].detach()
@@ -274,7 +291,7 @@ def report(state, verbose, training, weights, plots, save_json, n_batches, task,
 def parse_opt(argv=None):
     p = ArgumentParser(description='Validate a YOLOv5 model on a dataset.')
     p.add_argument('--data', default='data/coco128.yaml', help='dataset YAML')
-    p.add_argument('--weights', help='checkpoint .pt')
+    p.add_argument('--weights', help='.pt checkpoint, .torchscript, .onnx or OpenVINO folder')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='inference size (pixels)')
     p.add_argument('--conf-thres', type=float, default=0.001)

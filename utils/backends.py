@@ -117,10 +117,11 @@ class Backend:
 class PyTorchBackend(Backend):
     """Our checkpoints and official YOLOv5 .pt files (``utils/checkpoint.load_model``), fused for inference."""
 
-    def __init__(self, path, device, fp16=False):
+    def __init__(self, path, device, fp16=False, model=None):
+        """``model``: an already built ``Model`` to run (fused here) instead of loading ``path``."""
         from utils.checkpoint import load_model  # lazy: rooms below models/ are not needed for exports
         with torch.no_grad():  # fusing copies BN-scaled weights; without this they would carry autograd history
-            model = load_model(path, device, fuse=True)
+            model = load_model(path, device, fuse=True) if model is None else model.to(device).fuse().eval()
         fp16 = fp16 and device.type == 'cuda'
         self.model = model.half() if fp16 else model
         super().__init__(path, model.names, int(model.stride.max()), fp16=fp16, device=device)

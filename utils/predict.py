@@ -37,7 +37,7 @@ def input_size(backend, imgsz):
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     if tuple(sizes * 2 if len(sizes) == 1 else sizes) != backend.imgsz:
         print(f'note: {backend.path.name} takes {backend.imgsz[0]}x{backend.imgsz[1]} images (fixed at export); '
-              f'using that instead of --imgsz {imgsz}')
+              f'using that, not {imgsz}')
     return backend.imgsz
 
 
