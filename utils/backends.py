@@ -86,24 +86,43 @@ class Backend:
 
     def check_input(self, x):
         h, w = x.shape[2:]
-        if self.imgsz is not None and (h, w) != self.imgsz:
-            raise ValueError(f'{self.path}: takes {self.imgsz[0]}x{self.imgsz[1]} images (fixed at export), got '
-                             f'{h}x{w}; re-export with --dynamic or use --imgsz {self.imgsz[0]}')
         if h % self.stride or w % self.stride:
             raise ValueError(f'{self.path}: image size {h}x{w} is not a multiple of the stride {self.stride}')
+        if self.imgsz is not None and (h > self.imgsz[0] or w > self.imgsz[1]):
+            raise ValueError(f'{self.path}: takes {self.imgsz[0]}x{self.imgsz[1]} images (fixed at export), got '
+                             f'{h}x{w}; re-export with --dynamic or use --imgsz {max(self.imgsz)}')
+
+    def embed(self, x):
+        """A batch smaller than the fixed export size, placed on a grey canvas of that size at a stride-aligned
+        offset, so that its grid cells fall on the image as they would without the canvas.
+        Returns (canvas, (dx, dy)); predictions on the canvas are shifted back by that offset."""
+        (ch, cw), (h, w) = self.imgsz, x.shape[2:]
+        dy, dx = (ch - h) // 2 // self.stride * self.stride, (cw - w) // 2 // self.stride * self.stride
+        canvas = x.new_full((x.shape[0], 3, ch, cw), 114 / 255)  # the letterbox colour
+        canvas[:, :, dy:dy + h, dx:dx + w] = x
+        return canvas, (dx, dy)
 
     def __call__(self, x):
-        """(b, 3, h, w) float in [0, 1] -> (b, n, 5 + nc) float32 decoded predictions, on ``x``'s device."""
+        """(b, 3, h, w) float in [0, 1] -> (b, n, 5 + nc) float32 decoded predictions, on ``x``'s device.
+
+        Fixed-size exports also take smaller stride-multiple inputs (see ``embed``) and any batch size."""
         self.check_input(x)
+        offset = (0, 0)
+        if self.imgsz is not None and tuple(x.shape[2:]) != self.imgsz:
+            x, offset = self.embed(x)
         if self.batch is None or x.shape[0] == self.batch:
-            return self.forward(x).float().to(x.device)
-        outs = []
-        for chunk in x.split(self.batch):
-            n = chunk.shape[0]
-            if n < self.batch:  # the fixed batch: pad with blank images, drop their rows after
-                chunk = torch.cat((chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))))
-            outs.append(self.forward(chunk)[:n].float().to(x.device))
-        return torch.cat(outs)
+            out = self.forward(x).float().to(x.device)
+        else:
+            outs = []
+            for chunk in x.split(self.batch):
+                n = chunk.shape[0]
+                if n < self.batch:  # the fixed batch: pad with blank images, drop their rows after
+                    chunk = torch.cat((chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))))
+                outs.append(self.forward(chunk)[:n].float().to(x.device))
+            out = torch.cat(outs)
+        if offset != (0, 0):  # back to the input's pixels (out of place: outputs may be inference tensors)
+            out = torch.cat((out[..., :2] - out.new_tensor(offset), out[..., 2:]), -1)
+        return out
 
     def forward(self, x):
         raise NotImplementedError

@@ -41,12 +41,10 @@ def input_size(backend, imgsz):
     return backend.imgsz
 
 
-def preprocess(im0, imgsz, stride, device, auto=True):
-    """Original BGR image -> (1, 3, h, w) float input in [0, 1]: letterbox, BGR->RGB, HWC->CHW.
-
-    ``auto``: pad only to the next stride multiple (models that take any size); else to ``imgsz`` exactly.
-    """
-    im = letterbox(im0, imgsz, stride=stride, auto=auto)[0]
+def preprocess(im0, imgsz, stride, device):
+    """Original BGR image -> (1, 3, h, w) float input in [0, 1]: letterbox to fit ``imgsz``, padded only to the
+    next stride multiple (a fixed-size export places it on its canvas itself), BGR->RGB, HWC->CHW."""
+    im = letterbox(im0, imgsz, stride=stride, auto=True)[0]
     im = np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))
     return torch.from_numpy(im).to(device).float().div_(255).unsqueeze(0)
 
@@ -103,8 +101,7 @@ class Predictor:
         """
         self.check()
         size = self.imgsz if imgsz is None or not self.backend.dynamic else check_imgsz(imgsz, self.backend.stride)
-        x, _ = self.clock('pre-process', preprocess, im0, size, self.backend.stride, self.backend.device,
-                          self.backend.dynamic)
+        x, _ = self.clock('pre-process', preprocess, im0, size, self.backend.stride, self.backend.device)
         pred, ms = self.clock('inference', self.backend, x)
         det, _ = self.clock('NMS', self.nms, pred)
         det = det.float().cpu()
