@@ -81,7 +81,8 @@ class Detections:
         for stem, im, p in zip(self._stems(), self.ims, self.pred):
             for *box, conf, cls in p.tolist():
                 name = self.names[int(cls)]
-                crop = {'box': box, 'conf': conf, 'cls': int(cls), 'label': box_label(name, conf), 'im': crop_box(im, box)}
+                crop = {'box': box, 'conf': conf, 'cls': int(cls), 'label': box_label(name, conf),
+                        'im': crop_box(im, box)}
                 if save:
                     folder = save_dir / 'crops' / name
                     folder.mkdir(parents=True, exist_ok=True)
