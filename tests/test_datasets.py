@@ -11,7 +11,7 @@ import torch
 
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.datasets import check_dataset, create_dataloader, load_hyp, load_records
-from utils.label_formats import scan_source
+from utils.label_scan import scan_source
 from utils.shapes import ensure_shapes
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -282,8 +282,8 @@ def test_close_mosaic_switch_gives_letterboxed_train_images(shapes_data):
     loader, ds = create_dataloader(shapes_data['train'], 128, 4, 32, augment=True, data=shapes_data,
                                    verbose=False)
     ds.mosaic = False
-    imgs, targets, paths, shapes = next(iter(loader))
-    assert imgs.shape == (4, 3, 128, 128) and all(s is not None for s in shapes)
+    imgs, targets, paths, metas = next(iter(loader))
+    assert imgs.shape == (4, 3, 128, 128) and [m.path for m in metas] == list(paths)
 
 
 def test_val_rect_targets_map_back_to_original_boxes(shapes_data, tmp_path):
@@ -299,14 +299,15 @@ def test_val_rect_targets_map_back_to_original_boxes(shapes_data, tmp_path):
         (root / 'labels' / f'{p.stem}.txt').write_text(f'1 0.5 {100 / h:.6f} 0.25 {60 / h:.6f}\n0 0.2 0.3 0.1 0.1\n')
     d = check_dataset({'path': str(root), 'train': 'images', 'val': 'images', 'nc': 4})
     loader, ds = create_dataloader(d['val'], 160, 2, 32, rect=True, data=d, verbose=False)
-    for imgs, targets, paths, shapes in loader:
-        for i, path in enumerate(paths):
-            rec = next(r for r in ds.records if r.im_file == path)
+    for imgs, targets, paths, metas in loader:
+        for i, meta in enumerate(metas):
+            rec = ds.records[meta.index]  # ground truth found by index
+            assert rec.im_file == paths[i] == meta.path and meta.orig_hw == rec.shape
             t = targets[targets[:, 0] == i]
             assert t[:, 1].long().tolist() == rec.cls.tolist()  # all boxes, record order
             h1, w1 = imgs.shape[2:]
             boxes = xywhn2xyxy(t[:, 2:].clone(), w1, h1)
-            back = scale_boxes((h1, w1), boxes, shapes[i][0], ratio_pad=shapes[i][1])
+            back = scale_boxes(boxes, meta)
             expect = xywhn2xyxy(torch.from_numpy(rec.boxes).float(), rec.shape[1], rec.shape[0])
             assert torch.allclose(back, expect, atol=1.5), (back, expect)
         assert imgs.shape[2] < imgs.shape[3]  # rect: wider than tall
