@@ -1,9 +1,8 @@
 """One training run: setup (data, model, freezing, optimizer, EMA), the epoch loop, checkpoints, verification.
 
-``train.py`` parses the command line and calls ``train(run)``; validation comes in as ``run.validate`` (val.run),
-so this module never imports a script.
+``train.py`` parses the command line and calls ``train(run)``; each epoch is measured by
+``utils.evaluator.evaluate`` and logged to results.csv by column name (utils/results_csv.py).
 """
-import csv
 import time
 from pathlib import Path
 
@@ -11,32 +10,30 @@ import torch
 import yaml
 
 from models.yolo import Model
-from utils.augment import check_imgsz
 from utils.autoanchor import check_anchors
-from utils.checkpoint import (format_transfer_report, load_checkpoint, read_weights, save_checkpoint, strip_optimizer,
-                              training_checkpoint, transfer_weights)
+from utils.checkpoint import (format_transfer_report, load_checkpoint, load_model, read_weights, save_checkpoint,
+                              strip_optimizer, training_checkpoint, transfer_weights)
 from utils.datasets import check_dataset, create_dataloader, load_hyp, reseed_loader
 from utils.download import resolve_weights
 from utils.ema import ModelEMA
+from utils.eval_outputs import BatchPlotter
+from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
+from utils.evaluator import EvalConfig, evaluate, official_json
 from utils.engine import (NOMINAL_BATCH, StepState, accumulate_steps, build_optimizer, rebuild_optimizer,
                           seed_everything, train_one_epoch)
 from utils.freeze import freeze, freeze_report, frozen_names, tensor_digests, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
-from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
+from utils.results_csv import append_row, epoch_row
 from utils.runs import increment_path
-
-CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
-            'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-            'x/lr0', 'x/lr1', 'x/lr2']
+from utils.sizes import check_imgsz
 
 
 class Run:
     """Everything one training run holds: options, data, model, optimizer, EMA, counters, output paths."""
 
-    def __init__(self, opt, device, rank, world_size, validate):
+    def __init__(self, opt, device, rank, world_size):
         self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
-        self.validate = validate  # val.run
         self.main = rank in (-1, 0)
         self.log = print if self.main else (lambda *a, **k: None)
 
@@ -66,15 +63,6 @@ def make_checkpoint(run, epoch):
     ck = training_checkpoint(run.model, run.ema, run.optimizer, run.scaler, epoch, run.best_fitness, vars(run.opt),
                              run.hyp, run.frozen_prefixes, run.frozen_digests)
     return {**ck, 'best_epoch': run.best_epoch}
-
-
-def write_results_row(path, row):
-    new = not path.exists()
-    with path.open('a', newline='') as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(CSV_KEYS)
-        w.writerow([f'{x:.5g}' if isinstance(x, float) else x for x in row])
 
 
 def setup(run, ckpt=None):
@@ -189,22 +177,38 @@ def wrap_ddp(run, model):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def eval_config(run, plots, **options):
+    """The evaluation settings of this run's val split (crowd regions of an official JSON, VOC rule, classes)."""
+    single_cls = run.opt.single_cls
+    return EvalConfig.for_data(run.data, single_cls, official_json(run.data, 'val', single_cls), confusion=plots,
+                               **options)
+
+
+def report_validation(run, result, config, verbose, plots):
+    print_table(result, run.names, verbose)
+    if config.voc_rule:
+        print_voc(result, run.names, config.voc_rule, verbose)
+    if plots:
+        save_plots(result, run.names, run.save_dir)
+
+
 def validate_epoch(run, final):
+    """The EMA model on the val split (an ``EvalResult``), or None with --noval before the last epoch."""
     if run.opt.noval and not final:
-        return (0.0,) * 7, None
-    results, maps, _ = run.validate(data=run.data, model=run.ema.ema, dataloader=run.val_loader,
-                                    compute_loss=run.compute_loss, half=run.amp, save_dir=run.save_dir,
-                                    plots=final and not run.opt.noplots, batch_size=run.opt.batch_size * 2,
-                                    imgsz=run.imgsz, verbose=final, single_cls=run.opt.single_cls)
-    return results, maps
+        return None
+    plots = final and not run.opt.noplots
+    config = eval_config(run, plots, half=run.amp)
+    result = evaluate(run.ema.ema, run.val_loader, config, compute_loss=run.compute_loss,
+                      observers=[BatchPlotter(run.save_dir, run.names)] if plots else ())
+    report_validation(run, result, config, verbose=final, plots=plots)
+    return result
 
 
 def end_epoch(run, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
-    results, _ = validate_epoch(run, final)
-    fit = float(fitness(results))
-    lrs = [g['lr'] for g in run.optimizer.param_groups][:3]
-    write_results_row(run.save_dir / 'results.csv', [epoch, *losses, *results[:4], *results[4:7], *lrs])
+    result = validate_epoch(run, final)
+    fit = result.fitness if result is not None else 0.0
+    append_row(run.save_dir / 'results.csv', epoch_row(epoch, losses, result, run.optimizer.param_groups))
     if not run.opt.noplots:
         plot_results(run.save_dir / 'results.csv')
     improved = fit >= run.best_fitness
@@ -256,7 +260,7 @@ def train(run, ckpt=None):
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, imgs, targets)
     state = StepState(ni=run.start_epoch * nb, last_step=run.start_epoch * nb - 1)
-    results = (0.0,) * 7
+    result = None
     t0 = time.time()
     epoch = run.start_epoch - 1
     for epoch in range(run.start_epoch, opt.epochs):
@@ -283,20 +287,23 @@ def train(run, ckpt=None):
     if run.main:
         run.log(f'{epoch - run.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
         finish(run, epoch)
-        results = final_validation(run)
-    return results
+        result = final_validation(run)
+    return result
 
 
 def final_validation(run):
+    """best.pt (fused, as val.py loads it) on the val split, reported in full; its ``EvalResult`` or None."""
     best = run.weights_dir / 'best.pt'
     if not best.exists():
-        return (0.0,) * 7
-    results, _, _ = run.validate(data=run.data, weights=str(best), batch_size=run.opt.batch_size * 2,
-                                 imgsz=run.imgsz, device=str(run.device.index if run.device.type == 'cuda' else 'cpu'),
-                                 save_dir=run.save_dir, plots=not run.opt.noplots, verbose=True,
-                                 workers=run.opt.workers, single_cls=run.opt.single_cls)
-    run.log(f'Results saved to {run.save_dir}: mAP50 {results[2]:.3f}, mAP50-95 {results[3]:.3f}')
-    return results
+        return None
+    plots = not run.opt.noplots
+    config = eval_config(run, plots, progress=HEADER)
+    model = load_model(best, run.device, fuse=True)
+    result = evaluate(model, run.val_loader, config, observers=[BatchPlotter(run.save_dir, run.names)] if plots else ())
+    report_validation(run, result, config, verbose=True, plots=plots)
+    print_speed(result, run.imgsz)
+    run.log(f'Results saved to {run.save_dir}: mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}')
+    return result
 
 
 def plot_batch(run, imgs, targets):
