@@ -352,3 +352,25 @@ def test_yolov5_segment_rows_become_their_bounding_box(tmp_path):
     f.write_text('1 0.1 0.2 0.5 0.2 0.5 0.6\n1 0.1 0.2 0.3\n')
     with pytest.raises(ValueError, match='row 2: expected 5 columns'):
         read_yolo_label(f, nc=3)
+
+
+def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_path):
+    """Ground truth by index, unique ids when two folders hold the same file name, no placement for a mosaic."""
+    src = sorted(Path(shapes_data['val'][0]).glob('*.jpg'))[:2]
+    for folder in ('a', 'b'):
+        for k, p in enumerate(src):
+            (tmp_path / folder / 'images').mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / folder / 'images' / f'{k}.jpg'), cv2.imread(str(p))[:100 + 20 * k])
+    d = check_dataset({'path': str(tmp_path), 'train': ['a/images', 'b/images'], 'val': ['a/images', 'b/images'],
+                       'nc': 4})
+    loader, ds = create_dataloader(d['val'], 96, 4, 32, data=d, rect=True, pad=0.5, verbose=False)
+    _, _, paths, metas = next(iter(loader))
+    assert sorted(m.index for m in metas) == [0, 1, 2, 3] and [m.path for m in metas] == list(paths)
+    assert sorted(m.image_id for m in metas) == [1, 2, 3, 4]  # stems 0 and 1 twice: ids by sorted path instead
+    for m in metas:
+        assert ds.records[m.index].im_file == m.path and m.orig_hw == ds.records[m.index].shape
+        assert all(float(p).is_integer() for p in m.pad_xy) and m.gain_xy[0] == pytest.approx(96 / max(m.orig_hw), abs=0.01)
+    _, train = create_dataloader(d['train'], 96, 4, 32, data=d, augment=True, verbose=False)
+    train.hyp = {**train.hyp, 'mosaic': 1.0}
+    meta = train[2][3]
+    assert meta.index == 2 and meta.gain_xy is None and meta.pad_xy is None  # four images: no single placement
