@@ -369,7 +369,8 @@ def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_pat
     assert sorted(m.image_id for m in metas) == [1, 2, 3, 4]  # stems 0 and 1 twice: ids by sorted path instead
     for m in metas:
         assert ds.records[m.index].im_file == m.path and m.orig_hw == ds.records[m.index].shape
-        assert all(float(p).is_integer() for p in m.pad_xy) and m.gain_xy[0] == pytest.approx(96 / max(m.orig_hw), abs=0.01)
+        assert all(float(p).is_integer() for p in m.pad_xy)  # the pad applied: whole pixels
+        assert m.gain_xy[0] == pytest.approx(96 / max(m.orig_hw), abs=0.01)
     _, train = create_dataloader(d['train'], 96, 4, 32, data=d, augment=True, verbose=False)
     train.hyp = {**train.hyp, 'mosaic': 1.0}
     meta = train[2][3]

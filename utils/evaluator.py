@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy
 from utils.coco import add_crowd_regions, category_ids_for, ground_truth_from_coco
-from utils.metrics import APResult, ConfusionMatrix, DetectionEvaluator, GroundTruth
+from utils.metrics import APResult, ConfusionMatrix, DetectionEvaluator, GroundTruth, fitness
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class EvalResult:
     @property
     def fitness(self):
         """What picks best.pt: 0.1 * mAP50 + 0.9 * mAP50-95."""
-        return 0.1 * self.map50 + 0.9 * self.map
+        return float(fitness((self.p, self.r, self.map50, self.map)))
 
     @property
     def losses(self):
