@@ -18,7 +18,8 @@ import export
 import val
 from utils.backends import load_backend
 from utils.boxes import box_iou
-from utils.datasets import check_dataset
+from utils.data_config import check_dataset
+from utils.evaluator import EvalConfig, evaluate
 from utils.predict import Predictor
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
@@ -50,11 +51,10 @@ def exports(tmp_path_factory):
     return out
 
 
-def maps(weights, data, tmp_path, imgsz, **kw):
-    (_, _, map50, map50_95, *_), _, _ = val.run(data=data, weights=str(weights), imgsz=imgsz, batch_size=16,
-                                                device='cpu', workers=0, plots=False, project=str(tmp_path),
-                                                **kw)
-    return map50, map50_95
+def maps(weights, data, tmp_path, imgsz):
+    result = val.run(data=data, weights=str(weights), imgsz=imgsz, batch_size=16, device='cpu', workers=0,
+                     plots=False, project=str(tmp_path))
+    return result.map50, result.map
 
 
 def test_any_size_exports_validate_like_the_pt(exports, tmp_path, capsys):
@@ -75,8 +75,9 @@ def test_fixed_size_exports_validate_like_the_pt_on_square_batches(exports, tmp_
     listing.write_text(''.join(f'{p}\n' for p in sorted((COCO64 / 'images' / 'train2017').glob('*.jpg'))[:16]))
     data = check_dataset({'path': str(COCO64), 'train': str(listing), 'val': str(listing), 'nc': 80,
                           'names': list(check_dataset(str(COCO64 / 'coco64dev.yaml'))['names'])})
-    square, _ = val.build_dataloader(data, 'val', 640, 16, 32, 0, False, rect=False)
-    reference = maps(exports['pt640'], data, tmp_path, 640, dataloader=square)
+    square = val.build_dataloader(data, 'val', 640, 16, 32, 0, False, square=True)
+    result = evaluate(load_backend(exports['pt640'], 'cpu'), square, EvalConfig.for_data(data))  # the evaluator seam
+    reference = result.map50, result.map
     for fmt in ('onnx640', 'openvino640'):
         got = maps(exports[fmt], data, tmp_path, 320)  # the export's own 640 is used, with a note
         assert abs(got[0] - reference[0]) < TOL and abs(got[1] - reference[1]) < TOL, (fmt, got, reference)

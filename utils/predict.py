@@ -13,8 +13,9 @@ import time
 import numpy as np
 import torch
 
-from utils.augment import check_imgsz, letterbox
-from utils.boxes import non_max_suppression, scale_boxes
+from utils.augment import letterbox
+from utils.boxes import Placement, non_max_suppression, scale_boxes
+from utils.sizes import check_imgsz
 
 
 def check_thresholds(conf_thres, iou_thres, max_det, classes, nc):
@@ -42,11 +43,11 @@ def input_size(backend, imgsz):
 
 
 def preprocess(im0, imgsz, stride, device):
-    """Original BGR image -> (1, 3, h, w) float input in [0, 1]: letterbox to fit ``imgsz``, padded only to the
-    next stride multiple (a fixed-size export places it on its canvas itself), BGR->RGB, HWC->CHW."""
-    im = letterbox(im0, imgsz, stride=stride, auto=True)[0]
+    """Original BGR image -> ((1, 3, h, w) float input in [0, 1], its Placement): letterbox to fit ``imgsz``,
+    padded only to the next stride multiple (a fixed-size export places it on its canvas itself), BGR->RGB, CHW."""
+    im, gain, pad = letterbox(im0, imgsz, stride=stride, auto=True)
     im = np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))
-    return torch.from_numpy(im).to(device).float().div_(255).unsqueeze(0)
+    return torch.from_numpy(im).to(device).float().div_(255).unsqueeze(0), Placement(im0.shape[:2], gain, pad)
 
 
 def describe(det, names):
@@ -101,9 +102,10 @@ class Predictor:
         """
         self.check()
         size = self.imgsz if imgsz is None or not self.backend.dynamic else check_imgsz(imgsz, self.backend.stride)
-        x, _ = self.clock('pre-process', preprocess, im0, size, self.backend.stride, self.backend.device)
+        (x, placement), _ = self.clock('pre-process', preprocess, im0, size, self.backend.stride,
+                                       self.backend.device)
         pred, ms = self.clock('inference', self.backend, x)
         det, _ = self.clock('NMS', self.nms, pred)
         det = det.float().cpu()
-        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape)
+        det[:, :4] = scale_boxes(det[:, :4], placement)
         return det, tuple(x.shape[2:]), ms
