@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import val
+from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.runs import init_distributed
@@ -85,8 +86,10 @@ def fill_defaults(opt):
     return opt
 
 
-def check_options(opt, world_size):
+def check_options(opt, world_size, device=None):
     """Refuse flag values that cannot work, before anything is built (one-line errors)."""
+    if opt.batch_size == -1 and device is not None and device.type != 'cuda':
+        raise ValueError(NEEDS_CUDA)
     for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, -1),
                              ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
                              ('--patience', opt.patience, 1), ('--close-mosaic', opt.close_mosaic, 0)):
@@ -143,7 +146,7 @@ def main(opt):
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
-    check_options(opt, world_size)
+    check_options(opt, world_size, device)
     r = Run(opt, device, rank, world_size, validate=val.run)
     prepare_run_dir(r)
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 PROBE_SIZES = (1, 2, 4, 8, 16)
-FALLBACK_BATCH = 16
+NEEDS_CUDA = '--batch-size -1 (AutoBatch) needs a CUDA device; give a batch size on CPU, e.g. --batch-size 16'
 
 
 def fit_batch_size(sizes, peaks, budget, limit=1024):
@@ -43,8 +43,7 @@ def measure_peak(model, imgsz, batch, device, amp=True):
 def autobatch(model, imgsz, device, fraction=0.8, log=print, sizes=PROBE_SIZES):
     """Batch size for ``model`` at ``imgsz`` on ``device`` (CUDA) using ``fraction`` of its free memory."""
     if device.type != 'cuda':
-        raise ValueError('--batch-size -1 (AutoBatch) needs a CUDA device; give a batch size on CPU, e.g. '
-                         '--batch-size 16')
+        raise ValueError(NEEDS_CUDA)
     free, total = torch.cuda.mem_get_info(device)
     was_training = model.training
     model.train()

@@ -14,7 +14,9 @@ import yaml
 from utils.checkpoint import save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
 from utils.engine import StepState, seed_everything, train_one_epoch
+from utils.loggers import TensorBoardLogger
 from utils.metrics import fitness
+from utils.multiscale import MultiScale
 from utils.plots import plot_images, plot_results
 from utils.runs import increment_path
 from utils.trainer_setup import release_layers, setup, wrap_ddp
@@ -35,6 +37,7 @@ class Run:
         self.amp = device.type == 'cuda'
         self.log = print if self.main else (lambda *a, **k: None)
         self.save_dir = self.weights_dir = None  # prepare_run_dir
+        self.tb = TensorBoardLogger()  # off until train() opens it in the main process
 
 
 def make_checkpoint(run, session, epoch):
@@ -68,7 +71,9 @@ def end_epoch(run, session, epoch, losses, final):
     results, _ = validate_epoch(run, session, final)
     fit = float(fitness(results))
     lrs = [g['lr'] for g in session.learner.optimizer.param_groups][:3]
-    write_results_row(run.save_dir / 'results.csv', [epoch, *losses, *results[:4], *results[4:7], *lrs])
+    row = [epoch, *losses, *results[:4], *results[4:7], *lrs]
+    write_results_row(run.save_dir / 'results.csv', row)
+    run.tb.log_epoch(dict(zip(CSV_KEYS, row)))
     if not run.opt.noplots:
         plot_results(run.save_dir / 'results.csv')
     progress = session.progress
@@ -76,12 +81,24 @@ def end_epoch(run, session, epoch, losses, final):
     if improved:
         progress.best_fitness, progress.best_epoch = fit, epoch
     stop = epoch - progress.best_epoch >= run.opt.patience
-    if not run.opt.nosave or final or stop:
-        ck = make_checkpoint(run, session, epoch)
-        save_checkpoint(ck, run.weights_dir / 'last.pt')
-        if improved:
-            save_checkpoint(ck, run.weights_dir / 'best.pt')
+    save_weights(run, session, epoch, improved, force=final or stop)
     return stop
+
+
+def save_weights(run, session, epoch, improved, force):
+    """last.pt (every epoch unless --nosave, and always when ``force``), best.pt when ``improved``, and
+    epoch{N}.pt at epochs 0, P, 2P, ... with --save-period P (as upstream; resumable, kept with their optimizer)."""
+    opt = run.opt
+    period = getattr(opt, 'save_period', -1)
+    periodic = not opt.nosave and period > 0 and epoch % period == 0
+    if opt.nosave and not force:
+        return
+    ck = make_checkpoint(run, session, epoch)
+    save_checkpoint(ck, run.weights_dir / 'last.pt')
+    if improved:
+        save_checkpoint(ck, run.weights_dir / 'best.pt')
+    if periodic:
+        save_checkpoint(ck, run.weights_dir / f'epoch{epoch}.pt')
 
 
 def verify_frozen(run, session, files=()):
@@ -127,6 +144,10 @@ def train(run, ckpt=None):
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
     cfg = {'epochs': opt.epochs, 'hyp': hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
            'amp': run.amp, 'world_size': run.world_size, 'warmup_iters': max(round(hyp['warmup_epochs'] * nb), 100)}
+    if opt.multi_scale:
+        cfg['multi_scale'] = multi_scale_for(session, opt.seed)
+    if run.main:
+        run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     state = StepState(ni=start * nb, last_step=start * nb - 1)
@@ -152,7 +173,15 @@ def train(run, ckpt=None):
         run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
         finish(run, session)
         results = final_validation(run, session)
+        run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
+        run.tb.close()
     return results
+
+
+def multi_scale_for(session, seed):
+    """--multi-scale: batch sizes around the checked image size, in steps of the model's largest stride."""
+    model = getattr(session.learner.model, 'module', session.learner.model)
+    return MultiScale(session.loaders.imgsz, max(int(model.stride.max()), 32), seed)
 
 
 def final_validation(run, session):
@@ -170,6 +199,7 @@ def final_validation(run, session):
 
 def plot_batch(run, session, imgs, targets):
     plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=session.config.names)
+    run.tb.log_image('train/batch0', run.save_dir / 'train_batch0.jpg', session.progress.start_epoch)
 
 
 def prepare_run_dir(run):
