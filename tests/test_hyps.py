@@ -22,3 +22,10 @@ def test_med_and_high_differ_from_low_where_upstream_does():
     assert changed == {'lrf': (0.01, 0.1), 'cls': (0.5, 0.3), 'obj': (1.0, 0.7), 'scale': (0.5, 0.9),
                        'mixup': (0.0, 0.1)}
     assert {k: high[k] for k in high if high[k] != med[k]} == {'copy_paste': 0.1}
+
+
+def test_a_bare_hyp_name_is_found_in_data_hyps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no such file here: the name is looked up in data/hyps/
+    assert load_hyp('hyp.scratch-high.yaml')['copy_paste'] == 0.1
+    with pytest.raises(FileNotFoundError, match='hyp.nothing.yaml'):
+        load_hyp('hyp.nothing.yaml')

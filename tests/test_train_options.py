@@ -107,3 +107,28 @@ def test_a_tutorial_command_is_told_where_it_differs(tiny_data, tmp_path, capsys
     run_train(tmp_path, tiny_data, 'note', epochs=1, noval=True, weights=None)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('Differs from upstream')]
     assert len(lines) == 1 and 'no --weights: training from scratch' in lines[0]
+
+
+def test_cache_disk_writes_npy_beside_writable_images(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
+    images = tiny_data.parent / 'shapes' / 'images'
+    run_train(tmp_path, tiny_data, 'disk', epochs=1, cache='disk', noval=True)
+    for split in ('train', 'val'):
+        pngs = sorted(p.stem for p in (images / split).glob('*.*') if p.suffix != '.npy')
+        assert sorted(p.stem for p in (images / split).glob('*.npy')) == pngs
+    assert not (tmp_path / 'cache').exists()
+
+
+@pytest.mark.skipif(not (SHARED / 'data' / 'coco64dev').is_dir(), reason='../shared/data/coco64dev not present')
+def test_cache_disk_never_writes_into_the_read_only_share(tmp_path, monkeypatch):
+    from utils.datasets import check_dataset, create_dataloader
+    monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
+    data = check_dataset(next((SHARED / 'data' / 'coco64dev').glob('*.yaml')))
+    before = sorted(str(p) for p in (SHARED / 'data').rglob('*'))
+    loader, ds = create_dataloader(data['val'], 64, 4, 32, data=data, cache='disk', workers=0, verbose=False)
+    first = ds[0][0]
+    assert sorted(str(p) for p in (SHARED / 'data').rglob('*')) == before
+    cached = list((tmp_path / 'cache').rglob('*.npy'))
+    assert len(cached) == 1
+    ds.disk_cache = False
+    assert torch.equal(ds[0][0], first)  # the .npy holds the same pixels as decoding the image

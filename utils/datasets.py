@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from utils.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4,
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
+from utils.disk_cache import read_cached
 from utils.label_formats import Record, ScanReport, load_coco_json, scan_source  # noqa: F401 (Record re-exported)
+from utils.sampling import ImageWeightSampler
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ('yolo', 'voc', 'coco')
@@ -49,6 +51,8 @@ def load_hyp(hyp=None):
     """Hyper-parameters from a YAML path or dict (default data/hyps/hyp.scratch.yaml); all keys checked."""
     if hyp is None:
         hyp = REPO / 'data' / 'hyps' / 'hyp.scratch.yaml'
+    elif not isinstance(hyp, dict) and not Path(hyp).exists() and (REPO / 'data' / 'hyps' / Path(hyp).name).is_file():
+        hyp = REPO / 'data' / 'hyps' / Path(hyp).name  # a bare name such as hyp.scratch-high.yaml
     d = dict(hyp) if isinstance(hyp, dict) else load_yaml(hyp, 'hyp')
     missing = [k for k in HYP_KEYS if k not in d]
     if missing:
@@ -256,9 +260,10 @@ class DetectionDataset(Dataset):
         self.batch_shapes, self.batch_index = self._batch_shapes(batch_size, pad) if rect else (None, None)
         self.rng = np.random.default_rng(seed)
         self.albumentations = Albumentations(seed=seed) if augment else None
+        if cache not in (None, False, 'ram', True, 'disk'):
+            raise ValueError(f"cache '{cache}' must be 'ram', 'disk' or None")
+        self.disk_cache = cache == 'disk'  # decoded pixels from .npy files (utils/disk_cache.py)
         self.ims = self._cache_images() if cache in ('ram', True) else None
-        if cache not in (None, False, 'ram', True):
-            raise ValueError(f"cache '{cache}' must be 'ram' or None")
 
     @property
     def im_files(self):
@@ -300,7 +305,8 @@ class DetectionDataset(Dataset):
     # -------------------------------------------------------- loading
     def _read_resized(self, i):
         """(image BGR resized so its long side is img_size, (h0, w0), ok); grey placeholder if unreadable."""
-        im = cv2.imread(self.records[i].im_file)
+        f = self.records[i].im_file
+        im = read_cached(f) if self.disk_cache else cv2.imread(f)
         if im is None:
             h, w = self.records[i].shape
             r = self.img_size / max(h, w)
@@ -422,8 +428,9 @@ def reseed_loader(loader, seed):
 
 def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, rect=False, cache=None, workers=0,
                       shuffle=False, rank=-1, pad=0.0, single_cls=False, seed=0, data=None, prefix='',
-                      keep_difficult=False, use_label_cache=True, verbose=True):
-    """(DataLoader, DetectionDataset) for one split; see the module docstring for the batch layout."""
+                      keep_difficult=False, use_label_cache=True, verbose=True, image_weights=False):
+    """(DataLoader, DetectionDataset) for one split; see the module docstring for the batch layout.
+    ``image_weights``: draw images by class rarity (utils/sampling.py) instead of shuffling."""
     if rect and shuffle:
         print(f'{prefix}WARNING --rect is incompatible with shuffle, shuffle=False')
         shuffle = False
@@ -431,6 +438,8 @@ def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, 
                                data, prefix, keep_difficult, use_label_cache, verbose)
     batch_size = min(batch_size, len(dataset))
     sampler = None if rank == -1 else DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    if image_weights:
+        sampler = ImageWeightSampler(dataset.labels, dataset.nc or 1, seed)
     generator = torch.Generator()
     generator.manual_seed(seed + max(rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,

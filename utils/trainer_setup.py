@@ -117,7 +117,7 @@ def setup_loaders(run, config, model, fresh):
     train_loader, dataset = create_dataloader(
         config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
         workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
-        data=config.data, prefix='train: ')
+        data=config.data, prefix='train: ', image_weights=opt.image_weights)
     if not run.main:
         return Loaders(train_loader, dataset, None, imgsz)
     val_loader, _ = create_dataloader(
