@@ -1,5 +1,4 @@
 """train.py's upstream options end to end on a tiny generated set (v6/yolov5n, 64 px, 1-2 epochs)."""
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -68,8 +67,6 @@ def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_data, tmp
 def test_save_period_saves_epoch_files_at_upstreams_epochs(tiny_data, tmp_path):
     run_dir = run_train(tmp_path, tiny_data, 'sp', epochs=3, save_period=2, noval=True)
     assert sorted(p.name for p in (run_dir / 'weights').glob('epoch*.pt')) == ['epoch0.pt', 'epoch2.pt']
-    run_dir = run_train(tmp_path, tiny_data, 'nosave', epochs=1, save_period=1, nosave=True, noval=True)
-    assert not list((run_dir / 'weights').glob('epoch*.pt'))
 
 
 def test_tensorboard_scalars_and_images_from_a_run(tiny_data, tmp_path, capsys):
@@ -89,24 +86,22 @@ def test_tensorboard_scalars_and_images_from_a_run(tiny_data, tmp_path, capsys):
 
 
 def test_without_tensorboard_training_says_so_and_writes_no_events(tiny_data, tmp_path, capsys, monkeypatch):
+    """Also: a tutorial command (no --weights) is told where it differs; --nosave writes no epoch files."""
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)
-    run_dir = run_train(tmp_path, tiny_data, 'notb', epochs=1, noval=True)
+    run_dir = run_train(tmp_path, tiny_data, 'notb', epochs=1, noval=True, weights=None, save_period=1, nosave=True)
     out = capsys.readouterr().out
     assert out.count('TensorBoard: off (pip install tensorboard to log this run)') == 1
     assert not list(run_dir.glob('events.out.tfevents.*'))
     assert (run_dir / 'results.csv').is_file()
+    lines = [ln for ln in out.splitlines() if ln.startswith('Differs from upstream')]
+    assert len(lines) == 1 and 'no --weights: training from scratch' in lines[0]
+    assert not list((run_dir / 'weights').glob('epoch*.pt'))
 
 
 def test_autobatch_refused_on_cpu_before_anything_is_built(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r'^--batch-size -1 \(AutoBatch\) needs a CUDA device'):
         run_train(tmp_path, tiny_data, 'ab', epochs=1, batch_size=-1, device='cpu')
     assert not (tmp_path / 'runs').exists()
-
-
-def test_a_tutorial_command_is_told_where_it_differs(tiny_data, tmp_path, capsys):
-    run_train(tmp_path, tiny_data, 'note', epochs=1, noval=True, weights=None)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('Differs from upstream')]
-    assert len(lines) == 1 and 'no --weights: training from scratch' in lines[0]
 
 
 def test_cache_disk_writes_npy_beside_writable_images(tiny_data, tmp_path, monkeypatch):
