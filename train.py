@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-import val
 from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
@@ -147,7 +146,7 @@ def main(opt):
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size, device)
-    r = Run(opt, device, rank, world_size, validate=val.run)
+    r = Run(opt, device, rank, world_size)
     prepare_run_dir(r)
     try:
         return train(r, ckpt)
