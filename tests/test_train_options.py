@@ -109,8 +109,8 @@ def test_cache_disk_writes_npy_beside_writable_images(tiny_data, tmp_path, monke
     images = tiny_data.parent / 'shapes' / 'images'
     run_train(tmp_path, tiny_data, 'disk', epochs=1, cache='disk', noval=True)
     for split in ('train', 'val'):
-        pngs = sorted(p.stem for p in (images / split).glob('*.*') if p.suffix != '.npy')
-        assert sorted(p.stem for p in (images / split).glob('*.npy')) == pngs
+        pngs = sorted(p.name for p in (images / split).glob('*.*') if p.suffix != '.npy')
+        assert sorted(p.stem for p in (images / split).glob('*.npy')) == pngs  # a.png -> a.png.npy
     assert not (tmp_path / 'cache').exists()
 
 

@@ -68,12 +68,14 @@ def test_disk_cache_beside_a_writable_folder(tmp_path, monkeypatch):
     monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
     im = (np.arange(12 * 10 * 3) % 255).astype(np.uint8).reshape(12, 10, 3)
     cv2.imwrite(str(tmp_path / 'a.png'), im)
-    assert npy_path(tmp_path / 'a.png') == (tmp_path / 'a.npy').resolve()
+    assert npy_path(tmp_path / 'a.png') == (tmp_path / 'a.png.npy').resolve()
     assert np.array_equal(read_cached(tmp_path / 'a.png'), im)
-    assert np.array_equal(np.load(tmp_path / 'a.npy'), im)
-    np.save(tmp_path / 'a.npy', np.zeros_like(im))  # served from the .npy now, not the PNG
+    assert np.array_equal(np.load(tmp_path / 'a.png.npy'), im)
+    np.save(tmp_path / 'a.png.npy', np.zeros_like(im))  # served from the .npy now, not the PNG
     assert read_cached(tmp_path / 'a.png').sum() == 0
     assert read_cached(tmp_path / 'missing.png') is None
+    cv2.imwrite(str(tmp_path / 'a.bmp'), im[::-1])  # same stem, another image: its own .npy
+    assert np.array_equal(read_cached(tmp_path / 'a.bmp'), im[::-1])
 
 
 def test_disk_cache_never_writes_into_a_read_only_folder(tmp_path, monkeypatch):
@@ -97,11 +99,11 @@ def test_disk_cache_redecodes_a_stale_or_truncated_npy(tmp_path, monkeypatch):
     monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
     im = np.full((6, 6, 3), 9, np.uint8)
     cv2.imwrite(str(tmp_path / 'c.png'), im)
-    (tmp_path / 'c.npy').write_bytes(b'not numpy')
+    (tmp_path / 'c.png.npy').write_bytes(b'not numpy')
     assert np.array_equal(read_cached(tmp_path / 'c.png'), im)  # truncated: decoded again and rewritten
-    assert np.array_equal(np.load(tmp_path / 'c.npy'), im)
-    np.save(tmp_path / 'c.npy', np.zeros_like(im))
-    os.utime(tmp_path / 'c.npy', (1, 1))  # older than its image: stale
+    assert np.array_equal(np.load(tmp_path / 'c.png.npy'), im)
+    np.save(tmp_path / 'c.png.npy', np.zeros_like(im))
+    os.utime(tmp_path / 'c.png.npy', (1, 1))  # older than its image: stale
     assert np.array_equal(read_cached(tmp_path / 'c.png'), im)
 
 

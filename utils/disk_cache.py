@@ -1,6 +1,6 @@
 """--cache disk: decoded images saved as .npy, so later epochs and runs skip JPEG/PNG decoding.
 
-The .npy goes beside its image (``bus.jpg`` -> ``bus.npy``) when the image folder is writable, otherwise into a
+The .npy goes beside its image (``bus.jpg`` -> ``bus.jpg.npy``, so ``bus.png`` beside it gets its own) when the image folder is writable, otherwise into a
 cache folder (``$YOLOV5_FREEZE_CACHE`` or ``~/.cache/yolov5-freeze/images``), under a sub-folder named by a hash
 of the image folder. A folder without write permission bits (e.g. a read-only data share) is never written,
 even by root. A cached file older than its image is decoded again.
@@ -31,7 +31,7 @@ def npy_path(im_file):
     """Where ``im_file``'s decoded pixels are (or will be) cached."""
     im_file = Path(im_file).resolve()
     if folder_writable(im_file.parent):
-        return im_file.with_suffix('.npy')
+        return im_file.with_name(f'{im_file.name}.npy')
     digest = hashlib.sha1(str(im_file.parent).encode()).hexdigest()[:16]
     return cache_root() / digest / f'{im_file.name}.npy'
 
