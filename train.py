@@ -7,29 +7,36 @@ Usage:
     python -m torch.distributed.run --nproc_per_node 2 train.py --data coco128.yaml   # DDP
 """
 import argparse
+import os
 from pathlib import Path
 
 import torch
 
+from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.runs import init_distributed
 from utils.trainer import Run, prepare_run_dir, train
+from utils.upstream_defaults import format_differences, upstream_differences
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
         'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 15, 'imgsz': 192}
-STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch.yaml'), 'epochs': 100, 'imgsz': 640}
+STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640}
+FILLED = {'weights': '', 'freeze_bn_stats': 'true'}  # left unset: said by upstream_differences, then filled
 
 
 def parse_opt(argv=None):
     p = ArgumentParser(description='Train YOLOv5 with built-in layer freezing.')
-    p.add_argument('--weights', default='', help='initial weights (.pt, ours or official); empty: from scratch')
+    p.add_argument('--weights', default=None,
+                   help="initial weights (.pt, ours or official); '' or unset: from scratch (upstream: yolov5s.pt)")
     p.add_argument('--cfg', default='', help="model YAML (default: the checkpoint's, else v6/yolov5s.yaml)")
     p.add_argument('--data', default=None, help='data YAML (default: the built-in shapes demo, see below)')
-    p.add_argument('--hyp', default=None, help='hyper-parameter YAML (default: data/hyps/hyp.scratch.yaml)')
+    p.add_argument('--hyp', default=None,
+                   help='hyper-parameter YAML: a path or a name in data/hyps/ (default hyp.scratch-low.yaml)')
     p.add_argument('--epochs', type=int, default=None, help='default 100')
-    p.add_argument('--batch-size', type=int, default=16, help='total batch size over all processes')
+    p.add_argument('--batch-size', type=int, default=16,
+                   help='total batch size over all processes; -1: AutoBatch (largest that fits, one CUDA device)')
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None, help='train/val image size, default 640')
     p.add_argument('--rect', action='store_true', help='rectangular training batches')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run, or this last.pt')
@@ -37,7 +44,11 @@ def parse_opt(argv=None):
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true', help='disable the anchor check')
     p.add_argument('--noplots', action='store_true', help='save no plots')
-    p.add_argument('--cache', nargs='?', const='ram', default=None, help='cache images in "ram"')
+    p.add_argument('--cache', nargs='?', const='ram', default=None,
+                   help='cache images in "ram" (resized) or on "disk" (decoded .npy beside the images)')
+    p.add_argument('--multi-scale', action='store_true', help='vary the image size +-50%% per batch')
+    p.add_argument('--image-weights', action='store_true', help='draw training images weighted by class rarity')
+    p.add_argument('--save-period', type=int, default=-1, help='also save weights/epoch{N}.pt every N epochs')
     p.add_argument('--device', default='', help='cuda device (0 or 0,1) or cpu')
     p.add_argument('--workers', type=int, default=2, help='dataloader workers per process')
     p.add_argument('--project', default='runs/train')
@@ -50,7 +61,7 @@ def parse_opt(argv=None):
     p.add_argument('--patience', type=int, default=100, help='stop after this many epochs without improvement')
     p.add_argument('--freeze', nargs='+', default=['0'],
                    help="layers to freeze: N (first N), indices '0 1 2', 'backbone', 'all', or prefixes 'model.24.'")
-    p.add_argument('--freeze-bn-stats', default='true', choices=['true', 'false'],
+    p.add_argument('--freeze-bn-stats', default=None, choices=['true', 'false'],
                    help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
     p.add_argument('--seed', type=int, default=0)
@@ -68,25 +79,37 @@ def fill_defaults(opt):
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)
+    for k, v in FILLED.items():
+        if getattr(opt, k) is None:
+            setattr(opt, k, v)
     return opt
 
 
-def check_options(opt, world_size):
+def check_options(opt, world_size, device=None):
     """Refuse flag values that cannot work, before anything is built (one-line errors)."""
-    for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, 1),
+    if opt.batch_size == -1 and device is not None and device.type != 'cuda':
+        raise ValueError(NEEDS_CUDA)
+    for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, -1),
                              ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
                              ('--patience', opt.patience, 1), ('--close-mosaic', opt.close_mosaic, 0)):
         if value < low:
             raise ValueError(f'{flag} {value}: must be at least {low}')
-    if opt.cache not in (None, 'ram'):
-        raise ValueError(f"--cache {opt.cache}: only 'ram' is supported")
+    if opt.batch_size == 0:
+        raise ValueError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
+    if opt.cache not in (None, 'ram', 'disk'):
+        raise ValueError(f"--cache {opt.cache}: must be 'ram' or 'disk'")
     if opt.unfreeze_epoch >= opt.epochs:
         raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:
         raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
+    if opt.image_weights and opt.rect:
+        raise ValueError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
+    if world_size > 1 and (opt.image_weights or opt.batch_size == -1):
+        raise ValueError(f"{'--image-weights' if opt.image_weights else '--batch-size -1 (AutoBatch)'} needs a "
+                         f"single process (DDP splits the images its own way)")
     if opt.rect and world_size > 1:
         raise ValueError('--rect does not work with DDP (each process would mix batches of different shapes)')
-    if opt.batch_size % world_size:
+    if opt.batch_size > 0 and opt.batch_size % world_size:
         raise ValueError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
 
 
@@ -98,7 +121,7 @@ def resume_options(opt):
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
         raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
-    saved = argparse.Namespace(**ckpt['opt'])
+    saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options newer than the run: defaults
     saved.device, saved.workers, saved.resume = opt.device, opt.workers, str(path)
     return saved, ckpt
 
@@ -114,12 +137,15 @@ def run(**kwargs):
 
 
 def main(opt):
+    note = format_differences(upstream_differences(opt)) if not opt.resume else None
+    if note and int(os.environ.get('RANK', 0)) == 0:
+        print(note)
     fill_defaults(opt)
     device, rank, world_size = init_distributed(opt.device)
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
-    check_options(opt, world_size)
+    check_options(opt, world_size, device)
     r = Run(opt, device, rank, world_size)
     prepare_run_dir(r)
     try:
