@@ -39,6 +39,7 @@ class Run:
         self.validate = validate  # val.run
         self.main = rank in (-1, 0)
         self.log = print if self.main else (lambda *a, **k: None)
+        self.on_epoch_end = None  # optional callback(epoch, fitness) after each validated epoch (--evolve)
 
 
 def build_model(run):
@@ -216,6 +217,8 @@ def end_epoch(run, epoch, losses, final):
         save_checkpoint(ck, run.weights_dir / 'last.pt')
         if improved:
             save_checkpoint(ck, run.weights_dir / 'best.pt')
+    if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
+        run.on_epoch_end(epoch, fit)
     return stop
 
 
