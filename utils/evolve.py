@@ -106,17 +106,26 @@ def storage_url(opt, save_dir):
     return opt.evolve_storage or f'sqlite:///{(save_dir / "study.db").resolve()}'
 
 
+def open_storage(optuna, url, attempts=5):
+    """The RDB storage with heartbeats (a trial whose process died is failed and rerun by the others). Processes
+    starting together may race to create the tables: retry a few times before calling the URL bad."""
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental
+                warnings.simplefilter('ignore')
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        except Exception as e:  # bad URL, unreachable database, missing driver, a table-creation race
+            if attempt == attempts - 1:
+                raise ValueError(f'--evolve-storage {url}: cannot open ({str(e).splitlines()[0]})') from None
+            time.sleep(1 + attempt)
+
+
 def open_study(optuna, opt, save_dir, space, n_trials):
     """Create the study (trial 0 = the base recipe) or load the existing one of this name from the storage."""
     url = storage_url(opt, save_dir)
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental
-            warnings.simplefilter('ignore')
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-    except Exception as e:  # bad URL, unreachable database, missing driver
-        raise ValueError(f'--evolve-storage {url}: cannot open ({str(e).splitlines()[0]})') from None
+    storage = open_storage(optuna, url)
     pruner = make_pruner(optuna, opt.evolve_pruner, opt.epochs)
     try:
         study = optuna.create_study(storage=storage, study_name=opt.name, direction='maximize', pruner=pruner)
@@ -157,8 +166,10 @@ def retry_interrupted(optuna, study, storage, local):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             optuna.storages.fail_stale_trials(study)
-    rerun = {t.user_attrs.get('retry_of', optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t))
-             for t in trials}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # retried_trial_number is marked experimental
+        rerun = {t.user_attrs.get('retry_of', optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t))
+                 for t in trials}
     failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in rerun]
     for t in failed:
         study.enqueue_trial(t.params, user_attrs={'retry_of': t.number, 'baseline': t.user_attrs.get('baseline',
@@ -244,7 +255,12 @@ def _run_study(optuna, opt, train_trial, defaults, pruner):
               f'({storage_url(opt, save_dir)})')
     objective = Objective(optuna, opt, hyp, space, save_dir, train_trial)
     outputs = lambda s, t: write_outputs(s, save_dir, space, hyp, opt, defaults)  # noqa: E731
-    study.optimize(objective, n_trials=n_run, callbacks=[outputs, log_trial], gc_after_trial=True)
+    try:
+        study.optimize(objective, n_trials=n_run, callbacks=[outputs, log_trial], gc_after_trial=True)
+    except BaseException:
+        write_outputs(study, save_dir, space, hyp, opt, defaults)  # the interrupted trial is listed too
+        print(f'evolve: interrupted; continue with: python train.py --evolve --resume {save_dir}')
+        raise
     return write_outputs(study, save_dir, space, hyp, opt, defaults, final=True)
 
 

@@ -108,9 +108,10 @@ def summary_text(study, rows, best, command, savings):
             lines.append(f"base recipe: trial {base['trial']}, fitness {base['fitness']:.5f}; best is "
                          f"{gain:+.5f}{rel}")
         lines.append(f'command: {command}')
-    lines.append(f"pruning: ran {savings['epochs_run']} of {savings['epochs_full']} epochs, saved "
-                 f"{savings['epochs_saved']} epochs ({savings['share_saved']:.0%}), about {savings['seconds_saved']:.0f}"
-                 f" s of {savings['seconds'] + savings['seconds_saved']:.0f} s")
+    s = savings
+    lines.append(f"pruning: ran {s['epochs_run']} of {s['epochs_full']} epochs, saved {s['epochs_saved']} epochs "
+                 f"({s['share_saved']:.0%}), about {s['seconds_saved']:.0f} s of "
+                 f"{s['seconds'] + s['seconds_saved']:.0f} s")
     return '\n'.join(lines) + '\n'
 
 

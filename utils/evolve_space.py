@@ -5,7 +5,8 @@ a framework with real freezing can search (freeze depth, frozen BatchNorm statis
 
     lr0=0.001:0.02        narrow a range            mosaic=1.0            fix a value
     freeze=0,backbone,10  choose among values       search=lr0,freeze     search only these; fix the rest
-    space.yaml            a YAML of the same (lr0: [0.001, 0.02], mosaic: 1.0, freeze: [0, backbone, [0, 1, 2]])
+    space.yaml            a YAML of the same: lr0: [0.001, 0.02] (two numbers: a range), mosaic: 1.0,
+                          freeze: [0, backbone, [0, 1, 2]], unfreeze_epoch: {choices: [-1, 3]}, search: [lr0]
 
 A freeze choice that is a list of layers is written ``0+1+2`` on the command line (``[0, 1, 2]`` in YAML).
 """
@@ -111,7 +112,7 @@ def _parse_flag_value(text):
         lo, hi = text.split(':', 1)
         return {'range': [yaml.safe_load(lo), yaml.safe_load(hi)]}
     if ',' in text:
-        return [yaml.safe_load(t) for t in text.split(',')]
+        return {'choices': [yaml.safe_load(t) for t in text.split(',')]}
     return yaml.safe_load(text)
 
 
@@ -119,6 +120,8 @@ def apply_overrides(space, overrides, epochs, source='--evolve-space'):
     """Narrow/fix ``space`` by ``overrides`` (see the module docstring). Unknown keys and bad values: ValueError."""
     space = dict(space)
     only = overrides.get('search')
+    if isinstance(only, dict):
+        only = only.get('choices', only.get('range'))
     for key, raw in overrides.items():
         if key == 'search':
             continue
@@ -146,11 +149,13 @@ def fill_fixed(space, base):
 
 def _override(p, raw, source):
     name = p.name
-    if isinstance(raw, dict) and 'range' in raw:
+    if isinstance(raw, dict) and 'choices' in raw:
+        raw = tuple(raw['choices'])  # a tuple: always choices, even two numbers
+    elif isinstance(raw, dict) and 'range' in raw:
         raw = raw['range']
         if p.kind == 'choice':
             raise ValueError(f'{source}: {name} takes choices (a,b,c), not a range')
-    if isinstance(raw, (list, tuple)) and len(raw) == 2 and p.kind in ('float', 'int') and \
+    if isinstance(raw, list) and len(raw) == 2 and p.kind in ('float', 'int') and \
             all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
         lo, hi = (float(v) for v in raw)
         if lo > hi:
