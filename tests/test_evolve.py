@@ -197,3 +197,10 @@ def test_evolve_refuses_ddp(monkeypatch, tmp_path):
     opt = options('--evolve', '1', '--project', str(tmp_path))
     with pytest.raises(ValueError, match='--evolve-storage'):
         run_evolve(opt, train.main, {})
+
+
+def test_bad_space_flag_from_the_cli_is_one_line_and_starts_nothing(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.cli(['--evolve', '2', '--project', str(tmp_path), '--evolve-space', 'lr0=0.1:0.01'])
+    assert str(e.value.code).startswith('error: --evolve-space: lr0=0.1:0.01: low is above high')
+    assert not list(tmp_path.iterdir())

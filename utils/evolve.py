@@ -230,14 +230,15 @@ def _run_study(optuna, opt, train_trial, defaults, pruner):
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
         raise ValueError('--evolve runs one process per trial; share a study between processes with '
                          '--evolve-storage instead of torch.distributed.run')
-    save_dir = evolve_dir(opt)
     resuming = bool(opt.resume)
     if resuming:
+        save_dir = evolve_dir(opt)
         opt = load_options(opt, save_dir)
-    else:
-        (save_dir / OPTIONS_FILE).write_text(yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
     hyp = study_hyp(opt)
-    space = build_space(hyp, opt, opt.evolve_space)
+    space = build_space(hyp, opt, opt.evolve_space)  # bad flags end here, before a run folder is made
+    if not resuming:
+        save_dir = evolve_dir(opt)
+        (save_dir / OPTIONS_FILE).write_text(yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
     print(f'evolve: {save_dir}\n{describe(space)}')
     study, storage, created = open_study(optuna, opt, save_dir, space, opt.evolve)
     if pruner is not None:
@@ -257,9 +258,10 @@ def _run_study(optuna, opt, train_trial, defaults, pruner):
     outputs = lambda s, t: write_outputs(s, save_dir, space, hyp, opt, defaults)  # noqa: E731
     try:
         study.optimize(objective, n_trials=n_run, callbacks=[outputs, log_trial], gc_after_trial=True)
-    except BaseException:
-        write_outputs(study, save_dir, space, hyp, opt, defaults)  # the interrupted trial is listed too
-        print(f'evolve: interrupted; continue with: python train.py --evolve --resume {save_dir}')
+    except BaseException as e:
+        write_outputs(study, save_dir, space, hyp, opt, defaults)  # the interrupted/failed trial is listed too
+        if isinstance(e, KeyboardInterrupt):
+            print(f'evolve: interrupted; continue with: python train.py --evolve --resume {save_dir}')
         raise
     return write_outputs(study, save_dir, space, hyp, opt, defaults, final=True)
 
