@@ -55,6 +55,9 @@ def test_default_space_has_upstream_ranges_and_freezing():
     assert (space['unfreeze_epoch'].low, space['unfreeze_epoch'].high) == (-1, 9)
     scratch = space_for(weights='')  # from scratch: freezing is not searched unless asked
     assert scratch['freeze'].kind == 'fixed' and scratch['freeze'].value == '0'
+    asked = space_for('freeze=0,backbone', 'unfreeze_epoch=-1:4', weights='')
+    assert asked['freeze'].choices == ('0', 'backbone')
+    assert (asked['unfreeze_epoch'].kind, asked['unfreeze_epoch'].low, asked['unfreeze_epoch'].high) == ('int', -1, 4)
 
 
 def test_narrowing_flags_and_yaml(tmp_path):
@@ -86,7 +89,7 @@ def test_search_only_fixes_the_rest_at_the_base_recipe():
 @pytest.mark.parametrize('item, message', [
     ('lr=0.1', "unknown key 'lr'"), ('lr0=0.1:0.01', 'low is above high'),
     ('unfreeze_epoch=12', 'unfreeze_epoch 12'), ('freeze_bn_stats=maybe', 'expected true or false'),
-    ('mosaic=lots', 'expected a number'), ('missing.yaml', 'no such file'), ('search=lr0,nope', 'unknown key')])
+    ('mosaic=lots', 'expected a number'), ('freeze=0:10', 'takes choices'), ('missing.yaml', 'no such file'), ('search=lr0,nope', 'unknown key')])
 def test_bad_narrowing_is_one_clear_line(item, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message) as e:
         space_for(item)

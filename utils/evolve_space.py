@@ -76,7 +76,7 @@ def default_space(hyp, opt):
     else:
         space['freeze'] = Param('freeze', 'fixed', value=base_freeze)
         space['freeze_bn_stats'] = Param('freeze_bn_stats', 'fixed', value=opt.freeze_bn_stats)
-        space['unfreeze_epoch'] = Param('unfreeze_epoch', 'fixed', value=opt.unfreeze_epoch)
+        space['unfreeze_epoch'] = Param('unfreeze_epoch', 'fixed', -1, opt.epochs - 1, value=opt.unfreeze_epoch)
     return space
 
 
@@ -153,16 +153,17 @@ def _override(p, raw, source):
         raw = tuple(raw['choices'])  # a tuple: always choices, even two numbers
     elif isinstance(raw, dict) and 'range' in raw:
         raw = raw['range']
-        if p.kind == 'choice':
+        if p.low is None:
             raise ValueError(f'{source}: {name} takes choices (a,b,c), not a range')
-    if isinstance(raw, list) and len(raw) == 2 and p.kind in ('float', 'int') and \
+    if isinstance(raw, list) and len(raw) == 2 and p.low is not None and \
             all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
         lo, hi = (float(v) for v in raw)
+        kind = 'int' if name == 'unfreeze_epoch' else 'float'
         if lo > hi:
             raise ValueError(f'{source}: {name}={lo:g}:{hi:g}: low is above high')
-        if p.kind == 'int' and (lo != int(lo) or hi != int(hi)):
+        if kind == 'int' and (lo != int(lo) or hi != int(hi)):
             raise ValueError(f'{source}: {name} takes whole numbers')
-        return replace(p, low=lo, high=hi, log=p.log and lo > 0)
+        return replace(p, kind=kind, low=lo, high=hi, log=p.log and lo > 0)
     if isinstance(raw, (list, tuple)):
         choices = tuple(_clean(name, v) for v in raw)
         if not choices:
