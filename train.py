@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-import val
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.evolve import is_evolve_dir, run_evolve
@@ -137,7 +136,7 @@ def main(opt, on_epoch_end=None):
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size)
-    r = Run(opt, device, rank, world_size, validate=val.run)
+    r = Run(opt, device, rank, world_size)
     r.on_epoch_end = on_epoch_end
     prepare_run_dir(r)
     try:

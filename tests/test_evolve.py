@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import train
-from utils.datasets import load_hyp
+from utils.data_config import load_hyp
 from utils.evolve import make_pruner, run_evolve
 from utils.evolve_space import HYP_RANGES, build_space, recipe, suggest
 from utils.shapes import ensure_shapes

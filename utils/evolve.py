@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from utils.datasets import load_hyp
+from utils.data_config import load_hyp
 from utils.evolve_report import write_outputs
 from utils.evolve_space import base_values, baseline_params, build_space, describe, suggest
 from utils.runs import increment_path
