@@ -4,6 +4,7 @@ Usage:
     python train.py                                       # small model on the built-in shapes dataset
     python train.py --weights yolov5m.pt --data voc.yaml --freeze 10
     python train.py --resume                              # continue the latest run
+    python train.py --weights yolov5n.pt --data my.yaml --evolve 30    # search the recipe (Optuna)
     python -m torch.distributed.run --nproc_per_node 2 train.py --data coco128.yaml   # DDP
 """
 import argparse
@@ -15,6 +16,7 @@ import torch
 from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
+from utils.evolve import is_evolve_dir, run_evolve
 from utils.runs import init_distributed
 from utils.trainer import Run, prepare_run_dir, train
 from utils.upstream_defaults import format_differences, upstream_differences
@@ -67,6 +69,14 @@ def parse_opt(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as one class')
     p.add_argument('--close-mosaic', type=int, default=0, help='turn mosaic off for the last K epochs')
+    p.add_argument('--evolve', type=int, nargs='?', const=300, default=None,
+                   help='search the recipe with N Optuna trials (default 300); with --resume: continue the study')
+    p.add_argument('--evolve-space', nargs='+', default=None, metavar='SPEC',
+                   help='narrow or fix the search: lr0=0.001:0.02, mosaic=1.0, freeze=0,backbone,10, '
+                        'search=lr0,freeze, or a YAML of the same')
+    p.add_argument('--evolve-storage', default=None, metavar='URL',
+                   help='Optuna storage shared by several processes/machines (default: runs/evolve/exp/study.db)')
+    p.add_argument('--evolve-pruner', default='median', help='median, hyperband, none or threshold=X')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -136,17 +146,24 @@ def run(**kwargs):
     return main(opt)
 
 
-def main(opt):
+def main(opt, on_epoch_end=None):
+    """One training run (``on_epoch_end(epoch, fitness)`` is called after each validated epoch), or with
+    ``opt.evolve`` a study of such runs."""
     note = format_differences(upstream_differences(opt)) if not opt.resume else None
-    if note and int(os.environ.get('RANK', 0)) == 0:
+    if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
         print(note)
     fill_defaults(opt)
+    if opt.evolve is not None or is_evolve_dir(opt.resume):
+        if not opt.resume:
+            check_options(opt, 1)
+        return run_evolve(opt, main, defaults=vars(parse_opt([])))
     device, rank, world_size = init_distributed(opt.device)
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size, device)
     r = Run(opt, device, rank, world_size)
+    r.on_epoch_end = on_epoch_end
     prepare_run_dir(r)
     try:
         return train(r, ckpt)

@@ -34,6 +34,7 @@ class Run:
         self.log = print if self.main else (lambda *a, **k: None)
         self.save_dir = self.weights_dir = None  # prepare_run_dir
         self.tb = TensorBoardLogger()  # off until train() opens it in the main process
+        self.on_epoch_end = None  # optional callback(epoch, fitness) after each validated epoch (--evolve)
 
 
 def make_checkpoint(run, session, epoch):
@@ -86,6 +87,8 @@ def end_epoch(run, session, epoch, losses, final):
         progress.best_fitness, progress.best_epoch = fit, epoch
     stop = epoch - progress.best_epoch >= run.opt.patience
     save_weights(run, session, epoch, improved, force=final or stop)
+    if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
+        run.on_epoch_end(epoch, fit)
     return stop
 
 
