@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from utils.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4,
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
+from utils.class_map import check_class_map_spec
 from utils.label_formats import Record, ScanReport, load_coco_json, scan_source  # noqa: F401 (Record re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +102,7 @@ def check_dataset(data):
     out['eval'] = _eval_kind(cfg, out, where)
     if names is None:
         out['names'], out['nc'] = _names_from_json(out, where)
+    out['class_map'] = check_class_map_spec(cfg.get('class_map'), out['names'], where)
     return out
 
 
