@@ -74,3 +74,18 @@ def test_check_dataset_validates_class_map_early(tmp_path):
     f.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != 'class_map'}) + 'class_map: none\n')
     assert check_dataset(f)['class_map'] == 'none'
     assert check_class_map_spec(None, ['a']) is None
+
+
+def test_remap_detections_merges_sources_by_class_aware_nms_and_drops_the_rest():
+    import torch
+    from utils.class_map import remap_detections
+    cmap = build_class_map(['vehicle', 'person', 'pet'], COCO, {'vehicle': ['car', 'truck'], 'pet': 'dog'})
+    det = torch.tensor([[0, 0, 10, 10, 0.9, 2],    # car
+                        [1, 0, 10, 10, 0.8, 7],    # truck on the same object: merged into the car box
+                        [50, 50, 60, 60, 0.7, 7],  # truck elsewhere: kept
+                        [0, 0, 10, 10, 0.6, 0],    # person on the car box: another data class, kept
+                        [5, 5, 9, 9, 0.5, 10]], dtype=torch.float64)  # cat: no data class, dropped
+    out = remap_detections(det, cmap, iou_thres=0.5)
+    assert out.tolist() == [[0, 0, 10, 10, 0.9, 0], [50, 50, 60, 60, 0.7, 0], [0, 0, 10, 10, 0.6, 1]]
+    assert remap_detections(det, cmap, 0.5, max_det=1).shape == (1, 6)
+    assert remap_detections(det[4:], cmap, 0.5).shape == (0, 6)

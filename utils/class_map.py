@@ -55,6 +55,14 @@ class ClassMap:
         """Data classes are the checkpoint's classes, in the same order (nothing to map)."""
         return self.sources == tuple((i,) for i in range(len(self.source_names))) and not self.off
 
+    def data_classes_of(self):
+        """{checkpoint class id: [data class ids it feeds]} for every checkpoint class that feeds one."""
+        out = {}
+        for i, sources in enumerate(self.sources):
+            for j in sources:
+                out.setdefault(j, []).append(i)
+        return out
+
     def source_list(self, i):
         """'person', 'car+truck+bus' or 'new'."""
         return '+'.join(self.source_names[j] for j in self.sources[i]) or 'new'
@@ -139,3 +147,26 @@ def build_class_map(data_names, source_names, spec=None, where='data YAML'):
             j = index.get(canonical(name))
             sources.append(() if j is None else (j,))
     return ClassMap(data_names, source_names, tuple(sources), frozenset(explicit))
+
+
+def remap_detections(det, cmap, iou_thres, max_det=300):
+    """Detections ``(n, 6)`` [x1, y1, x2, y2, conf, cls] in checkpoint classes -> the same in data classes.
+
+    A data class's detections are those of its source classes, merged by class-aware NMS (``iou_thres``):
+    a car and a truck box on one vehicle become one vehicle box. Classes that feed no data class are dropped.
+    At most ``max_det`` rows, by confidence.
+    """
+    import torch
+    import torchvision
+    pairs = [(j, i) for j, targets in cmap.data_classes_of().items() for i in targets]
+    src = det[:, 5].long()
+    parts = []
+    for j, i in pairs:
+        rows = det[src == j]
+        if len(rows):
+            parts.append(torch.cat((rows[:, :5], torch.full_like(rows[:, 5:6], i)), 1))
+    if not parts:
+        return det[:0]
+    out = torch.cat(parts)
+    keep = torchvision.ops.batched_nms(out[:, :4].float(), out[:, 4].float(), out[:, 5].long(), iou_thres)
+    return out[keep[:max_det]]

@@ -13,17 +13,19 @@ import yaml
 from models.yolo import Model
 from utils.augment import check_imgsz
 from utils.autoanchor import check_anchors
+from utils.class_map import build_class_map
 from utils.checkpoint import (format_transfer_report, load_checkpoint, read_weights, save_checkpoint, strip_optimizer,
                               training_checkpoint, transfer_weights)
 from utils.datasets import check_dataset, create_dataloader, load_hyp, reseed_loader
 from utils.download import resolve_weights
 from utils.ema import ModelEMA
 from utils.engine import (NOMINAL_BATCH, StepState, accumulate_steps, build_optimizer, rebuild_optimizer,
-                          seed_everything, train_one_epoch)
+                          seed_everything, train_one_epoch, warmup_iterations)
 from utils.freeze import freeze, freeze_report, frozen_names, tensor_digests, unfreeze
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
+from utils.transfer import class_rows_for
 from utils.runs import increment_path
 
 CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
@@ -46,9 +48,14 @@ def build_model(run):
     opt = run.opt
     weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
     cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5s.yaml')
-    model = Model(cfg, nc=run.nc).to(run.device)
-    if weights:
-        report = transfer_weights(model, weights['state_dict'])
+    if not weights:
+        model = Model(cfg, nc=run.nc).to(run.device)
+    else:
+        cmap = build_class_map(run.names, weights['names'], None if opt.single_cls else run.data.get('class_map'),
+                               where=run.data.get('yaml_file') or 'data')
+        model = Model(cfg, nc=run.nc, class_rows=class_rows_for(cmap, weights['yaml'])).to(run.device)
+        report = transfer_weights(model, weights['state_dict'], opt.weights, cmap, weights['yaml'],
+                                  keep_anchors=bool(opt.cfg))
         run.log(format_transfer_report(report))
     model.names = list(run.names)
     return model
@@ -252,7 +259,7 @@ def train(run, ckpt=None):
     nb = len(run.train_loader)
     cfg = {'epochs': opt.epochs, 'hyp': run.hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
            'amp': run.amp, 'world_size': run.world_size,
-           'warmup_iters': max(round(run.hyp['warmup_epochs'] * nb), 100)}
+           'warmup_iters': warmup_iterations(run.hyp, nb, opt.epochs)}
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, imgs, targets)
     state = StepState(ni=run.start_epoch * nb, last_step=run.start_epoch * nb - 1)
