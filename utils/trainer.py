@@ -135,7 +135,8 @@ def setup_loaders(run, model, fresh):
     if fresh and not opt.noplots:
         plot_labels(run.dataset.labels, run.names, run.save_dir)
     if fresh and not opt.noautoanchor:
-        check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log)
+        check_anchors(run.dataset, model, thr=run.hyp['anchor_t'], imgsz=run.imgsz, log=run.log,
+                      replace=not opt.weights)
 
 
 def setup_optimization(run, model, ckpt):
