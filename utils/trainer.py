@@ -1,9 +1,8 @@
 """One training run: the epoch loop, checkpoints, verification (set-up: utils/trainer_setup.py).
 
-``train.py`` parses the command line and calls ``train(run)``; validation comes in as ``run.validate`` (val.run),
-so this module never imports a script.
+``train.py`` parses the command line and calls ``train(run)``; each epoch is measured by
+``utils.evaluator.evaluate`` and logged to results.csv by column name (utils/results_csv.py).
 """
-import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,26 +10,24 @@ from pathlib import Path
 import torch
 import yaml
 
-from utils.checkpoint import save_checkpoint, strip_optimizer, training_checkpoint
+from utils.checkpoint import load_model, save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
 from utils.engine import StepState, seed_everything, train_one_epoch, warmup_iterations
-from utils.metrics import fitness
+from utils.eval_outputs import BatchPlotter
+from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
+from utils.evaluator import EvalConfig, evaluate, official_json
 from utils.plots import plot_images, plot_results
+from utils.results_csv import append_row, epoch_row
 from utils.runs import increment_path
 from utils.trainer_setup import release_layers, setup, wrap_ddp
 
-CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
-            'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-            'x/lr0', 'x/lr1', 'x/lr2']
-
 
 class Run:
-    """What a training run is given: options, device, process rank and count, the validator, output paths.
+    """What a training run is given: options, device, process rank and count, output paths.
     What it builds (data, model, freeze plan, optimizer, ...) is a ``trainer_setup.Session``."""
 
-    def __init__(self, opt, device, rank, world_size, validate):
+    def __init__(self, opt, device, rank, world_size):
         self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
-        self.validate = validate  # val.run
         self.main = rank in (-1, 0)
         self.amp = device.type == 'cuda'
         self.log = print if self.main else (lambda *a, **k: None)
@@ -43,32 +40,40 @@ def make_checkpoint(run, session, epoch):
     return {**ck, 'best_epoch': session.progress.best_epoch}
 
 
-def write_results_row(path, row):
-    new = not path.exists()
-    with path.open('a', newline='') as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(CSV_KEYS)
-        w.writerow([f'{x:.5g}' if isinstance(x, float) else x for x in row])
+def eval_config(run, session, plots, **options):
+    """The evaluation settings of this run's val split (crowd regions of an official JSON, VOC rule, classes)."""
+    single_cls, data = run.opt.single_cls, session.config.data
+    return EvalConfig.for_data(data, single_cls, official_json(data, 'val', single_cls), confusion=plots, **options)
+
+
+def report_validation(run, session, result, config, verbose, plots):
+    names = session.config.names
+    print_table(result, names, verbose)
+    if config.voc_rule:
+        print_voc(result, names, config.voc_rule, verbose)
+    if plots:
+        save_plots(result, names, run.save_dir)
 
 
 def validate_epoch(run, session, final):
+    """The EMA model on the val split (an ``EvalResult``), or None with --noval before the last epoch."""
     if run.opt.noval and not final:
-        return (0.0,) * 7, None
-    learner, loaders = session.learner, session.loaders
-    results, maps, _ = run.validate(data=session.config.data, model=learner.ema.ema, dataloader=loaders.val,
-                                    compute_loss=learner.compute_loss, half=run.amp, save_dir=run.save_dir,
-                                    plots=final and not run.opt.noplots, batch_size=run.opt.batch_size * 2,
-                                    imgsz=loaders.imgsz, verbose=final, single_cls=run.opt.single_cls)
-    return results, maps
+        return None
+    plots = final and not run.opt.noplots
+    learner = session.learner
+    config = eval_config(run, session, plots, half=run.amp)
+    observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
+    result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss,
+                      observers=observers)
+    report_validation(run, session, result, config, verbose=final, plots=plots)
+    return result
 
 
 def end_epoch(run, session, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
-    results, _ = validate_epoch(run, session, final)
-    fit = float(fitness(results))
-    lrs = [g['lr'] for g in session.learner.optimizer.param_groups][:3]
-    write_results_row(run.save_dir / 'results.csv', [epoch, *losses, *results[:4], *results[4:7], *lrs])
+    result = validate_epoch(run, session, final)
+    fit = result.fitness if result is not None else 0.0
+    append_row(run.save_dir / 'results.csv', epoch_row(epoch, losses, result, session.learner.optimizer.param_groups))
     if not run.opt.noplots:
         plot_results(run.save_dir / 'results.csv')
     progress = session.progress
@@ -130,7 +135,7 @@ def train(run, ckpt=None):
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     state = StepState(ni=start * nb, last_step=start * nb - 1)
-    results = (0.0,) * 7
+    result = None
     t0 = time.time()
     epoch = start - 1
     for epoch in range(start, opt.epochs):
@@ -151,21 +156,24 @@ def train(run, ckpt=None):
     if run.main:
         run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
         finish(run, session)
-        results = final_validation(run, session)
-    return results
+        result = final_validation(run, session)
+    return result
 
 
 def final_validation(run, session):
+    """best.pt (fused, as val.py loads it) on the val split, reported in full; its ``EvalResult`` or None."""
     best = run.weights_dir / 'best.pt'
     if not best.exists():
-        return (0.0,) * 7
-    results, _, _ = run.validate(data=session.config.data, weights=str(best), batch_size=run.opt.batch_size * 2,
-                                 imgsz=session.loaders.imgsz,
-                                 device=str(run.device.index if run.device.type == 'cuda' else 'cpu'),
-                                 save_dir=run.save_dir, plots=not run.opt.noplots, verbose=True,
-                                 workers=run.opt.workers, single_cls=run.opt.single_cls)
-    run.log(f'Results saved to {run.save_dir}: mAP50 {results[2]:.3f}, mAP50-95 {results[3]:.3f}')
-    return results
+        return None
+    plots = not run.opt.noplots
+    config = eval_config(run, session, plots, progress=HEADER)
+    model = load_model(best, run.device, fuse=True)
+    observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
+    result = evaluate(model, session.loaders.val, config, observers=observers)
+    report_validation(run, session, result, config, verbose=True, plots=plots)
+    print_speed(result, session.loaders.imgsz)
+    run.log(f'Results saved to {run.save_dir}: mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}')
+    return result
 
 
 def plot_batch(run, session, imgs, targets):

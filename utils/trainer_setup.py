@@ -14,11 +14,12 @@ import torch
 import yaml
 
 from models.yolo import Model
-from utils.augment import check_imgsz
+from utils.sizes import check_imgsz
 from utils.autoanchor import check_anchors
 from utils.checkpoint import format_transfer_report, read_weights, transfer_weights
 from utils.class_map import build_class_map
-from utils.datasets import check_dataset, create_dataloader, load_hyp
+from utils.data_config import check_dataset, load_hyp
+from utils.datasets import create_dataloader
 from utils.download import resolve_weights
 from utils.ema import ModelEMA
 from utils.engine import NOMINAL_BATCH, Learner, accumulate_steps, seed_everything
