@@ -69,6 +69,22 @@ def validate_epoch(run, session, final):
     return result
 
 
+ZERO_SHOT_EPOCH = -1  # results.csv row of the evaluation before the first step (drawn at 0 in results.png)
+
+
+def zero_shot(run, session):
+    """A pretrained start, evaluated once before the first step: where the fine-tune begins (the transferred
+    model, its class rows mapped from the checkpoint). Logged and written to results.csv as epoch -1."""
+    learner = session.learner
+    config = eval_config(run, session, plots=False)
+    result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss)
+    print_table(result, session.config.names, verbose=False)
+    run.log(f'Zero-shot (before the first step): mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}; written to '
+            f'results.csv as epoch {ZERO_SHOT_EPOCH}')
+    append_row(run.save_dir / 'results.csv', epoch_row(ZERO_SHOT_EPOCH, (), result, []))
+    return result
+
+
 def end_epoch(run, session, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
     result = validate_epoch(run, session, final)
@@ -135,6 +151,8 @@ def train(run, ckpt=None):
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     state = StepState(ni=start * nb, last_step=start * nb - 1)
+    if run.main and opt.weights and ckpt is None and not opt.noval:
+        zero_shot(run, session)
     result = None
     t0 = time.time()
     epoch = start - 1
