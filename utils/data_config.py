@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from utils.class_map import check_class_map_spec
 from utils.label_formats import load_coco_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +95,7 @@ def check_dataset(data):
     out['eval'] = _eval_kind(cfg, out, where)
     if names is None:
         out['names'], out['nc'] = _names_from_json(out, where)
+    out['class_map'] = check_class_map_spec(cfg.get('class_map'), out['names'], where)
     return out
 
 
