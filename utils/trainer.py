@@ -166,7 +166,7 @@ def train(run, ckpt=None):
     session = setup(run, ckpt)
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
     cfg = {'epochs': opt.epochs, 'hyp': hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
-           'amp': run.amp, 'world_size': run.world_size, 
+           'amp': run.amp, 'world_size': run.world_size,
            'warmup_iters': warmup_iterations(hyp, nb, opt.epochs)}
     if opt.multi_scale:
         cfg['multi_scale'] = multi_scale_for(session, opt.seed)
