@@ -10,10 +10,16 @@ from utils.runs import increment_path
 ROOT = Path(__file__).resolve().parents[1]
 
 # train.py behind a start gate: import everything, say "ready", wait for "go", then run (so both runs reach
-# their run-folder choice together instead of one import time apart).
+# their run-folder choice together instead of one import time apart). Every mkdir takes 0.2 s, as on a slow
+# network filesystem: it widens the gap between looking for a free folder and creating it.
 GATED_TRAIN = '''
 import sys, time
 from pathlib import Path
+real_mkdir = Path.mkdir
+def slow_mkdir(self, *args, **kwargs):
+    time.sleep(0.2)
+    return real_mkdir(self, *args, **kwargs)
+Path.mkdir = slow_mkdir
 import train
 gate = Path(sys.argv[1])
 (gate / f'ready{sys.argv[2]}').touch()
@@ -23,9 +29,16 @@ train.cli(sys.argv[3:])
 '''
 
 
-def test_threads_claim_distinct_folders(tmp_path):
+def test_threads_claim_distinct_folders(tmp_path, monkeypatch):
     n = 12
     barrier, claimed = threading.Barrier(n), []
+    real_mkdir = Path.mkdir
+
+    def slow_mkdir(self, *args, **kwargs):  # a slow filesystem: others may look while one creates
+        time.sleep(0.01)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, 'mkdir', slow_mkdir)
 
     def claim():
         barrier.wait()
