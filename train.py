@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from utils.autobatch import NEEDS_CUDA
-from utils.checkpoint import find_last_checkpoint, load_checkpoint
+from utils.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.evolve import is_evolve_dir, run_evolve
 from utils.runs import init_distributed
@@ -128,6 +128,8 @@ def resume_options(opt):
     path = find_last_checkpoint(opt.project) if opt.resume is True else Path(opt.resume)
     if not path.is_file():
         raise FileNotFoundError(f'--resume {opt.resume}: checkpoint not found')
+    for name in discard_partial_writes(path.parent):
+        print(f'Removed {path.parent / name}: a checkpoint write that was interrupted (kept the complete {path.name})')
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
         raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')

@@ -238,7 +238,7 @@ def prepare_run_dir(run):
         run.save_dir = None
         return
     run.save_dir = Path(opt.resume).parent.parent if opt.resume else increment_path(Path(opt.project) / opt.name,
-                                                                                   exist_ok=opt.exist_ok)
+                                                                                   exist_ok=opt.exist_ok, mkdir=True)
     run.weights_dir = run.save_dir / 'weights'
     run.weights_dir.mkdir(parents=True, exist_ok=True)
     write_options(run.save_dir, opt)
