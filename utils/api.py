@@ -112,7 +112,7 @@ def load(path, device=None, imgsz=640, fp16=False, autoshape=True):
 
 
 def official(name, pretrained=True, channels=3, classes=80, device=None, autoshape=True):
-    """Upstream's ``yolov5n`` ... ``yolov5x6`` entry points: ``name``.pt with ``pretrained``, else a fresh v6 model.
+    """Upstream's ``yolov5n`` ... ``yolov5x`` entry points: ``name``.pt with ``pretrained``, else a fresh v6 model.
 
     With ``classes`` != 80 the pretrained weights are transferred (``transfer_weights``: class rows re-initialised).
     """
@@ -121,8 +121,9 @@ def official(name, pretrained=True, channels=3, classes=80, device=None, autosha
     if pretrained and classes == 80:
         return load(f'{name}.pt', device, autoshape=autoshape)
     from models.yolo import Model
-    from utils.checkpoint import format_transfer_report, read_weights, transfer_weights
+    from utils.checkpoint import read_weights
     from utils.download import resolve_weights
+    from utils.transfer import format_transfer_report, transfer_weights
     if pretrained:
         path = resolve_weights(f'{name}.pt')
         weights = read_weights(path)
