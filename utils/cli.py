@@ -18,5 +18,7 @@ def run_cli(fn, opt):
     try:
         return fn(**vars(opt))
     except ONE_LINE_ERRORS as e:
-        print(f'error: {one_line(e)}', file=sys.stderr)
-        sys.exit(e.exit_code if isinstance(e, OneLineError) else 1)
+        if isinstance(e, OneLineError) and e.exit_code != 1:
+            print(f'error: {one_line(e)}', file=sys.stderr)
+            sys.exit(e.exit_code)
+        sys.exit(f'error: {one_line(e)}')  # SystemExit carries the line (printed to stderr, exit code 1)
