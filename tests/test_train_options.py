@@ -9,6 +9,7 @@ import torch
 import train
 from utils.checkpoint import load_checkpoint
 from utils.multiscale import MultiScale
+from utils.results_csv import read_rows
 from utils.shapes import ensure_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,8 @@ def test_save_period_saves_epoch_files_at_upstreams_epochs(tiny_data, tmp_path):
 
 def test_tensorboard_scalars_and_images_from_a_run(tiny_data, tmp_path, capsys):
     accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
-    run_dir = run_train(tmp_path, tiny_data, 'tb', epochs=1, noplots=False)
+    src = run_train(tmp_path, tiny_data, 'src', epochs=1, noval=True) / 'weights' / 'last.pt'
+    run_dir = run_train(tmp_path, tiny_data, 'tb', epochs=1, noplots=False, weights=str(src))  # pretrained start
     assert f'tensorboard --logdir {run_dir.parent}' in capsys.readouterr().out
     acc = accumulator.EventAccumulator(str(run_dir), size_guidance={'images': 0, 'scalars': 0})
     acc.Reload()
@@ -80,8 +82,13 @@ def test_tensorboard_scalars_and_images_from_a_run(tiny_data, tmp_path, capsys):
                 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'x/lr0', 'x/lr1', 'x/lr2'):
         assert tag in scalars, tag
         assert [e.step for e in acc.Scalars(tag)] == [0]
-    csv_lr = [float(r.split(',')[11]) for r in (run_dir / 'results.csv').read_text().splitlines()[1:]]
-    assert [e.value for e in acc.Scalars('x/lr0')] == pytest.approx(csv_lr, rel=1e-3)
+    rows = read_rows(run_dir / 'results.csv')
+    assert [r['epoch'] for r in rows] == [-1, 0]  # the zero-shot row, then epoch 0
+    assert [e.value for e in acc.Scalars('x/lr0')] == pytest.approx([rows[1]['x/lr0']], rel=1e-3)
+    baseline = acc.Scalars('baseline/mAP_0.5')  # the zero-shot evaluation of the starting weights
+    assert [e.step for e in baseline] == [0] and baseline[0].value == pytest.approx(rows[0]['metrics/mAP_0.5'],
+                                                                                    rel=1e-3, abs=1e-5)
+    assert {'baseline/precision', 'baseline/recall', 'baseline/mAP_0.5:0.95'} <= scalars
     assert set(acc.Tags()['images']) == {'train/batch0', 'val/PR_curve'}
 
 
