@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
         'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 15, 'imgsz': 192}
 STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch.yaml'), 'epochs': 100, 'imgsz': 640}
+PRETRAINED_HYP = str(ROOT / 'data/hyps/hyp.transfer.yaml')  # the default hyp with --weights (see the file)
 
 
 def parse_opt(argv=None):
@@ -27,7 +28,7 @@ def parse_opt(argv=None):
     p.add_argument('--weights', default='', help='initial weights (.pt, ours or official); empty: from scratch')
     p.add_argument('--cfg', default='', help="model YAML (default: the checkpoint's, else v6/yolov5s.yaml)")
     p.add_argument('--data', default=None, help='data YAML (default: the built-in shapes demo, see below)')
-    p.add_argument('--hyp', default=None, help='hyper-parameter YAML (default: data/hyps/hyp.scratch.yaml)')
+    p.add_argument('--hyp', default=None, help='hyper-parameter YAML (default: data/hyps/hyp.scratch.yaml; hyp.transfer.yaml with --weights)')
     p.add_argument('--epochs', type=int, default=None, help='default 100')
     p.add_argument('--batch-size', type=int, default=16, help='total batch size over all processes')
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None, help='train/val image size, default 640')
@@ -61,10 +62,11 @@ def parse_opt(argv=None):
 
 
 def fill_defaults(opt):
-    """YOLOv5's defaults, except without --data: then the built-in demo (v6/yolov5n, shapes, 192 px, 15 epochs,
-    hyp.shapes.yaml) for every option left unset, so `python train.py` finishes in minutes on a CPU."""
+    """YOLOv5's defaults (hyp.transfer.yaml when starting from --weights), except without --data: then the built-in
+    demo (v6/yolov5n, shapes, 192 px, 15 epochs, hyp.shapes.yaml) for every option left unset, so
+    `python train.py` finishes in minutes on a CPU."""
     demo = opt.data is None
-    preset = DEMO if demo else STANDARD
+    preset = DEMO if demo else {**STANDARD, **({'hyp': PRETRAINED_HYP} if opt.weights else {})}
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)
