@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_model
+from utils.backends import load_backend
 from utils.class_map import build_class_map, remap_detections
 from utils.cli import ArgumentParser, run_cli
 from utils.data_config import check_dataset
 from utils.datasets import create_dataloader
-from utils.download import resolve_weights
 from utils.eval_outputs import BatchPlotter, CocoJson, LabelWriter
 from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
 from utils.evaluator import EvalConfig, evaluate, official_json
@@ -45,17 +44,33 @@ def build_dataloader(data, split, imgsz, batch_size, stride, workers, single_cls
                              prefix=f'{split}: ')[0]
 
 
-def load_for_val(weights, device):
+def load_for_val(weights, device, half=False):
+    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/backends`` Backend: a callable that maps
+    a batch to decoded predictions, which ``evaluate`` takes as it takes a model."""
     if not weights:
         raise ValueError('--weights is required')
-    return load_model(resolve_weights(weights), device, fuse=True)
+    return load_backend(weights, device, fp16=half)
+
+
+def loader_size(backend, imgsz, task):
+    """(image size, square batches?) for the loader. An export of a fixed size takes square batches of its size
+    (rectangular ones could be larger than it); others take rectangular ones, except for --task speed."""
+    if backend.dynamic:
+        return check_imgsz(imgsz, backend.stride)[0], task == 'speed'
+    h, w = backend.imgsz
+    if h != w:
+        raise ValueError(f'{backend.path}: takes {h}x{w} images (fixed at export) but val uses square ones; '
+                         f're-export with a square --imgsz or --dynamic')
+    if imgsz != h:
+        print(f'note: {backend.path.name} takes {h}x{w} images (fixed at export); validating at {h}, not {imgsz}')
+    return h, True
 
 
 def class_mapping(model, data, weights, single_cls):
     """A ``ClassMap`` when the checkpoint's classes are not the data's (another count, or a ``class_map:`` in the
     data YAML): predictions are then evaluated through it (zero-shot). None when they are the same classes."""
     spec = data.get('class_map')
-    model_nc = int(model.model[-1].nc)
+    model_nc = model.nc
     if single_cls or (model_nc == data['nc'] and not isinstance(spec, dict)):
         return None
     differ = f'{weights}: model has {model_nc} classes but the data has {data["nc"]}'
@@ -106,13 +121,12 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     split = 'val' if task == 'speed' else task
     names = ['item'] if single_cls and data['nc'] != 1 else list(data['names'])
     device = select_device(device)
-    model = load_for_val(weights, device)
+    model = load_for_val(weights, device, half and device.type != 'cpu')
     cmap = class_mapping(model, data, weights, single_cls)
     save_dir = Path(save_dir) if save_dir else increment_path(Path(project) / name, exist_ok, mkdir=True)
     save_dir.mkdir(parents=True, exist_ok=True)
-    stride = int(model.stride.max())
-    loader = build_dataloader(data, split, check_imgsz(imgsz, stride)[0], batch_size, stride, workers, single_cls,
-                              square=task == 'speed')
+    size, square = loader_size(model, imgsz, task)
+    loader = build_dataloader(data, split, size, batch_size, model.stride, workers, single_cls, square=square)
     anno = official_json(data, split, single_cls, save_json)
     config = EvalConfig.for_data(data, single_cls, anno, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                                  half=half, coco_rules=save_json, confusion=plots, progress=HEADER)
@@ -135,7 +149,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
 def parse_opt(argv=None):
     p = ArgumentParser(description='Validate a YOLOv5 model on a dataset.')
     p.add_argument('--data', default='data/coco128.yaml', help='dataset YAML')
-    p.add_argument('--weights', help='checkpoint .pt')
+    p.add_argument('--weights', help='.pt checkpoint, .torchscript, .onnx or OpenVINO folder')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='inference size (pixels)')
     p.add_argument('--conf-thres', type=float, default=0.001)

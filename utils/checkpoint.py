@@ -15,7 +15,8 @@ A checkpoint is a plain dict of tensors and Python values, loadable with ``torch
 Random state is not stored: train.py reseeds every epoch from (--seed, epoch), so a resume replays it exactly.
 Final checkpoints (``strip_optimizer``) keep only the EMA: 'model', 'optimizer' and 'scaler' are None.
 
-Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
+Files are written atomically (``last.pt.<random>.partial``, fsync, rename), so a crash, a kill or a full disk
+never leaves half a checkpoint: the previous one stays.
 
 Official YOLOv5 ``.pt`` files (a pickled model) are read through ``utils/official.py``'s allow-list unpickler;
 ``read_weights``/``load_model`` accept both kinds; ``utils/transfer.py`` starts a new model from either:
@@ -31,24 +32,52 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint_probe import describe_object
+from utils.errors import WriteFailed, one_line
 from utils.transfer import format_transfer_report, transfer_weights  # noqa: F401 (re-exported: starting a model)
 
 FORMAT = 'yolov5-freeze/1'
+PARTIAL_SUFFIX = '.partial'  # a checkpoint being written; renamed over the target when complete
 
 
 def save_checkpoint(ckpt, path):
-    """Write ``ckpt`` to ``path`` atomically."""
+    """Write ``ckpt`` to ``path`` atomically: a temporary file in the same folder, flushed to disk, then renamed
+    over ``path``. A failed write (disk full, read-only folder) or a kill mid-write leaves the previous ``path``
+    as it was; the failure raises ``WriteFailed`` naming the path and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix=PARTIAL_SUFFIX, dir=path.parent)
         with os.fdopen(fd, 'wb') as f:
             torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = f'the previous {path.name} is unchanged' if path.exists() else 'no file was written'
+            raise WriteFailed(f'{path}: checkpoint not saved ({one_line(e)}); {kept}') from None
         raise
     return path
+
+
+def discard_partial_writes(folder):
+    """Delete temporary files left in ``folder`` by a checkpoint write that was killed; returns their names."""
+    found = sorted(Path(folder).glob(f'*.pt.*{PARTIAL_SUFFIX}'))
+    for f in found:
+        f.unlink(missing_ok=True)
+    return [f.name for f in found]
+
+
+def _load_plain(path, map_location='cpu'):
+    """(object, None) from a weights_only load, or (None, error) when the file is not plain tensors and values."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True), None
+    except Exception as e:  # noqa: BLE001 -- every failure is described by the caller
+        return None, e
 
 
 def load_checkpoint(path, map_location='cpu'):
@@ -56,13 +85,21 @@ def load_checkpoint(path, map_location='cpu'):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors are long; keep the first line
-        raise ValueError(f'{path}: not a yolov5-freeze checkpoint ({str(e).strip().splitlines()[0][:200]})') from None
-    if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
-        raise ValueError(f"{path}: not a yolov5-freeze checkpoint (no '{FORMAT}' format tag)")
-    return ckpt
+    ckpt, error = _load_plain(path, map_location)
+    if error is not None:
+        from utils.official import describe_pickle
+        raise ValueError(f'{path}: not a yolov5-freeze checkpoint: {describe_pickle(path)}')
+    return _require_ours(path, ckpt, 'a yolov5-freeze')
+
+
+def _require_ours(path, ckpt, label):
+    """``ckpt`` if it carries our format tag, else a one-line ValueError saying what it is."""
+    if isinstance(ckpt, dict) and ckpt.get('format') == FORMAT:
+        return ckpt
+    tag = ckpt.get('format') if isinstance(ckpt, dict) else None
+    what = (f'format {tag!r} (this version reads {FORMAT!r})' if isinstance(tag, str) and tag.startswith(
+        'yolov5-freeze') else describe_object(ckpt))
+    raise ValueError(f'{path}: not {label} checkpoint: {what}')
 
 
 def training_checkpoint(learner, epoch, best_fitness, opt, hyp, freeze_state=None):
@@ -101,16 +138,17 @@ def read_weights(path):
 
     Returns {'yaml': model dict, 'state_dict': {name: fp32 tensor}, 'names': [...], 'source': 'ours'|'official'}.
     Ours give the EMA when present. Official files are unpickled with an allow-list (``utils/official.py``).
+    Anything else (empty, truncated, a plain state_dict, another tool's model) is a one-line ValueError.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: weights file not found')
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:  # not ours: try the official layout, safely
+    ckpt, error = _load_plain(path)
+    if error is not None:  # not plain tensors: an official pickle, another tool's, or a damaged file
         from utils.official import read_official
         w = read_official(path)
         return {'yaml': w['yaml'], 'state_dict': w['state_dict'], 'names': w['names'], 'source': 'official'}
+    ckpt = _require_ours(path, ckpt, 'a YOLOv5')
     state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     nc = int(ckpt['yaml']['nc'])

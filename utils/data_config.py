@@ -41,6 +41,8 @@ def load_hyp(hyp=None):
     """Hyper-parameters from a YAML path or dict (default data/hyps/hyp.scratch.yaml); all keys checked."""
     if hyp is None:
         hyp = REPO / 'data' / 'hyps' / 'hyp.scratch.yaml'
+    elif not isinstance(hyp, dict) and not Path(hyp).exists() and (REPO / 'data' / 'hyps' / Path(hyp).name).is_file():
+        hyp = REPO / 'data' / 'hyps' / Path(hyp).name  # a bare name such as hyp.scratch-high.yaml
     d = dict(hyp) if isinstance(hyp, dict) else load_yaml(hyp, 'hyp')
     missing = [k for k in HYP_KEYS if k not in d]
     if missing:
