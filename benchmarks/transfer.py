@@ -14,7 +14,7 @@ seed. Built-in settings (``--settings`` picks some, or adds ``name:train.py flag
     all-but-detect     --freeze all
     freeze10-unfreeze  --freeze 10 --unfreeze-epoch N/2
     mapping-off        --freeze 10 with class_map: none (every class row starts fresh)
-    scratch-hyp        --freeze 0 --hyp data/hyps/hyp.scratch.yaml (not the pretrained default; not run
+    scratch-hyp        --freeze 0 --hyp data/hyps/hyp.scratch-low.yaml (upstream's default; not run
                        unless named in --settings)
 
 Per setting: the zero-shot mAP (train.py's evaluation before the first step), final and best mAP, wall time,
@@ -43,7 +43,7 @@ SETTINGS = {
     'all-but-detect': '--freeze all',
     'freeze10-unfreeze': '--freeze 10 --unfreeze-epoch {half}',
     'mapping-off': '--freeze 10 {mapping_off}',
-    'scratch-hyp': '--freeze 0 --hyp data/hyps/hyp.scratch.yaml',
+    'scratch-hyp': '--freeze 0 --hyp data/hyps/hyp.scratch-low.yaml',
 }
 DEFAULT_SETTINGS = list(SETTINGS)[:6]
 MAP50, MAP = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95'
