@@ -28,6 +28,7 @@ import json
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -125,6 +126,7 @@ def run_setting(opt, name, flags):
            '--workers', str(opt.workers), '--project', str(opt.project), *(['--hyp', opt.hyp] if opt.hyp else [])]
     log = Path(opt.project) / f'{name}.log'
     log.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(Path(opt.project) / name, ignore_errors=True)  # a fresh run folder: results.csv from this run only
     print(f'{name}: train.py {" ".join(flags)} (log: {log})', flush=True)
     with log.open('w') as f:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
