@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
         'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 15, 'imgsz': 192}
 STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640}
+PRETRAINED_HYP = str(ROOT / 'data/hyps/hyp.transfer.yaml')  # the default hyp with --weights (see the file)
 FILLED = {'weights': '', 'freeze_bn_stats': 'true'}  # left unset: said by upstream_differences, then filled
 
 
@@ -35,7 +36,8 @@ def parse_opt(argv=None):
     p.add_argument('--cfg', default='', help="model YAML (default: the checkpoint's, else v6/yolov5s.yaml)")
     p.add_argument('--data', default=None, help='data YAML (default: the built-in shapes demo, see below)')
     p.add_argument('--hyp', default=None,
-                   help='hyper-parameter YAML: a path or a name in data/hyps/ (default hyp.scratch-low.yaml)')
+                   help='hyper-parameter YAML: a path or a name in data/hyps/ (default hyp.scratch-low.yaml; '
+                        'hyp.transfer.yaml with --weights)')
     p.add_argument('--epochs', type=int, default=None, help='default 100')
     p.add_argument('--batch-size', type=int, default=16,
                    help='total batch size over all processes; -1: AutoBatch (largest that fits, one CUDA device)')
@@ -82,10 +84,11 @@ def parse_opt(argv=None):
 
 
 def fill_defaults(opt):
-    """YOLOv5's defaults, except without --data: then the built-in demo (v6/yolov5n, shapes, 192 px, 15 epochs,
-    hyp.shapes.yaml) for every option left unset, so `python train.py` finishes in minutes on a CPU."""
+    """YOLOv5's defaults (hyp.transfer.yaml when starting from --weights), except without --data: then the built-in
+    demo (v6/yolov5n, shapes, 192 px, 15 epochs, hyp.shapes.yaml) for every option left unset, so
+    `python train.py` finishes in minutes on a CPU."""
     demo = opt.data is None
-    preset = DEMO if demo else STANDARD
+    preset = DEMO if demo else {**STANDARD, **({'hyp': PRETRAINED_HYP} if opt.weights else {})}
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)

@@ -14,6 +14,8 @@ seed. Built-in settings (``--settings`` picks some, or adds ``name:train.py flag
     all-but-detect     --freeze all
     freeze10-unfreeze  --freeze 10 --unfreeze-epoch N/2
     mapping-off        --freeze 10 with class_map: none (every class row starts fresh)
+    scratch-hyp        --freeze 0 --hyp data/hyps/hyp.scratch-low.yaml (upstream's default; not run
+                       unless named in --settings)
 
 Per setting: the zero-shot mAP (train.py's evaluation before the first step), final and best mAP, wall time,
 seconds per training epoch, speedup against the first setting, peak RSS (peak CUDA memory on a GPU). Writes a
@@ -26,6 +28,7 @@ import json
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,7 +44,9 @@ SETTINGS = {
     'all-but-detect': '--freeze all',
     'freeze10-unfreeze': '--freeze 10 --unfreeze-epoch {half}',
     'mapping-off': '--freeze 10 {mapping_off}',
+    'scratch-hyp': '--freeze 0 --hyp data/hyps/hyp.scratch-low.yaml',
 }
+DEFAULT_SETTINGS = list(SETTINGS)[:6]
 MAP50, MAP = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95'
 
 
@@ -121,6 +126,7 @@ def run_setting(opt, name, flags):
            '--workers', str(opt.workers), '--project', str(opt.project), *(['--hyp', opt.hyp] if opt.hyp else [])]
     log = Path(opt.project) / f'{name}.log'
     log.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(Path(opt.project) / name, ignore_errors=True)  # a fresh run folder: results.csv from this run only
     print(f'{name}: train.py {" ".join(flags)} (log: {log})', flush=True)
     with log.open('w') as f:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
@@ -151,7 +157,8 @@ def markdown_table(rows, opt):
                      f"{base / r['s_per_epoch']:.2f}x | {mem:,.0f} |")
     title = (f"{Path(opt.weights).name} on {Path(opt.data).name}: {opt.epochs} epochs, {opt.imgsz} px, batch "
              f"{opt.batch_size}, seed {opt.seed}, {'hyp ' + Path(opt.hyp).name if opt.hyp else 'default hyp'}, "
-             f"device {opt.device or 'auto'}")
+             f"device {opt.device or 'auto'}" + (f', {opt.jobs} settings at a time (times only indicative)'
+                                                  if opt.jobs > 1 else ''))
     return title + '\n\n' + '\n'.join(lines) + '\n'
 
 
@@ -180,7 +187,9 @@ def parse_opt(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
     p.add_argument('--workers', type=int, default=2)
-    p.add_argument('--settings', nargs='+', default=list(SETTINGS),
+    p.add_argument('--jobs', type=int, default=1,
+                   help='settings run at once (default 1: one after another, for comparable times)')
+    p.add_argument('--settings', nargs='+', default=DEFAULT_SETTINGS,
                    help="built-in names and/or 'name:train.py flags'; the first is the speed reference")
     p.add_argument('--project', default=str(ROOT / 'runs/transfer-study'), help='where the runs go')
     p.add_argument('--out', default=str(ROOT / 'benchmarks/results/transfer'), help='writes OUT.md/.json/.png')
@@ -204,7 +213,12 @@ def main(argv=None):
         settings = parse_settings(opt.settings, opt.epochs, mapping_off_data(opt.data, opt.project))
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f'error: {e}')
-    rows = [run_setting(opt, name, flags) for name, flags in settings]
+    if opt.jobs > 1:  # several settings at once: results as sequential, timings only indicative
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(opt.jobs) as pool:
+            rows = list(pool.map(lambda s: run_setting(opt, *s), settings))
+    else:
+        rows = [run_setting(opt, name, flags) for name, flags in settings]
     table = markdown_table(rows, opt)
     print(table)
     out = Path(opt.out)

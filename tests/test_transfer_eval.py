@@ -93,6 +93,13 @@ def test_pretrained_training_records_its_zero_shot_start(grouped_yaml, tmp_path,
     assert rows[0]['metrics/mAP_0.5'] == pytest.approx(zs.map50, abs=0.02)
     assert rows[0]['x/lr0'] != rows[0]['x/lr0']  # NaN: no step yet
     assert (tmp_path / 'runs' / 'ft' / 'results.png').is_file()
+    try:  # with tensorboard installed, the same start is logged as baseline/*
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return
+    acc = EventAccumulator(str(tmp_path / 'runs' / 'ft'))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars('baseline/mAP_0.5')] == [pytest.approx(rows[0]['metrics/mAP_0.5'], abs=1e-4)]
 
 
 def test_trainer_model_maps_class_rows_and_keeps_cfg_anchors(transfer_yaml):

@@ -18,14 +18,16 @@ def test_tutorial_command_without_weights_is_told_it_trains_from_scratch():
 
 def test_explicit_choices_matching_upstream_say_nothing():
     assert notes(['--data', 'coco128.yaml', '--weights', '']) == []
-    assert notes(['--data', 'coco128.yaml', '--weights', 'yolov5s.pt']) == []
-    assert notes(['--data', 'x.yaml', '--weights', 'a.pt', '--freeze', '10', '--freeze-bn-stats', 'true']) == []
+    assert notes(['--data', 'coco128.yaml', '--weights', 'yolov5s.pt', '--hyp', 'hyp.scratch-low.yaml']) == []
+    assert notes(['--data', 'x.yaml', '--weights', 'a.pt', '--freeze', '10', '--freeze-bn-stats', 'true',
+                  '--hyp', 'hyp.scratch-low.yaml']) == []
     assert format_differences([]) is None
 
 
 def test_freeze_image_weights_and_demo_notes():
     got = notes(['--data', 'x.yaml', '--weights', 'a.pt', '--freeze', '10', '--image-weights'])
-    assert len(got) == 2 and '--freeze-bn-stats false' in got[0] and '(1 - class mAP)^2' in got[1]
+    assert len(got) == 3 and 'hyp.transfer.yaml' in got[0] and '--hyp hyp.scratch-low.yaml' in got[0]
+    assert '--freeze-bn-stats false' in got[1] and '(1 - class mAP)^2' in got[2]
     assert 'shapes demo' in notes([])[0]
 
 
@@ -33,6 +35,8 @@ def test_defaults_filled_after_the_note():
     opt = train.fill_defaults(train.parse_opt(['--data', 'x.yaml']))
     assert opt.weights == '' and opt.freeze_bn_stats == 'true' and opt.hyp.endswith('hyp.scratch-low.yaml')
     assert (opt.epochs, opt.imgsz, opt.batch_size, opt.optimizer) == (100, 640, 16, 'SGD')  # upstream's
+    assert train.fill_defaults(train.parse_opt(['--data', 'x.yaml', '--weights', 'a.pt'])).hyp.endswith(
+        'hyp.transfer.yaml')  # a pretrained start: the fine-tune recipe
 
 
 @pytest.mark.parametrize('argv, message', [

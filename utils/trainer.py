@@ -85,6 +85,7 @@ def zero_shot(run, session):
     run.log(f'Zero-shot (before the first step): mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}; written to '
             f'results.csv as epoch {ZERO_SHOT_EPOCH}')
     append_row(run.save_dir / 'results.csv', epoch_row(ZERO_SHOT_EPOCH, (), result, []))
+    run.tb.log_baseline(result)  # TensorBoard: baseline/* beside the per-epoch curves
     return result
 
 

@@ -14,6 +14,9 @@ def upstream_differences(opt):
     elif opt.weights is None and not opt.resume:
         notes.append("no --weights: training from scratch (upstream starts from yolov5s.pt: add --weights "
                      "yolov5s.pt; --weights '' says scratch and silences this)")
+    if opt.weights and opt.hyp is None and not opt.resume:
+        notes.append('a pretrained start uses the fine-tune recipe data/hyps/hyp.transfer.yaml (upstream: '
+                     'hyp.scratch-low.yaml: --hyp hyp.scratch-low.yaml)')
     if [str(f) for f in opt.freeze] != ['0'] and opt.freeze_bn_stats is None:
         notes.append("frozen layers keep their BatchNorm statistics (upstream lets them drift: "
                      "--freeze-bn-stats false)")
