@@ -177,7 +177,7 @@ def train(run, ckpt=None):
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     state = StepState(ni=start * nb, last_step=start * nb - 1)
     if run.main and opt.weights and ckpt is None and not opt.noval:
-        run.tb.log_baseline(zero_shot(run, session))
+        zero_shot(run, session)
     result = None
     t0 = time.time()
     epoch = start - 1
