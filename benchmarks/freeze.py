@@ -1,11 +1,13 @@
 """What freezing saves: the same short training with several --freeze settings, side by side in one run.
 
-    python benchmarks/freeze.py                                   # yolov5s, 320 px, batch 16, CPU, freeze 0/10/24
-    python benchmarks/freeze.py --device 0 --imgsz 640 --iters 30   # on a GPU (AMP on)
+    python benchmarks/freeze.py                                   # yolov5s, 320 px, batch 16, CPU, freeze 0/10/all
+    python benchmarks/freeze.py --fast-path none fold fold+no_grad fold+channels_last all   # each idea alone
+    python benchmarks/freeze.py --device 0 --imgsz 640 --iters 30   # on a GPU: AMP, cudnn.benchmark, peak memory
 
 Each setting runs in its own process (so peak RSS is its own) on the same pre-loaded mosaic batches from the
-shapes dataset; a step is forward + loss + backward + optimizer step + EMA update, as in train.py. Prints a
-table and writes JSON (default benchmarks/results/freeze.json).
+shapes dataset; a step is forward + loss + backward + optimizer step + EMA update, as in train.py. ``--fast-path``
+picks the frozen fast path's ideas (models/fastpath.py: fold, no_grad, channels_last; ``all`` is what freeze()
+turns on, ``none`` the plain forward). Prints a table and writes JSON (default benchmarks/results/freeze.json).
 """
 import argparse
 import json
@@ -35,6 +37,27 @@ def collect_batches(data, imgsz, batch_size, n, seed=0):
     return batches, d['nc'], len(loader)
 
 
+FAST_PATH_IDEAS = ('fold', 'no_grad', 'channels_last')
+
+
+def fast_path_flags(variant):
+    """'all', 'none' or ideas joined by '+' (fold+channels_last) -> keyword flags for set_frozen_fast_path."""
+    ideas = set(FAST_PATH_IDEAS) if variant == 'all' else set() if variant == 'none' else set(variant.split('+'))
+    unknown = ideas - set(FAST_PATH_IDEAS)
+    if unknown:
+        raise ValueError(f"--fast-path {variant}: unknown {', '.join(sorted(unknown))} (expected all, none or "
+                         f"{'+'.join(FAST_PATH_IDEAS)} or part of it)")
+    return {k: k in ideas for k in FAST_PATH_IDEAS}
+
+
+def apply_fast_path(model, variant):
+    flags = fast_path_flags(variant)
+    if any(flags.values()):
+        model.set_frozen_fast_path(**flags)
+    else:
+        model.set_frozen_fast_path(None)
+
+
 def measure(opt):
     """One setting, in this process: returns a dict of timings and memory."""
     import torch
@@ -47,10 +70,12 @@ def measure(opt):
     from utils.runs import select_device
 
     device = select_device(opt.device)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     torch.manual_seed(0)
     batches, nc, nb = collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
     model = Model(opt.cfg, nc=nc).to(device)
     freeze(model, opt.freeze)
+    apply_fast_path(model, opt.fast_path)
     share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
     hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz))
@@ -77,7 +102,7 @@ def measure(opt):
         if k >= opt.warmup:
             times.append(time.perf_counter() - t)
     step = sorted(times)[len(times) // 2]  # median
-    return {'freeze': opt.freeze, 'frozen_flops_share': share, 'ideal_speedup': 3 / (3 - 2 * share),
+    return {'freeze': opt.freeze, 'fast_path': opt.fast_path, 'frozen_flops_share': share, 'ideal_speedup': 3 / (3 - 2 * share),
             'sec_per_iter': step, 'sec_per_epoch': step * nb, 'iters_per_epoch': nb,
             'images_per_s': opt.batch_size / step,
             'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -85,41 +110,45 @@ def measure(opt):
             'device': str(device), 'amp': amp}
 
 
-def run_one(opt, f):
-    cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--cfg', opt.cfg, '--data', opt.data,
-           '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size), '--iters', str(opt.iters),
-           '--warmup', str(opt.warmup), '--device', opt.device]
+def run_one(opt, f, variant):
+    cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--fast-path', variant, '--cfg', opt.cfg,
+           '--data', opt.data, '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size),
+           '--iters', str(opt.iters), '--warmup', str(opt.warmup), '--device', opt.device]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
-        sys.exit(f'error: freeze {f} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}')
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+        sys.exit(f'error: freeze {f} (fast path {variant}) failed: {last}')
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_all(opt):
     """Every setting in turn, ``rounds`` times over (interleaved, so load changes hit all alike); the fastest
-    round of each setting is kept."""
+    round of each setting is kept. ``speedup`` is against the first row (the first freeze and fast path),
+    ``vs_plain`` against the first fast-path variant at the same freeze."""
+    settings = [(f, v) for f in opt.freeze for v in opt.fast_path]
     best = {}
     for _ in range(opt.rounds):
-        for f in opt.freeze:
-            r = run_one(opt, f)
-            if f not in best or r['sec_per_iter'] < best[f]['sec_per_iter']:
-                best[f] = r
-    rows = [best[f] for f in opt.freeze]
-    base = rows[0]['sec_per_iter']
+        for f, v in settings:
+            r = run_one(opt, f, v)
+            if (f, v) not in best or r['sec_per_iter'] < best[f, v]['sec_per_iter']:
+                best[f, v] = r
+    rows = [best[s] for s in settings]
     for r in rows:
-        r['speedup'] = base / r['sec_per_iter']
+        r['speedup'] = rows[0]['sec_per_iter'] / r['sec_per_iter']
+        r['vs_plain'] = best[r['freeze'], opt.fast_path[0]]['sec_per_iter'] / r['sec_per_iter']
     return rows
 
 
 def print_table(rows, opt):
     print(f'{opt.cfg}, {opt.imgsz} px, batch {opt.batch_size}, {rows[0]["device"]}, AMP {rows[0]["amp"]}, '
           f'median of {opt.iters} steps, best of {opt.rounds} rounds')
-    print(f"{'freeze':>8}{'frozen FLOPs':>14}{'s/epoch':>10}{'img/s':>9}{'speedup':>9}{'ideal':>8}"
-          f"{'peak RSS MB':>13}{'peak CUDA MB':>14}")
+    print(f"{'freeze':>8}  {'fast path':<26}{'frozen FLOPs':>13}{'s/epoch':>9}{'img/s':>8}{'speedup':>9}"
+          f"{'vs ' + opt.fast_path[0][:6]:>10}{'ideal':>8}{'peak RSS MB':>13}{'peak CUDA MB':>14}")
     for r in rows:
         cuda = f"{r['peak_cuda_mb']:.0f}" if r['peak_cuda_mb'] is not None else '-'
-        print(f"{r['freeze']:>8}{r['frozen_flops_share']:>13.1%}{r['sec_per_epoch']:>10.1f}{r['images_per_s']:>9.1f}"
-              f"{r['speedup']:>8.2f}x{r['ideal_speedup']:>7.2f}x{r['peak_rss_mb']:>13.0f}{cuda:>14}")
+        print(f"{r['freeze']:>8}  {r['fast_path']:<26}{r['frozen_flops_share']:>12.1%}{r['sec_per_epoch']:>9.1f}"
+              f"{r['images_per_s']:>8.1f}{r['speedup']:>8.2f}x{r['vs_plain']:>9.2f}x{r['ideal_speedup']:>7.2f}x"
+              f"{r['peak_rss_mb']:>13.0f}{cuda:>14}")
 
 
 def main():
@@ -131,13 +160,20 @@ def main():
     p.add_argument('--iters', type=int, default=8, help='timed steps per setting')
     p.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     p.add_argument('--rounds', type=int, default=2, help='repeat all settings; keep the fastest round of each')
-    p.add_argument('--freeze', nargs='+', default=['0', '10', '24'])
+    p.add_argument('--freeze', nargs='+', default=['0', '10', 'all'])
+    p.add_argument('--fast-path', nargs='+', default=['all'],
+                   help="frozen fast path variants: all, none, or ideas joined by '+' (fold, no_grad, channels_last)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', default=str(ROOT / 'benchmarks/results/freeze.json'))
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     opt = p.parse_args()
+    for v in opt.fast_path:
+        try:
+            fast_path_flags(v)
+        except ValueError as e:
+            p.error(str(e))
     if opt.worker:
-        opt.freeze = opt.freeze[0]
+        opt.freeze, opt.fast_path = opt.freeze[0], opt.fast_path[0]
         print(json.dumps(measure(opt)))
         return
     rows = run_all(opt)

@@ -75,6 +75,7 @@ def freeze(model, spec):
                 is_frozen_name(f'{name}.{p}', prefixes) for p in ('weight', 'bias')):  # any of it frozen: all of it
             model.frozen_bn.add(name)
             m.eval()
+    model.set_frozen_fast_path()  # computation-only speed-ups for the frozen layers (models/fastpath.py)
     return prefixes
 
 
