@@ -14,7 +14,7 @@ import torch
 import val
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
-from utils.runs import init_distributed
+from utils.runs import configure_determinism, init_distributed
 from utils.trainer import Run, prepare_run_dir, train
 
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +55,8 @@ def parse_opt(argv=None):
                    help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic algorithms on CUDA (slower; CPU runs are deterministic already)')
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as one class')
     p.add_argument('--close-mosaic', type=int, default=0, help='turn mosaic off for the last K epochs')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
@@ -121,6 +123,7 @@ def main(opt):
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size)
+    configure_determinism(getattr(opt, 'deterministic', False))  # a resumed run keeps its setting
     r = Run(opt, device, rank, world_size, validate=val.run)
     prepare_run_dir(r)
     try:

@@ -37,6 +37,22 @@ def collect_batches(data, imgsz, batch_size, n, seed=0):
     return batches, d['nc'], len(loader)
 
 
+def load_batches(opt):
+    """(batches, nc, batches per epoch): from ``--batches`` (a file written by ``--save-batches``, which
+    benchmarks/upstream.py shares with upstream's step) or freshly loaded."""
+    import torch
+    if opt.batches:
+        d = torch.load(opt.batches)
+        return d['batches'][:opt.warmup + opt.iters], d['nc'], d['nb']
+    return collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
+
+
+def save_batches(opt, path):
+    import torch
+    batches, nc, nb = collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
+    torch.save({'batches': batches, 'nc': nc, 'nb': nb}, path)
+
+
 FAST_PATH_IDEAS = ('fold', 'no_grad', 'channels_last')
 
 
@@ -72,7 +88,7 @@ def measure(opt):
     device = select_device(opt.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     torch.manual_seed(0)
-    batches, nc, nb = collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
+    batches, nc, nb = load_batches(opt)
     model = Model(opt.cfg, nc=nc).to(device)
     freeze(model, opt.freeze)
     apply_fast_path(model, opt.fast_path)
@@ -114,6 +130,7 @@ def run_one(opt, f, variant):
     cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--fast-path', variant, '--cfg', opt.cfg,
            '--data', opt.data, '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size),
            '--iters', str(opt.iters), '--warmup', str(opt.warmup), '--device', opt.device]
+    cmd += ['--batches', opt.batches] if opt.batches else []
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
@@ -165,6 +182,8 @@ def main():
                    help="frozen fast path variants: all, none, or ideas joined by '+' (fold, no_grad, channels_last)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', default=str(ROOT / 'benchmarks/results/freeze.json'))
+    p.add_argument('--batches', default='', help='pre-made batches (a --save-batches file) instead of --data')
+    p.add_argument('--save-batches', default='', help='write the batches to this file and exit')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     opt = p.parse_args()
     for v in opt.fast_path:
@@ -172,6 +191,9 @@ def main():
             fast_path_flags(v)
         except ValueError as e:
             p.error(str(e))
+    if opt.save_batches:
+        save_batches(opt, opt.save_batches)
+        return
     if opt.worker:
         opt.freeze, opt.fast_path = opt.freeze[0], opt.fast_path[0]
         print(json.dumps(measure(opt)))

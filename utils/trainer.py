@@ -24,7 +24,7 @@ from utils.freeze import freeze, freeze_report, frozen_names, tensor_digests, un
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_labels, plot_results
-from utils.runs import increment_path
+from utils.runs import cudnn_autotune, increment_path
 
 CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
             'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
@@ -268,8 +268,9 @@ def train(run, ckpt=None):
             run.log(f'epoch {epoch + 1}: mosaic off for the last {opt.close_mosaic} epochs')
         if hasattr(run.train_loader.sampler, 'set_epoch'):
             run.train_loader.sampler.set_epoch(epoch)
-        losses, _ = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.ema,
-                                      run.compute_loss, run.device, epoch, cfg, state, show=run.main)
+        with cudnn_autotune(run.device.type == 'cuda' and not opt.rect and not getattr(opt, 'deterministic', False)):
+            losses, _ = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.ema,
+                                        run.compute_loss, run.device, epoch, cfg, state, show=run.main)
         final = epoch == opt.epochs - 1
         stop = end_epoch(run, epoch, losses, final) if run.main else False
         if run.world_size > 1:  # every process must leave the loop together
