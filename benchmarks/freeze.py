@@ -1,7 +1,7 @@
 """What freezing saves: the same short training with several --freeze settings, side by side in one run.
 
     python benchmarks/freeze.py                                   # yolov5s, 320 px, batch 16, CPU, freeze 0/10/all
-    python benchmarks/freeze.py --fast-path none fold fold+no_grad fold+channels_last all   # each idea alone
+    python benchmarks/freeze.py --freeze 10 --fast-path none fold no_grad channels_last all --interleave
     python benchmarks/freeze.py --device 0 --imgsz 640 --iters 30   # on a GPU: AMP, cudnn.benchmark, peak memory
 
 Each setting runs in its own process (so peak RSS is its own) on the same pre-loaded mosaic batches from the
@@ -74,56 +74,96 @@ def apply_fast_path(model, variant):
         model.set_frozen_fast_path(None)
 
 
+def build_setting(opt, spec, variant, device, nc):
+    """One setting ready to train: model frozen by ``spec`` with fast path ``variant``, loss, optimizer, EMA."""
+    import torch
+    from models.yolo import Model
+    from utils.datasets import load_hyp
+    from utils.ema import ModelEMA
+    from utils.engine import build_optimizer
+    from utils.freeze import freeze, freeze_summary, frozen_names
+    from utils.loss import ComputeLoss, scale_loss_gains
+
+    torch.manual_seed(0)
+    model = Model(opt.cfg, nc=nc).to(device)
+    freeze(model, spec)
+    apply_fast_path(model, variant)
+    share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
+    hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
+    amp = device.type == 'cuda'
+    ema = ModelEMA(model)
+    ema.set_frozen(frozen_names(model))
+    model.train()
+    return {'freeze': spec, 'fast_path': variant, 'model': model, 'share': share, 'amp': amp, 'ema': ema,
+            'loss': ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz)),
+            'optimizer': build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4),
+            'scaler': torch.amp.GradScaler('cuda', enabled=amp)}
+
+
+def timed_step(s, imgs, targets, device):
+    """Seconds for one training step of setting ``s``: forward, loss, backward, optimizer step, EMA update."""
+    import torch
+    from utils.engine import optimizer_step
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    imgs = imgs.to(device).float() / 255
+    with torch.autocast(device_type=device.type, enabled=s['amp']):
+        loss, _ = s['loss'](s['model'](imgs), targets.to(device))
+    s['scaler'].scale(loss).backward()
+    optimizer_step(s['model'], s['optimizer'], s['scaler'], s['ema'])
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def result_row(opt, s, times, nb, device, peaks):
+    step = sorted(times)[len(times) // 2]  # median
+    return {'freeze': s['freeze'], 'fast_path': s['fast_path'], 'frozen_flops_share': s['share'],
+            'ideal_speedup': 3 / (3 - 2 * s['share']), 'sec_per_iter': step, 'sec_per_epoch': step * nb,
+            'iters_per_epoch': nb, 'images_per_s': opt.batch_size / step, 'peak_rss_mb': peaks[0],
+            'peak_cuda_mb': peaks[1], 'device': str(device), 'amp': s['amp']}
+
+
 def measure(opt):
     """One setting, in this process: returns a dict of timings and memory."""
     import torch
-    from models.yolo import Model
-    from utils.ema import ModelEMA
-    from utils.engine import build_optimizer, optimizer_step
-    from utils.freeze import freeze, freeze_summary, frozen_names
-    from utils.loss import ComputeLoss, scale_loss_gains
-    from utils.datasets import load_hyp
     from utils.runs import select_device
 
     device = select_device(opt.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
-    torch.manual_seed(0)
     batches, nc, nb = load_batches(opt)
-    model = Model(opt.cfg, nc=nc).to(device)
-    freeze(model, opt.freeze)
-    apply_fast_path(model, opt.fast_path)
-    share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
-    hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
-    compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz))
-    optimizer = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
-    ema = ModelEMA(model)
-    ema.set_frozen(frozen_names(model))
-    amp = device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    model.train()
+    s = build_setting(opt, opt.freeze, opt.fast_path, device, nc)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times = [timed_step(s, imgs, targets, device) for imgs, targets in batches][opt.warmup:]
+    peaks = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None)
+    return result_row(opt, s, times, nb, device, peaks)
+
+
+def measure_interleaved(opt):
+    """Every setting in this one process, taking turns step by step (the order rotates each step), so load changes
+    hit all alike: the robust way to compare settings on a busy machine. No per-setting memory figures."""
+    import torch
+    from utils.runs import select_device
+
+    device = select_device(opt.device)
+    torch.backends.cudnn.benchmark = True
+    batches, nc, nb = load_batches(opt)
+    settings = [build_setting(opt, f, v, device, nc) for f in opt.freeze for v in opt.fast_path]
+    times = [[] for _ in settings]
     for k, (imgs, targets) in enumerate(batches):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        imgs = imgs.to(device).float() / 255
-        with torch.autocast(device_type=device.type, enabled=amp):
-            loss, _ = compute_loss(model(imgs), targets.to(device))
-        scaler.scale(loss).backward()
-        optimizer_step(model, optimizer, scaler, ema)
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        if k >= opt.warmup:
-            times.append(time.perf_counter() - t)
-    step = sorted(times)[len(times) // 2]  # median
-    return {'freeze': opt.freeze, 'fast_path': opt.fast_path, 'frozen_flops_share': share, 'ideal_speedup': 3 / (3 - 2 * share),
-            'sec_per_iter': step, 'sec_per_epoch': step * nb, 'iters_per_epoch': nb,
-            'images_per_s': opt.batch_size / step,
-            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            'peak_cuda_mb': torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None,
-            'device': str(device), 'amp': amp}
+        for j in range(len(settings)):
+            i = (j + k) % len(settings)
+            t = timed_step(settings[i], imgs, targets, device)
+            if k >= opt.warmup:
+                times[i].append(t)
+    rows = [result_row(opt, s, t, nb, device, (None, None)) for s, t in zip(settings, times)]
+    for r in rows:
+        r['speedup'] = rows[0]['sec_per_iter'] / r['sec_per_iter']
+        r['vs_plain'] = next(x for x in rows if x['freeze'] == r['freeze'])['sec_per_iter'] / r['sec_per_iter']
+    return rows
 
 
 def run_one(opt, f, variant):
@@ -157,15 +197,16 @@ def run_all(opt):
 
 
 def print_table(rows, opt):
+    how = 'all in one process, taking turns' if opt.interleave else f'best of {opt.rounds} rounds'
     print(f'{opt.cfg}, {opt.imgsz} px, batch {opt.batch_size}, {rows[0]["device"]}, AMP {rows[0]["amp"]}, '
-          f'median of {opt.iters} steps, best of {opt.rounds} rounds')
+          f'median of {opt.iters} steps, {how}')
     print(f"{'freeze':>8}  {'fast path':<26}{'frozen FLOPs':>13}{'s/epoch':>9}{'img/s':>8}{'speedup':>9}"
           f"{'vs ' + opt.fast_path[0][:6]:>10}{'ideal':>8}{'peak RSS MB':>13}{'peak CUDA MB':>14}")
     for r in rows:
-        cuda = f"{r['peak_cuda_mb']:.0f}" if r['peak_cuda_mb'] is not None else '-'
+        rss, cuda = (f'{r[k]:.0f}' if r[k] is not None else '-' for k in ('peak_rss_mb', 'peak_cuda_mb'))
         print(f"{r['freeze']:>8}  {r['fast_path']:<26}{r['frozen_flops_share']:>12.1%}{r['sec_per_epoch']:>9.1f}"
               f"{r['images_per_s']:>8.1f}{r['speedup']:>8.2f}x{r['vs_plain']:>9.2f}x{r['ideal_speedup']:>7.2f}x"
-              f"{r['peak_rss_mb']:>13.0f}{cuda:>14}")
+              f"{rss:>13}{cuda:>14}")
 
 
 def main():
@@ -182,6 +223,8 @@ def main():
                    help="frozen fast path variants: all, none, or ideas joined by '+' (fold, no_grad, channels_last)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', default=str(ROOT / 'benchmarks/results/freeze.json'))
+    p.add_argument('--interleave', action='store_true',
+                   help='all settings in one process, step by step in turn (robust ratios on a loaded machine)')
     p.add_argument('--batches', default='', help='pre-made batches (a --save-batches file) instead of --data')
     p.add_argument('--save-batches', default='', help='write the batches to this file and exit')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
@@ -198,7 +241,7 @@ def main():
         opt.freeze, opt.fast_path = opt.freeze[0], opt.fast_path[0]
         print(json.dumps(measure(opt)))
         return
-    rows = run_all(opt)
+    rows = measure_interleaved(opt) if opt.interleave else run_all(opt)
     print_table(rows, opt)
     out = Path(opt.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -200,8 +200,9 @@ def process_rows(opt, py, env, work):
 
 
 def print_step(rows, opt):
-    print(f'\nTraining step, {opt.step_cfg}, {opt.step_imgsz} px, batch {opt.step_batch}, {rows[0]["ours"]["device"]},'
-          f' median of {opt.iters} steps, best of {opt.rounds} rounds (ours: fast path on; upstream: requires_grad only)')
+    print(f'\nTraining step, {opt.step_cfg}, {opt.step_imgsz} px, batch {opt.step_batch}, {rows[0]["ours"]["device"]}, '
+          f'median of {opt.iters} steps, best of {opt.rounds} rounds '
+          f'(ours: fast path on; upstream: requires_grad only)')
     print(f"{'freeze':>8}{'ours s/it':>11}{'upstream s/it':>15}{'ours/upstream':>15}{'ours img/s':>12}"
           f"{'upstr img/s':>13}{'ours RSS MB':>13}{'upstr RSS MB':>14}{'ours CUDA MB':>14}{'upstr CUDA MB':>15}")
     for r in rows:

@@ -6,7 +6,7 @@ import torch
 
 from models.yolo import Model
 from utils.ema import ModelEMA
-from utils.freeze import freeze, frozen_names, snapshot_frozen, changed_frozen, unfreeze
+from utils.freeze import changed_frozen, freeze, frozen_names, snapshot_frozen, unfreeze
 
 FAST = dict(fold=True, no_grad=True, channels_last=True)
 
