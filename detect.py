@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from utils.annotate import annotate, crop_box
-from utils.augment import check_imgsz, letterbox
-from utils.boxes import non_max_suppression, scale_boxes, yolo_label_lines
+from utils.augment import letterbox
+from utils.boxes import Placement, non_max_suppression, scale_boxes, yolo_label_lines
 from utils.checkpoint import load_model
 from utils.cli import ArgumentParser, run_cli
 from utils.download import resolve_weights
 from utils.runs import UniqueStems, increment_path, select_device
+from utils.sizes import check_imgsz
 from utils.sources import open_source
 
 
@@ -53,11 +54,11 @@ def class_names(model):
 
 
 def preprocess(im0, imgsz, stride, device, half):
-    """Original BGR image -> (1, 3, h, w) network input: letterbox(auto), BGR->RGB, HWC->CHW, /255."""
-    im = letterbox(im0, imgsz, stride=stride, auto=True)[0]
+    """Original BGR image -> ((1, 3, h, w) network input, its Placement): letterbox(auto), BGR->RGB, HWC->CHW, /255."""
+    im, gain, pad = letterbox(im0, imgsz, stride=stride, auto=True)
     im = np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))
     x = torch.from_numpy(im).to(device)
-    return (x.half() if half else x.float()).div_(255).unsqueeze(0)
+    return (x.half() if half else x.float()).div_(255).unsqueeze(0), Placement(im0.shape[:2], gain, pad)
 
 
 def describe(det, names):
@@ -188,11 +189,12 @@ class Detector:
 
     def __call__(self, im0):
         """Returns (det as a CPU float tensor in ``im0`` pixels, network input shape (h, w), inference ms)."""
-        x, _ = self.clock('pre-process', preprocess, im0, self.imgsz, self.stride, self.device, self.half)
+        (x, placement), _ = self.clock('pre-process', preprocess, im0, self.imgsz, self.stride, self.device,
+                                       self.half)
         pred, ms = self.clock('inference', self.forward, x)
         det, _ = self.clock('NMS', self.nms, pred)
         det = det.float().cpu()
-        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape)
+        det[:, :4] = scale_boxes(det[:, :4], placement)
         return det, tuple(x.shape[2:]), ms
 
 

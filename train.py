@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-import val
 from utils.checkpoint import find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.runs import configure_determinism, init_distributed
@@ -124,7 +123,7 @@ def main(opt):
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size)
     configure_determinism(getattr(opt, 'deterministic', False))  # a resumed run keeps its setting
-    r = Run(opt, device, rank, world_size, validate=val.run)
+    r = Run(opt, device, rank, world_size)
     prepare_run_dir(r)
     try:
         return train(r, ckpt)

@@ -80,19 +80,19 @@ def build_setting(opt, spec, variant, device, nc):
     from models.yolo import Model
     from utils.datasets import load_hyp
     from utils.ema import ModelEMA
-    from utils.engine import build_optimizer
-    from utils.freeze import freeze, freeze_summary, frozen_names
+    from utils.freeze import FreezePlan, freeze_summary
     from utils.loss import ComputeLoss, scale_loss_gains
+    from utils.optim import build_optimizer
 
     torch.manual_seed(0)
     model = Model(opt.cfg, nc=nc).to(device)
-    freeze(model, spec)
+    plan = FreezePlan.from_spec(spec, model).apply(model)
     apply_fast_path(model, variant)
     share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
     hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
     amp = device.type == 'cuda'
     ema = ModelEMA(model)
-    ema.set_frozen(frozen_names(model))
+    ema.set_frozen(plan.ema_skip)
     model.train()
     return {'freeze': spec, 'fast_path': variant, 'model': model, 'share': share, 'amp': amp, 'ema': ema,
             'loss': ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz)),

@@ -9,7 +9,7 @@ import torch
 import detect
 from models.yolo import Model
 from utils.augment import letterbox
-from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy
+from utils.boxes import Placement, non_max_suppression, scale_boxes, xywhn2xyxy
 from utils.checkpoint import FORMAT, load_model, save_checkpoint
 from utils.sources import open_source
 
@@ -122,11 +122,11 @@ def reference_detections(weights, im0, rgb=True):
     """letterbox(auto) -> RGB -> CHW -> /255 -> model -> NMS -> scale_boxes, written out by hand."""
     with torch.no_grad():
         model = load_model(weights, 'cpu', fuse=True)
-        im = letterbox(im0, 128, stride=32, auto=True)[0]
+        im, gain, pad = letterbox(im0, 128, stride=32, auto=True)
         im = im[..., ::-1] if rgb else im
         x = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).float()[None] / 255
         ref = non_max_suppression(model(x)[0], 0.001, 0.45, max_det=1000)[0]
-    ref[:, :4] = scale_boxes(x.shape[2:], ref[:, :4], im0.shape)
+    ref[:, :4] = scale_boxes(ref[:, :4], Placement(im0.shape[:2], gain, pad))
     return ref
 
 

@@ -161,18 +161,17 @@ def _draw_boxes(tile, rows, size, scale, names, conf_thres):
 
 
 def plot_results(csv_path):
-    """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch."""
-    import csv
+    """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch, columns read by name."""
+    from utils.results_csv import PLOTTED, read_rows
     csv_path = Path(csv_path)
-    with csv_path.open() as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
+    rows = read_rows(csv_path)
+    if not rows:
         return None
-    keys, values = rows[0], np.array(rows[1:], dtype=float)
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 6), tight_layout=True)
-    for ax, key in zip(fig.subplots(2, 5).ravel(), keys[1:11]):
-        ax.plot(values[:, 0] + 1, values[:, keys.index(key)], marker='.', linewidth=2)
+    epochs = np.array([r.get('epoch', np.nan) for r in rows]) + 1
+    for ax, key in zip(fig.subplots(2, 5).ravel(), PLOTTED):
+        ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker='.', linewidth=2)
         ax.set_title(key, fontsize=10)
     return _save(fig, csv_path.with_name('results.png'))
 
