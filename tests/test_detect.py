@@ -227,7 +227,7 @@ def main_error(argv):
     (lambda d: (d / 'bad.mp4').write_bytes(b'garbage' * 99) and d / 'bad.mp4', 'bad.mp4: unreadable or corrupt video'),
     (lambda d: (d / 'l.txt').write_text('nope.jpg\n') and d / 'l.txt', 'l.txt: listed file nope.jpg not found'),
     (lambda d: (d / 'e.txt').write_text('\n') and d / 'e.txt', 'e.txt: the list is empty'),
-    (lambda d: 'https://example.com/a.jpg', 'network streams and URLs are not supported'),
+    (lambda d: 'https://example.com/a.jpg', 'images are not downloaded'),
 ])
 def test_bad_sources_give_one_line_errors(weights, tmp_path, make_source, expected):
     source = make_source(tmp_path)

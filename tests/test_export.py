@@ -1,6 +1,7 @@
 """export.py: TorchScript (always) and ONNX (when installed) reproduce the PyTorch model's output."""
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -10,11 +11,10 @@ from models.yolo import Model
 from utils.checkpoint import FORMAT, load_model, save_checkpoint
 
 
-@pytest.fixture
-def weights(tmp_path):
+def make_weights(tmp_path, class_rows=None):
     """One of our checkpoints: a small v6 yolov5n with 4 classes and non-trivial weights."""
     torch.manual_seed(0)
-    model = Model('v6/yolov5n.yaml', nc=4)
+    model = Model('v6/yolov5n.yaml', nc=4, class_rows=class_rows)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):  # make BN folding matter
             m.running_mean.uniform_(-0.1, 0.1)
@@ -24,12 +24,18 @@ def weights(tmp_path):
     return save_checkpoint(ckpt, tmp_path / 'tiny.pt')
 
 
+@pytest.fixture
+def weights(tmp_path):
+    return make_weights(tmp_path)
+
+
 def test_torchscript_output_equals_pytorch(weights):
     paths = export.run(weights=weights, include=['torchscript'], imgsz=[128, 160], batch_size=2, device='cpu')
     assert paths == [weights.with_suffix('.torchscript')]
     extra = {'config.txt': ''}
     ts = torch.jit.load(str(paths[0]), _extra_files=extra)
-    assert json.loads(extra['config.txt']) == {'shape': [2, 3, 128, 160], 'stride': 32, 'names': ['a', 'b', 'c', 'd']}
+    assert json.loads(extra['config.txt']) == {'shape': [2, 3, 128, 160], 'stride': 32, 'names': ['a', 'b', 'c', 'd'],
+                                               'imgsz': [128, 160], 'batch': 2, 'dynamic': True, 'half': False}
     x = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = load_model(weights)(x)[0]  # unfused PyTorch model
@@ -52,12 +58,33 @@ def test_onnx_output_equals_pytorch(weights):
     assert torch.allclose(torch.from_numpy(got), expected, atol=1e-3, rtol=1e-3)
 
 
+def test_grouped_class_rows_export_with_their_reduction(tmp_path):
+    """A head whose classes keep several checkpoint rows (transfer, max rule) exports with the reduction inside."""
+    path = make_weights(tmp_path, class_rows=[1, 3, 1, 2])
+    onnx = importlib.util.find_spec('onnx') is not None and importlib.util.find_spec('onnxruntime') is not None
+    paths = export.run(weights=path, include=['torchscript', 'onnx'] if onnx else ['torchscript'], imgsz=96)
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_model(path)(x)[0]
+        got = [torch.jit.load(str(paths[0]))(x)]
+    if onnx:
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(paths[1]), providers=['CPUExecutionProvider'])
+        got.append(torch.from_numpy(session.run(None, {'images': x.numpy()})[0]))
+    assert expected.shape == (1, 3 * (12 * 12 + 6 * 6 + 3 * 3), 9)
+    for g in got:
+        assert torch.allclose(g, expected, atol=1e-3, rtol=1e-3)
+
+
 def test_onnx_missing_is_one_clear_message(weights, monkeypatch, capsys):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'onnx' else real(name, *a))
+    monkeypatch.setitem(sys.modules, 'onnx', None)  # what an absent package looks like to import
     paths = export.run(weights=weights, include=['torchscript', 'onnx'], imgsz=64)
     assert paths == [weights.with_suffix('.torchscript')] and not weights.with_suffix('.onnx').exists()
-    assert 'onnx package is not installed' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'onnx export skipped: ONNX export needs the onnx package, which is not installed (pip install onnx)' in err
+    with pytest.raises(SystemExit) as e:
+        export.main(['--weights', str(weights), '--include', 'onnx', '--imgsz', '64'])
+    assert str(e.value) == 'error: --include onnx: nothing could be exported (see the note above)'
 
 
 def test_cli_errors_are_one_line(tmp_path, weights, capsys):
@@ -75,9 +102,6 @@ def test_cli_errors_are_one_line(tmp_path, weights, capsys):
 def test_only_the_asked_formats_are_written(tmp_path, weights):
     written = export.run(weights=str(weights), include=['torchscript'], imgsz=64)
     assert [p.suffix for p in written] == ['.torchscript']
-    if importlib.util.find_spec('onnx') is None:
-        with pytest.raises(ValueError, match='nothing could be exported'):
-            export.run(weights=str(weights), include=['onnx'], imgsz=64)
 
 
 def test_export_refuses_read_only_weights_folder(tmp_path):

@@ -161,7 +161,7 @@ def test_resume_errors(tiny_data, tmp_path):
     (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyp file not found'),
     (['--weights', 'missing_weights.pt'], 'missing_weights.pt'),
     (['--batch-size', '0'], '--batch-size 0: must be at least 1'),
-    (['--cache', 'disk'], "--cache disk: only 'ram' is supported"),
+    (['--cache', 'tape'], '--cache tape'),
     (['--unfreeze-epoch', '3'], '--unfreeze-epoch 3: the run has only epochs 0-0'),
     (['--unfreeze-epoch', '0'], 'nothing is frozen'),
 ])

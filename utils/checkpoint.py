@@ -15,15 +15,14 @@ A checkpoint is a plain dict of tensors and Python values, loadable with ``torch
 Random state is not stored: train.py reseeds every epoch from (--seed, epoch), so a resume replays it exactly.
 Final checkpoints (``strip_optimizer``) keep only the EMA: 'model', 'optimizer' and 'scaler' are None.
 
-Files are written atomically (temporary file + rename), so a crash never leaves half a checkpoint.
+Files are written atomically (``last.pt.<random>.partial``, fsync, rename), so a crash, a kill or a full disk
+never leaves half a checkpoint: the previous one stays.
 
 Official YOLOv5 ``.pt`` files (a pickled model) are read through ``utils/official.py``'s allow-list unpickler;
-``read_weights``/``load_model`` accept both kinds, and ``transfer_weights`` starts a model from either:
+``read_weights``/``load_model`` accept both kinds; ``utils/transfer.py`` starts a new model from either:
 
     model = load_model('yolov5n.pt')                         # official or ours, fp32, eval mode
     w = read_weights('yolov5m.pt')                           # {'yaml', 'state_dict', 'names', 'source'}
-    report = transfer_weights(Model(w['yaml'], nc=20), w['state_dict'], source='yolov5m.pt')
-    print(format_transfer_report(report))
 """
 import os
 import tempfile
@@ -33,22 +32,52 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint_probe import describe_object
+from utils.errors import WriteFailed, one_line
+from utils.transfer import format_transfer_report, transfer_weights  # noqa: F401 (re-exported: starting a model)
+
 FORMAT = 'yolov5-freeze/1'
+PARTIAL_SUFFIX = '.partial'  # a checkpoint being written; renamed over the target when complete
 
 
 def save_checkpoint(ckpt, path):
-    """Write ``ckpt`` to ``path`` atomically."""
+    """Write ``ckpt`` to ``path`` atomically: a temporary file in the same folder, flushed to disk, then renamed
+    over ``path``. A failed write (disk full, read-only folder) or a kill mid-write leaves the previous ``path``
+    as it was; the failure raises ``WriteFailed`` naming the path and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix=PARTIAL_SUFFIX, dir=path.parent)
         with os.fdopen(fd, 'wb') as f:
             torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = f'the previous {path.name} is unchanged' if path.exists() else 'no file was written'
+            raise WriteFailed(f'{path}: checkpoint not saved ({one_line(e)}); {kept}') from None
         raise
     return path
+
+
+def discard_partial_writes(folder):
+    """Delete temporary files left in ``folder`` by a checkpoint write that was killed; returns their names."""
+    found = sorted(Path(folder).glob(f'*.pt.*{PARTIAL_SUFFIX}'))
+    for f in found:
+        f.unlink(missing_ok=True)
+    return [f.name for f in found]
+
+
+def _load_plain(path, map_location='cpu'):
+    """(object, None) from a weights_only load, or (None, error) when the file is not plain tensors and values."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True), None
+    except Exception as e:  # noqa: BLE001 -- every failure is described by the caller
+        return None, e
 
 
 def load_checkpoint(path, map_location='cpu'):
@@ -56,13 +85,21 @@ def load_checkpoint(path, map_location='cpu'):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: checkpoint not found')
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors are long; keep the first line
-        raise ValueError(f'{path}: not a yolov5-freeze checkpoint ({str(e).strip().splitlines()[0][:200]})') from None
-    if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
-        raise ValueError(f"{path}: not a yolov5-freeze checkpoint (no '{FORMAT}' format tag)")
-    return ckpt
+    ckpt, error = _load_plain(path, map_location)
+    if error is not None:
+        from utils.official import describe_pickle
+        raise ValueError(f'{path}: not a yolov5-freeze checkpoint: {describe_pickle(path)}')
+    return _require_ours(path, ckpt, 'a yolov5-freeze')
+
+
+def _require_ours(path, ckpt, label):
+    """``ckpt`` if it carries our format tag, else a one-line ValueError saying what it is."""
+    if isinstance(ckpt, dict) and ckpt.get('format') == FORMAT:
+        return ckpt
+    tag = ckpt.get('format') if isinstance(ckpt, dict) else None
+    what = (f'format {tag!r} (this version reads {FORMAT!r})' if isinstance(tag, str) and tag.startswith(
+        'yolov5-freeze') else describe_object(ckpt))
+    raise ValueError(f'{path}: not {label} checkpoint: {what}')
 
 
 def training_checkpoint(learner, epoch, best_fitness, opt, hyp, freeze_state=None):
@@ -101,16 +138,17 @@ def read_weights(path):
 
     Returns {'yaml': model dict, 'state_dict': {name: fp32 tensor}, 'names': [...], 'source': 'ours'|'official'}.
     Ours give the EMA when present. Official files are unpickled with an allow-list (``utils/official.py``).
+    Anything else (empty, truncated, a plain state_dict, another tool's model) is a one-line ValueError.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path}: weights file not found')
-    try:
-        ckpt = load_checkpoint(path)
-    except ValueError:  # not ours: try the official layout, safely
+    ckpt, error = _load_plain(path)
+    if error is not None:  # not plain tensors: an official pickle, another tool's, or a damaged file
         from utils.official import read_official
         w = read_official(path)
         return {'yaml': w['yaml'], 'state_dict': w['state_dict'], 'names': w['names'], 'source': 'official'}
+    ckpt = _require_ours(path, ckpt, 'a YOLOv5')
     state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     nc = int(ckpt['yaml']['nc'])
@@ -141,68 +179,3 @@ def load_model(path, device='cpu', fuse=False):
         with torch.no_grad():  # keep the folded weights leaf tensors
             model.fuse()
     return model.to(device).eval()
-
-
-def _detect_rows(model):
-    """(prefix of the Detect output convs, anchors per level, levels) of the model's last layer."""
-    detect = model.model[-1]
-    return f'model.{len(model.model) - 1}.m.', detect.na, detect.nl
-
-
-def _copy_box_obj_rows(dst, src, na):
-    """Copy rows [0:5) (box + objectness) of every anchor from ``src`` to ``dst``. False if layouts differ."""
-    if dst.shape[1:] != src.shape[1:] or dst.shape[0] % na or src.shape[0] % na:
-        return False
-    no_dst, no_src = dst.shape[0] // na, src.shape[0] // na
-    if min(no_dst, no_src) < 5:
-        return False
-    for a in range(na):
-        dst[a * no_dst:a * no_dst + 5].copy_(src[a * no_src:a * no_src + 5])
-    return True
-
-
-def transfer_weights(model, state_dict, source=None):
-    """Copy every tensor of ``state_dict`` whose name and shape match into ``model``.
-
-    For the Detect output convolutions (the last layer's ``m.*``) with another class count, the box (4) and
-    objectness (1) rows of every anchor are copied and only the class rows keep their initial values.
-    Returns a report dict for ``format_transfer_report``.
-    """
-    own = model.state_dict()  # tensors share storage with the model
-    params = dict(model.named_parameters())
-    prefix, na, nl = _detect_rows(model)
-    whole, partial, reinit = [], [], []
-    n_params = 0
-    with torch.no_grad():
-        for name, dst in own.items():
-            src = state_dict.get(name)
-            if src is not None and src.shape == dst.shape:
-                dst.copy_(src)
-                whole.append(name)
-                n_params += dst.numel() if name in params else 0
-            elif src is not None and name.startswith(prefix) and _copy_box_obj_rows(dst, src, na):
-                partial.append(name)
-                n_params += na * 5 * dst[0].numel() if name in params else 0
-            else:
-                reinit.append(name)
-    return {'source': str(source) if source else None, 'tensors_total': len(own), 'tensors_copied': len(whole),
-            'tensors_partial': partial, 'tensors_reinitialised': reinit,
-            'unused': sorted(set(state_dict) - set(own)),
-            'params_copied': n_params, 'params_total': sum(p.numel() for p in params.values()),
-            'detect_anchors': na, 'detect_levels': nl}
-
-
-def format_transfer_report(report):
-    """One or two lines: how much of the model came from the checkpoint, and what the Detect head kept."""
-    r = report
-    src = f" from {Path(r['source']).name}" if r.get('source') else ''
-    s = (f"Transferred {r['tensors_copied']}/{r['tensors_total']} tensors whole "
-         f"({r['params_copied']:,}/{r['params_total']:,} params){src}")
-    if r['tensors_partial']:
-        s += (f"; Detect: box+obj rows of {r['detect_anchors']} anchors x {r['detect_levels']} levels kept "
-              f"({len(r['tensors_partial'])} tensors), class rows re-initialised")
-    others = [n for n in r['tensors_reinitialised']]
-    if others:
-        shown = ', '.join(others[:3]) + (', ...' if len(others) > 3 else '')
-        s += f'\nRe-initialised {len(others)} tensors not in the checkpoint or of another shape: {shown}'
-    return s

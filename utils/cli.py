@@ -2,6 +2,8 @@
 import argparse
 import sys
 
+from utils.errors import ONE_LINE_ERRORS, OneLineError, one_line
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors (unknown flag, bad value) are one line on stderr, exit code 2."""
@@ -11,8 +13,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(fn, opt):
-    """Call ``fn(**vars(opt))``; a missing file or bad value raised by the library ends the program with one line."""
+    """Call ``fn(**vars(opt))``; a missing file, bad value, failed write (``utils/errors.py``) ends the program
+    with one line on stderr and a non-zero exit code."""
     try:
         return fn(**vars(opt))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
+    except ONE_LINE_ERRORS as e:
+        if isinstance(e, OneLineError) and e.exit_code != 1:
+            print(f'error: {one_line(e)}', file=sys.stderr)
+            sys.exit(e.exit_code)
+        sys.exit(f'error: {one_line(e)}')  # SystemExit carries the line (printed to stderr, exit code 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from utils.class_map import check_class_map_spec
 from utils.label_formats import load_coco_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +41,8 @@ def load_hyp(hyp=None):
     """Hyper-parameters from a YAML path or dict (default data/hyps/hyp.scratch.yaml); all keys checked."""
     if hyp is None:
         hyp = REPO / 'data' / 'hyps' / 'hyp.scratch.yaml'
+    elif not isinstance(hyp, dict) and not Path(hyp).exists() and (REPO / 'data' / 'hyps' / Path(hyp).name).is_file():
+        hyp = REPO / 'data' / 'hyps' / Path(hyp).name  # a bare name such as hyp.scratch-high.yaml
     d = dict(hyp) if isinstance(hyp, dict) else load_yaml(hyp, 'hyp')
     missing = [k for k in HYP_KEYS if k not in d]
     if missing:
@@ -92,6 +95,7 @@ def check_dataset(data):
     out['eval'] = _eval_kind(cfg, out, where)
     if names is None:
         out['names'], out['nc'] = _names_from_json(out, where)
+    out['class_map'] = check_class_map_spec(cfg.get('class_map'), out['names'], where)
     return out
 
 

@@ -22,7 +22,9 @@ from utils.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letter
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data_config import SPLITS, as_list, check_dataset, load_hyp  # noqa: F401 (check_dataset: public here too)
+from utils.disk_cache import read_cached
 from utils.label_scan import ScanReport, assign_image_ids, scan_source
+from utils.sampling import ImageWeightSampler
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class LoaderOptions:
 
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
     ``keep_difficult`` keeps VOC difficult / COCO crowd boxes in the training labels (evaluation reads them from
-    the records either way); ``cache='ram'`` keeps the resized images in memory.
+    the records either way); ``cache='ram'`` keeps the resized images in memory, ``cache='disk'`` reads decoded
+    images from .npy files (utils/disk_cache.py); ``image_weights`` draws images by class rarity instead of
+    shuffling (utils/sampling.py).
     """
     hyp: object = None
     augment: bool = False
@@ -63,6 +67,7 @@ class LoaderOptions:
     prefix: str = ''
     keep_difficult: bool = False
     use_label_cache: bool = True
+    image_weights: bool = False
     verbose: bool = True
 
 
@@ -129,9 +134,10 @@ class DetectionDataset(Dataset):
         self.batch_shapes, self.batch_index = self._batch_shapes(batch_size, o.pad) if o.rect else (None, None)
         self.rng = np.random.default_rng(o.seed)
         self.albumentations = Albumentations(seed=o.seed) if o.augment else None
+        if o.cache not in (None, False, 'ram', True, 'disk'):
+            raise ValueError(f"cache '{o.cache}' must be 'ram', 'disk' or None")
+        self.disk_cache = o.cache == 'disk'
         self.ims = self._cache_images() if o.cache in ('ram', True) else None
-        if o.cache not in (None, False, 'ram', True):
-            raise ValueError(f"cache '{o.cache}' must be 'ram' or None")
 
     @property
     def im_files(self):
@@ -173,7 +179,8 @@ class DetectionDataset(Dataset):
     # -------------------------------------------------------- loading
     def _read_resized(self, i):
         """(image BGR resized so its long side is img_size, (h0, w0), ok); grey placeholder if unreadable."""
-        im = cv2.imread(self.records[i].im_file)
+        f = self.records[i].im_file
+        im = read_cached(f) if self.disk_cache else cv2.imread(f)
         if im is None:
             h, w = self.records[i].shape
             r = self.img_size / max(h, w)
@@ -308,6 +315,8 @@ def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
     dataset = DetectionDataset(path, imgsz, batch_size, stride, data, o)
     batch_size = min(batch_size, len(dataset))
     sampler = None if o.rank == -1 else DistributedSampler(dataset, shuffle=o.shuffle, seed=o.seed)
+    if o.image_weights:
+        sampler = ImageWeightSampler(dataset.labels, dataset.nc or 1, o.seed)
     generator = torch.Generator()
     generator.manual_seed(o.seed + max(o.rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=o.shuffle and sampler is None, sampler=sampler,

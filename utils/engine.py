@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size (hyp key 'nbs' overrides)
+WARMUP_SHARE = 0.1  # warm-up takes at most this share of a run's iterations (hyp key 'warmup_share' overrides)
 
 
 def seed_everything(seed):
@@ -52,6 +53,13 @@ def set_lr(optimizer, ni, epoch, epochs, hyp, warmup_iters, cos=False):
             g['lr'] *= min(1.0, max(0.0, (ni - start_iter) / max(length, 1)))
 
 
+def warmup_iterations(hyp, nb, epochs):
+    """Warm-up length in iterations: YOLOv5's ``warmup_epochs`` (at least 100 iterations), but never more than
+    ``warmup_share`` of the run, so a short fine-tune is not spent warming up (4 batches x 20 epochs: 8, not 80)."""
+    yolo = max(round(hyp['warmup_epochs'] * nb), 100)
+    return min(yolo, max(round(hyp.get('warmup_share', WARMUP_SHARE) * epochs * nb), 1))
+
+
 def warmup_accumulate(ni, warmup_iters, batch_size, nbs=NOMINAL_BATCH):
     """Accumulation steps: 1 at the start of warm-up, growing to the nominal batch by its end."""
     if ni >= warmup_iters:
@@ -89,7 +97,7 @@ class Learner:
 
 def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
     """One pass over ``loader``. ``cfg`` holds epochs, hyp, warmup_iters, batch_size, cos_lr, amp, world_size,
-    imgsz. Returns the mean (box, obj, cls) losses and images/s."""
+    imgsz, optionally multi_scale and on_first_batch. Returns the mean (box, obj, cls) losses and images/s."""
     model, optimizer, scaler, ema = learner.model, learner.optimizer, learner.scaler, learner.ema
     model.train()
     nb = len(loader)
@@ -100,6 +108,8 @@ def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
         ni = state.ni
         set_lr(optimizer, ni, epoch, cfg['epochs'], cfg['hyp'], cfg['warmup_iters'], cfg['cos_lr'])
         imgs = imgs.to(device, non_blocking=True).float() / 255
+        if cfg.get('multi_scale'):  # a MultiScale: this batch's size from (seed, epoch, i)
+            imgs = cfg['multi_scale'](imgs, epoch, i)
         targets = targets.to(device)
         with torch.autocast(device_type=device.type, enabled=cfg['amp']):
             loss, items = learner.compute_loss(model(imgs), targets)

@@ -17,9 +17,14 @@ import warnings
 
 import torch
 
+from utils.checkpoint_probe import describe_refused, describe_unreadable
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list."""
+    """The pickle names a global outside the allow-list (``inside_official``: met inside a YOLOv5 model)."""
+
+    def __init__(self, name, inside_official=False):
+        super().__init__(name)
+        self.name, self.inside_official = name, inside_official
 
 
 def _latin1_bytes(text, encoding='latin1'):
@@ -94,7 +99,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             if key not in self._placeholders:
                 self._placeholders[key] = type(name, (Placeholder,), {'qualname': key})
             return self._placeholders[key]
-        raise UnsafePickleError(f'{module}.{name}')
+        inside = any(k.startswith(('models.yolo.', 'models.common.')) for k in self._placeholders)
+        raise UnsafePickleError(f'{module}.{name}', inside)
 
 
 def _restricted_load(file, **kwargs):
@@ -106,18 +112,40 @@ RESTRICTED_PICKLE = types.SimpleNamespace(__name__='restricted_pickle', Unpickle
                                           load=_restricted_load)
 
 
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError,
+               IndexError, KeyError)
+
+
+def _torch_load_restricted(path):
+    with warnings.catch_warnings():  # pre-1.6 files carry class sources that placeholders cannot match
+        warnings.filterwarnings('ignore', message="Couldn't retrieve source code")
+        return torch.load(path, map_location='cpu', pickle_module=RESTRICTED_PICKLE, weights_only=False)
+
+
 def restricted_torch_load(path):
-    """``torch.load`` through the allow-list. Raises a one-line ValueError naming the file and a refused class."""
+    """``torch.load`` through the allow-list. Raises a one-line ValueError naming the file and what it is (empty,
+    truncated, an Ultralytics or torchvision file, a refused class)."""
     try:
-        with warnings.catch_warnings():  # pre-1.6 files carry class sources that placeholders cannot match
-            warnings.filterwarnings('ignore', message="Couldn't retrieve source code")
-            return torch.load(path, map_location='cpu', pickle_module=RESTRICTED_PICKLE, weights_only=False)
+        return _torch_load_restricted(path)
     except UnsafePickleError as e:
-        raise ValueError(f'{path}: refused to load, the pickle names {e}, which is not a known YOLOv5 or torch '
-                         f'class (the file may contain code)') from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f'{path}: not a readable checkpoint ({first})') from None
+        raise ValueError(f'{path}: {describe_refused(e.name, e.inside_official)}') from None
+    except LOAD_ERRORS as e:
+        raise ValueError(f'{path}: not a readable checkpoint: {describe_unreadable(path, e)}') from None
+
+
+def describe_pickle(path):
+    """What a file that torch's weights_only loader refused is, in a few words (it is loaded with the allow-list)."""
+    try:
+        obj = _torch_load_restricted(path)
+    except UnsafePickleError as e:
+        return describe_refused(e.name, e.inside_official)
+    except LOAD_ERRORS as e:
+        return describe_unreadable(path, e)
+    try:
+        _model_object(obj, path)
+    except ValueError:
+        return f'a pickle of {type(obj).__name__} holding no YOLOv5 model'
+    return 'an official YOLOv5 checkpoint (a pickled model), not a training checkpoint of this project'
 
 
 def placeholder_state_dict(module, prefix=''):

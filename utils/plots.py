@@ -3,6 +3,7 @@
 Matplotlib is used through ``Figure`` objects only (no pyplot state, no backend switching at import).
 """
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -170,9 +171,13 @@ def plot_results(csv_path):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 6), tight_layout=True)
     epochs = np.array([r.get('epoch', np.nan) for r in rows]) + 1
+    start = [r for r in rows if r.get('epoch', 0) < 0]  # a pretrained start's zero-shot row (epoch -1)
     for ax, key in zip(fig.subplots(2, 5).ravel(), PLOTTED):
         ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker='.', linewidth=2)
         ax.set_title(key, fontsize=10)
+        if start and np.isfinite(start[0].get(key, np.nan)):
+            ax.axhline(start[0][key], color='grey', linestyle='--', linewidth=1, label='zero-shot (epoch 0)')
+            ax.legend(fontsize=7)
     return _save(fig, csv_path.with_name('results.png'))
 
 
@@ -191,3 +196,44 @@ def plot_labels(labels, names, save_dir):
     ax[2].scatter(lb[:, 3], lb[:, 4], s=2, alpha=0.3)
     ax[2].set(xlabel='width', ylabel='height', xlim=(0, 1), ylim=(0, 1))
     return _save(fig, Path(save_dir) / 'labels.jpg')
+
+
+def plot_evolve(rows, params, path):
+    """--evolve results: fitness per trial (pruned trials hollow, at the fitness they had reached), then each
+    searched parameter against fitness (choices as categories)."""
+    from matplotlib.figure import Figure  # lazy, as in _figure
+    n = len(params) + 1
+    cols = min(n, 5)
+    nrows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * nrows), tight_layout=True)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    fit = np.array([r['fitness'] or 0.0 for r in rows], float)
+    done = np.array([r['state'] == 'complete' for r in rows])
+    trials = np.array([r['trial'] for r in rows])
+    ax = axes[0]
+    ax.scatter(trials[done], fit[done], c='tab:blue', s=18, label='complete')
+    ax.scatter(trials[~done], fit[~done], facecolors='none', edgecolors='tab:red', s=18, label='pruned/failed')
+    if done.any():
+        ax.plot(trials[done], np.maximum.accumulate(fit[done]), c='tab:blue', lw=1, label='best so far')
+    ax.set(xlabel='trial', ylabel='fitness', title='fitness per trial')
+    ax.legend(fontsize=6)
+    for ax, key in zip(axes[1:], params):
+        values = [r[key] for r in rows]
+        given = np.array([v != '' for v in values])
+        if any(isinstance(v, str) and v != '' for v in values):  # categorical
+            cats = sorted({str(v) for v, g in zip(values, given) if g})
+            x = np.array([cats.index(str(v)) if g else -1 for v, g in zip(values, given)], float)
+            ax.set_xticks(range(len(cats)), cats, fontsize=6)
+        else:
+            x = np.array([float(v) if g else np.nan for v, g in zip(values, given)])
+        ax.scatter(x[given & done], fit[given & done], c='tab:blue', s=12)
+        ax.scatter(x[given & ~done], fit[given & ~done], facecolors='none', edgecolors='tab:red', s=12)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    path = Path(path)
+    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.png')  # processes sharing a study may write it together
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+    return path

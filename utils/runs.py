@@ -1,5 +1,6 @@
 """Run folders (runs/train/exp, exp2, ...), device selection and CUDA modes shared by the scripts."""
 import contextlib
+import glob
 import os
 import re
 import stat
@@ -9,16 +10,34 @@ import torch
 
 
 def increment_path(path, exist_ok=False, mkdir=False):
-    """``runs/train/exp`` -> itself if free (or ``exist_ok``), else the next free ``exp2``, ``exp3``, ..."""
+    """``runs/train/exp`` -> itself if free (or ``exist_ok``), else the next free ``exp2``, ``exp3``, ...
+
+    With ``mkdir`` the folder is claimed atomically: each candidate is created with ``mkdir`` that fails if it
+    exists, so processes started at the same moment with the same --project/--name get distinct folders."""
     path = Path(path)
-    if path.exists() and not exist_ok:
-        stem, suffix = (path.with_suffix(''), path.suffix) if path.is_file() else (path, '')
-        taken = [int(m.group(1)) for p in path.parent.glob(f'{stem.name}*')
-                 if (m := re.fullmatch(re.escape(stem.name) + r'(\d+)' + re.escape(suffix), p.name))]
-        path = Path(f'{stem}{max(taken + [1]) + 1}{suffix}')
-    if mkdir:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    if exist_ok:
+        if mkdir:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+    while True:
+        candidate = _next_free(path)
+        if not mkdir:
+            return candidate
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:  # another process claimed it between our look and our mkdir: look again
+            continue
+
+
+def _next_free(path):
+    if not os.path.lexists(path):
+        return path
+    stem, suffix = (path.with_suffix(''), path.suffix) if path.is_file() else (path, '')
+    taken = [int(m.group(1)) for p in path.parent.glob(f'{glob.escape(stem.name)}*')
+             if (m := re.fullmatch(re.escape(stem.name) + r'(\d+)' + re.escape(suffix), p.name))]
+    return Path(f'{stem}{max(taken + [1]) + 1}{suffix}')
 
 
 class UniqueStems:

@@ -8,18 +8,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from utils.checkpoint import load_model, save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
-from utils.engine import StepState, seed_everything, train_one_epoch
+from utils.engine import StepState, seed_everything, train_one_epoch, warmup_iterations
 from utils.eval_outputs import BatchPlotter
 from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
 from utils.evaluator import EvalConfig, evaluate, official_json
+from utils.loggers import TensorBoardLogger
+from utils.multiscale import MultiScale
 from utils.plots import plot_images, plot_results
 from utils.results_csv import append_row, epoch_row
 from utils.runs import cudnn_autotune, increment_path
-from utils.trainer_setup import release_layers, setup, wrap_ddp
+from utils.trainer_setup import release_layers, setup, wrap_ddp, write_options
 
 
 class Run:
@@ -32,6 +33,8 @@ class Run:
         self.amp = device.type == 'cuda'
         self.log = print if self.main else (lambda *a, **k: None)
         self.save_dir = self.weights_dir = None  # prepare_run_dir
+        self.tb = TensorBoardLogger()  # off until train() opens it in the main process
+        self.on_epoch_end = None  # optional callback(epoch, fitness) after each validated epoch (--evolve)
 
 
 def make_checkpoint(run, session, epoch):
@@ -69,11 +72,29 @@ def validate_epoch(run, session, final):
     return result
 
 
+ZERO_SHOT_EPOCH = -1  # results.csv row of the evaluation before the first step (drawn at 0 in results.png)
+
+
+def zero_shot(run, session):
+    """A pretrained start, evaluated once before the first step: where the fine-tune begins (the transferred
+    model, its class rows mapped from the checkpoint). Logged and written to results.csv as epoch -1."""
+    learner = session.learner
+    config = eval_config(run, session, plots=False)
+    result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss)
+    print_table(result, session.config.names, verbose=False)
+    run.log(f'Zero-shot (before the first step): mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}; written to '
+            f'results.csv as epoch {ZERO_SHOT_EPOCH}')
+    append_row(run.save_dir / 'results.csv', epoch_row(ZERO_SHOT_EPOCH, (), result, []))
+    return result
+
+
 def end_epoch(run, session, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
     result = validate_epoch(run, session, final)
     fit = result.fitness if result is not None else 0.0
-    append_row(run.save_dir / 'results.csv', epoch_row(epoch, losses, result, session.learner.optimizer.param_groups))
+    row = epoch_row(epoch, losses, result, session.learner.optimizer.param_groups)
+    append_row(run.save_dir / 'results.csv', row)
+    run.tb.log_epoch(row)
     if not run.opt.noplots:
         plot_results(run.save_dir / 'results.csv')
     progress = session.progress
@@ -81,12 +102,26 @@ def end_epoch(run, session, epoch, losses, final):
     if improved:
         progress.best_fitness, progress.best_epoch = fit, epoch
     stop = epoch - progress.best_epoch >= run.opt.patience
-    if not run.opt.nosave or final or stop:
-        ck = make_checkpoint(run, session, epoch)
-        save_checkpoint(ck, run.weights_dir / 'last.pt')
-        if improved:
-            save_checkpoint(ck, run.weights_dir / 'best.pt')
+    save_weights(run, session, epoch, improved, force=final or stop)
+    if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
+        run.on_epoch_end(epoch, fit)
     return stop
+
+
+def save_weights(run, session, epoch, improved, force):
+    """last.pt (every epoch unless --nosave, and always when ``force``), best.pt when ``improved``, and
+    epoch{N}.pt at epochs 0, P, 2P, ... with --save-period P (as upstream; resumable, kept with their optimizer)."""
+    opt = run.opt
+    period = getattr(opt, 'save_period', -1)
+    periodic = not opt.nosave and period > 0 and epoch % period == 0
+    if opt.nosave and not force:
+        return
+    ck = make_checkpoint(run, session, epoch)
+    save_checkpoint(ck, run.weights_dir / 'last.pt')
+    if improved:
+        save_checkpoint(ck, run.weights_dir / 'best.pt')
+    if periodic:
+        save_checkpoint(ck, run.weights_dir / f'epoch{epoch}.pt')
 
 
 def verify_frozen(run, session, files=()):
@@ -131,16 +166,24 @@ def train(run, ckpt=None):
     session = setup(run, ckpt)
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
     cfg = {'epochs': opt.epochs, 'hyp': hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
-           'amp': run.amp, 'world_size': run.world_size, 'warmup_iters': max(round(hyp['warmup_epochs'] * nb), 100)}
+           'amp': run.amp, 'world_size': run.world_size,
+           'warmup_iters': warmup_iterations(hyp, nb, opt.epochs)}
+    if opt.multi_scale:
+        cfg['multi_scale'] = multi_scale_for(session, opt.seed)
+    if run.main:
+        run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     state = StepState(ni=start * nb, last_step=start * nb - 1)
+    if run.main and opt.weights and ckpt is None and not opt.noval:
+        zero_shot(run, session)
     result = None
     t0 = time.time()
     epoch = start - 1
     for epoch in range(start, opt.epochs):
         session = begin_epoch(run, session, epoch, nb)
-        with cudnn_autotune(run.device.type == 'cuda' and not opt.rect and not getattr(opt, 'deterministic', False)):
+        varying = opt.rect or getattr(opt, 'multi_scale', False) or getattr(opt, 'deterministic', False)
+        with cudnn_autotune(run.device.type == 'cuda' and not varying):  # autotune pays off at fixed shapes only
             losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
                                         show=run.main)
         final = epoch == opt.epochs - 1
@@ -158,7 +201,15 @@ def train(run, ckpt=None):
         run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
         finish(run, session)
         result = final_validation(run, session)
+        run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
+        run.tb.close()
     return result
+
+
+def multi_scale_for(session, seed):
+    """--multi-scale: batch sizes around the checked image size, in steps of the model's largest stride."""
+    model = getattr(session.learner.model, 'module', session.learner.model)
+    return MultiScale(session.loaders.imgsz, max(int(model.stride.max()), 32), seed)
 
 
 def final_validation(run, session):
@@ -179,6 +230,7 @@ def final_validation(run, session):
 
 def plot_batch(run, session, imgs, targets):
     plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=session.config.names)
+    run.tb.log_image('train/batch0', run.save_dir / 'train_batch0.jpg', session.progress.start_epoch)
 
 
 def prepare_run_dir(run):
@@ -188,8 +240,7 @@ def prepare_run_dir(run):
         run.save_dir = None
         return
     run.save_dir = Path(opt.resume).parent.parent if opt.resume else increment_path(Path(opt.project) / opt.name,
-                                                                                   exist_ok=opt.exist_ok)
+                                                                                   exist_ok=opt.exist_ok, mkdir=True)
     run.weights_dir = run.save_dir / 'weights'
     run.weights_dir.mkdir(parents=True, exist_ok=True)
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
-    (run.save_dir / 'opt.yaml').write_text(yaml.safe_dump(options, sort_keys=False))
+    write_options(run.save_dir, opt)

@@ -2,6 +2,7 @@
 
     config = load_config(run, ckpt)                         # hyp, data, classes
     model, plan = setup_model(run, config, ckpt)            # weights in, FreezePlan applied (fingerprints taken)
+    choose_batch_size(run, model)                           # --batch-size -1 only: AutoBatch on the frozen model
     loaders = setup_loaders(run, config, model, fresh)      # train/val loaders, labels plot, autoanchor
     learner, decay = setup_learner(run, config, model, plan, loaders.imgsz)   # loss, optimizer, EMA, scaler
     session = resume(run, Session(...), ckpt)               # optimizer/EMA/scaler/counters of a resumed run
@@ -9,6 +10,7 @@
 ``setup`` chains them and wraps the model for DDP. ``release_layers`` is the --unfreeze-epoch step.
 """
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import yaml
@@ -16,7 +18,9 @@ import yaml
 from models.yolo import Model
 from utils.sizes import check_imgsz
 from utils.autoanchor import check_anchors
+from utils.autobatch import autobatch
 from utils.checkpoint import format_transfer_report, read_weights, transfer_weights
+from utils.class_map import build_class_map
 from utils.data_config import check_dataset, load_hyp
 from utils.datasets import create_dataloader
 from utils.download import resolve_weights
@@ -26,6 +30,7 @@ from utils.freeze import FreezePlan
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.optim import build_optimizer, replace_optimizer
 from utils.plots import plot_labels
+from utils.transfer import class_rows_for
 
 
 @dataclass
@@ -81,9 +86,14 @@ def build_model(run, config):
     opt = run.opt
     weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
     cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5s.yaml')
-    model = Model(cfg, nc=config.nc).to(run.device)
-    if weights:
-        report = transfer_weights(model, weights['state_dict'])
+    if not weights:
+        model = Model(cfg, nc=config.nc).to(run.device)
+    else:
+        cmap = build_class_map(config.names, weights['names'], None if opt.single_cls else config.data['class_map'],
+                               where=config.data.get('yaml_file') or 'data')
+        model = Model(cfg, nc=config.nc, class_rows=class_rows_for(cmap, weights['yaml'])).to(run.device)
+        report = transfer_weights(model, weights['state_dict'], opt.weights, cmap, weights['yaml'],
+                                  keep_anchors=bool(opt.cfg))  # --cfg anchors are the user's choice
         run.log(format_transfer_report(report))
     model.names = list(config.names)
     return model
@@ -115,7 +125,7 @@ def setup_loaders(run, config, model, fresh):
     train_loader, dataset = create_dataloader(
         config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
         workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
-        data=config.data, prefix='train: ')
+        data=config.data, prefix='train: ', image_weights=opt.image_weights)
     if not run.main:
         return Loaders(train_loader, dataset, None, imgsz)
     val_loader, _ = create_dataloader(
@@ -124,8 +134,23 @@ def setup_loaders(run, config, model, fresh):
     if fresh and not opt.noplots:
         plot_labels(dataset.labels, config.names, run.save_dir)
     if fresh and not opt.noautoanchor:
-        check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log)
+        check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log, replace=not opt.weights)
     return Loaders(train_loader, dataset, val_loader, imgsz)
+
+
+def choose_batch_size(run, model):
+    """--batch-size -1: AutoBatch measures the model as frozen and sets ``opt.batch_size`` (saved in opt.yaml and
+    the checkpoints, so a resumed run keeps it)."""
+    imgsz = check_imgsz(run.opt.imgsz, max(int(model.stride.max()), 32))[0]
+    run.opt.batch_size = autobatch(model, imgsz, run.device, log=run.log)
+    if run.main:
+        write_options(run.save_dir, run.opt)
+
+
+def write_options(save_dir, opt):
+    """The run's options as ``opt.yaml``."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
+    (save_dir / 'opt.yaml').write_text(yaml.safe_dump(options, sort_keys=False))
 
 
 def setup_learner(run, config, model, plan, imgsz):
@@ -189,6 +214,8 @@ def setup(run, ckpt=None):
     """Everything before the first epoch (see the module docstring); returns the Session."""
     config = load_config(run, ckpt)
     model, plan = setup_model(run, config, ckpt)
+    if run.opt.batch_size == -1:
+        choose_batch_size(run, model)
     loaders = setup_loaders(run, config, model, fresh=ckpt is None)
     learner, weight_decay = setup_learner(run, config, model, plan, loaders.imgsz)
     session = Session(config, loaders, learner, plan, weight_decay)

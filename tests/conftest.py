@@ -1,0 +1,46 @@
+"""Shared fixtures and the hypothesis profiles of the fuzz tests.
+
+Fuzz tests run a bounded number of examples by default ("ci" profile, CI and `make test`); for a long run:
+    python -m pytest tests/test_fuzz_readers.py --hypothesis-profile thorough
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a dev-only extra; the fuzz tests skip without it
+    settings = None
+
+if settings is not None:
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.register_profile('ci', max_examples=50, derandomize=True, **common)
+    settings.register_profile('thorough', max_examples=2000, **common)
+    settings.load_profile('ci')
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='session')
+def tiny_shapes(tmp_path_factory):
+    """A 12-image shapes data YAML (8 train, 4 val at 128 px) for short training runs in subprocesses."""
+    from utils.shapes import ensure_shapes
+    root = tmp_path_factory.mktemp('tiny_shapes')
+    ensure_shapes(root / 'shapes', splits={'train': 8, 'val': 4}, img_size=128)
+    yaml_file = root / 'tiny.yaml'
+    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star]\n')
+    return yaml_file
+
+
+@pytest.fixture(scope='session')
+def train_cmd():
+    """``train_cmd(data, project, *flags, epochs=2)``: the train.py command line of a tiny run (v6/yolov5n, 64 px,
+    batch 4, no plots, no autoanchor)."""
+    return _train_cmd
+
+
+def _train_cmd(data, project, *extra, epochs=2):
+    return [sys.executable, str(ROOT / 'train.py'), '--data', str(data), '--cfg', 'v6/yolov5n.yaml',
+            '--epochs', str(epochs), '--imgsz', '64', '--batch-size', '4', '--workers', '0', '--noplots',
+            '--noautoanchor', '--project', str(project), *extra]

@@ -1,0 +1,26 @@
+"""What a "one-line error" is: exception types whose message is one complete line naming the file and the problem.
+
+Library code raises ``ValueError`` for bad values or file contents, ``FileNotFoundError`` (an ``OSError``) for
+missing files, and a :class:`OneLineError` for a failure of the run itself (a checkpoint that cannot be written,
+an interruption). The scripts print any of ``ONE_LINE_ERRORS`` as ``error: <message>`` and exit non-zero
+(``utils/cli.py``), never with a traceback; the fuzz tests hold every reader to the same contract.
+"""
+
+
+class OneLineError(Exception):
+    """A failure of the run (not of its input) whose message is complete in one line; ``exit_code`` for the CLI."""
+
+    exit_code = 1
+
+
+class WriteFailed(OneLineError):
+    """A file could not be written (disk full, read-only folder); the previous version of it is left intact."""
+
+
+ONE_LINE_ERRORS = (ValueError, OSError, OneLineError)
+
+
+def one_line(exc):
+    """The message of ``exc`` as one line (an OSError without text still says what it is)."""
+    text = ' '.join(str(exc).split())
+    return text or type(exc).__name__
