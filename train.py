@@ -17,7 +17,7 @@ from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.evolve import is_evolve_dir, run_evolve
-from utils.runs import init_distributed
+from utils.runs import configure_determinism, init_distributed
 from utils.trainer import Run, prepare_run_dir, train
 from utils.upstream_defaults import format_differences, upstream_differences
 
@@ -69,6 +69,8 @@ def parse_opt(argv=None):
                    help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic algorithms on CUDA (slower; CPU runs are deterministic already)')
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as one class')
     p.add_argument('--close-mosaic', type=int, default=0, help='turn mosaic off for the last K epochs')
     p.add_argument('--evolve', type=int, nargs='?', const=300, default=None,
@@ -167,6 +169,7 @@ def main(opt, on_epoch_end=None):
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size, device)
+    configure_determinism(getattr(opt, 'deterministic', False))  # a resumed run keeps its setting
     r = Run(opt, device, rank, world_size)
     r.on_epoch_end = on_epoch_end
     prepare_run_dir(r)

@@ -1,11 +1,13 @@
 """What freezing saves: the same short training with several --freeze settings, side by side in one run.
 
-    python benchmarks/freeze.py                                   # yolov5s, 320 px, batch 16, CPU, freeze 0/10/24
-    python benchmarks/freeze.py --device 0 --imgsz 640 --iters 30   # on a GPU (AMP on)
+    python benchmarks/freeze.py                                   # yolov5s, 320 px, batch 16, CPU, freeze 0/10/all
+    python benchmarks/freeze.py --freeze 10 --fast-path none fold no_grad channels_last all --interleave
+    python benchmarks/freeze.py --device 0 --imgsz 640 --iters 30   # on a GPU: AMP, cudnn.benchmark, peak memory
 
 Each setting runs in its own process (so peak RSS is its own) on the same pre-loaded mosaic batches from the
-shapes dataset; a step is forward + loss + backward + optimizer step + EMA update, as in train.py. Prints a
-table and writes JSON (default benchmarks/results/freeze.json).
+shapes dataset; a step is forward + loss + backward + optimizer step + EMA update, as in train.py. ``--fast-path``
+picks the frozen fast path's ideas (models/fastpath.py: fold, no_grad, channels_last; ``all`` is what freeze()
+turns on, ``none`` the plain forward). Prints a table and writes JSON (default benchmarks/results/freeze.json).
 """
 import argparse
 import json
@@ -35,92 +37,176 @@ def collect_batches(data, imgsz, batch_size, n, seed=0):
     return batches, d['nc'], len(loader)
 
 
+def load_batches(opt):
+    """(batches, nc, batches per epoch): from ``--batches`` (a file written by ``--save-batches``, which
+    benchmarks/upstream.py shares with upstream's step) or freshly loaded."""
+    import torch
+    if opt.batches:
+        d = torch.load(opt.batches)
+        return d['batches'][:opt.warmup + opt.iters], d['nc'], d['nb']
+    return collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
+
+
+def save_batches(opt, path):
+    import torch
+    batches, nc, nb = collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
+    torch.save({'batches': batches, 'nc': nc, 'nb': nb}, path)
+
+
+FAST_PATH_IDEAS = ('fold', 'no_grad', 'channels_last')
+
+
+def fast_path_flags(variant):
+    """'all', 'none' or ideas joined by '+' (fold+channels_last) -> keyword flags for set_frozen_fast_path."""
+    ideas = set(FAST_PATH_IDEAS) if variant == 'all' else set() if variant == 'none' else set(variant.split('+'))
+    unknown = ideas - set(FAST_PATH_IDEAS)
+    if unknown:
+        raise ValueError(f"--fast-path {variant}: unknown {', '.join(sorted(unknown))} (expected all, none or "
+                         f"{'+'.join(FAST_PATH_IDEAS)} or part of it)")
+    return {k: k in ideas for k in FAST_PATH_IDEAS}
+
+
+def apply_fast_path(model, variant):
+    flags = fast_path_flags(variant)
+    if any(flags.values()):
+        model.set_frozen_fast_path(**flags)
+    else:
+        model.set_frozen_fast_path(None)
+
+
+def build_setting(opt, spec, variant, device, nc):
+    """One setting ready to train: model frozen by ``spec`` with fast path ``variant``, loss, optimizer, EMA."""
+    import torch
+    from models.yolo import Model
+    from utils.datasets import load_hyp
+    from utils.ema import ModelEMA
+    from utils.freeze import FreezePlan, freeze_summary
+    from utils.loss import ComputeLoss, scale_loss_gains
+    from utils.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = Model(opt.cfg, nc=nc).to(device)
+    plan = FreezePlan.from_spec(spec, model).apply(model)
+    apply_fast_path(model, variant)
+    share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
+    hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
+    amp = device.type == 'cuda'
+    ema = ModelEMA(model)
+    ema.set_frozen(plan.ema_skip)
+    model.train()
+    return {'freeze': spec, 'fast_path': variant, 'model': model, 'share': share, 'amp': amp, 'ema': ema,
+            'loss': ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz)),
+            'optimizer': build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4),
+            'scaler': torch.amp.GradScaler('cuda', enabled=amp)}
+
+
+def timed_step(s, imgs, targets, device):
+    """Seconds for one training step of setting ``s``: forward, loss, backward, optimizer step, EMA update."""
+    import torch
+    from utils.engine import optimizer_step
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    imgs = imgs.to(device).float() / 255
+    with torch.autocast(device_type=device.type, enabled=s['amp']):
+        loss, _ = s['loss'](s['model'](imgs), targets.to(device))
+    s['scaler'].scale(loss).backward()
+    optimizer_step(s['model'], s['optimizer'], s['scaler'], s['ema'])
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
+def result_row(opt, s, times, nb, device, peaks):
+    step = sorted(times)[len(times) // 2]  # median
+    return {'freeze': s['freeze'], 'fast_path': s['fast_path'], 'frozen_flops_share': s['share'],
+            'ideal_speedup': 3 / (3 - 2 * s['share']), 'sec_per_iter': step, 'sec_per_epoch': step * nb,
+            'iters_per_epoch': nb, 'images_per_s': opt.batch_size / step, 'peak_rss_mb': peaks[0],
+            'peak_cuda_mb': peaks[1], 'device': str(device), 'amp': s['amp']}
+
+
 def measure(opt):
     """One setting, in this process: returns a dict of timings and memory."""
     import torch
-    from models.yolo import Model
-    from utils.ema import ModelEMA
-    from utils.engine import optimizer_step
-    from utils.freeze import FreezePlan, freeze_summary
-    from utils.loss import ComputeLoss, scale_loss_gains
-    from utils.datasets import load_hyp
-    from utils.optim import build_optimizer
     from utils.runs import select_device
 
     device = select_device(opt.device)
-    torch.manual_seed(0)
-    batches, nc, nb = collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
-    model = Model(opt.cfg, nc=nc).to(device)
-    plan = FreezePlan.from_spec(opt.freeze, model).apply(model)
-    share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
-    hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
-    compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz))
-    optimizer = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
-    ema = ModelEMA(model)
-    ema.set_frozen(plan.ema_skip)
-    amp = device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    model.train()
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    batches, nc, nb = load_batches(opt)
+    s = build_setting(opt, opt.freeze, opt.fast_path, device, nc)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times = [timed_step(s, imgs, targets, device) for imgs, targets in batches][opt.warmup:]
+    peaks = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None)
+    return result_row(opt, s, times, nb, device, peaks)
+
+
+def measure_interleaved(opt):
+    """Every setting in this one process, taking turns step by step (the order rotates each step), so load changes
+    hit all alike: the robust way to compare settings on a busy machine. No per-setting memory figures."""
+    import torch
+    from utils.runs import select_device
+
+    device = select_device(opt.device)
+    torch.backends.cudnn.benchmark = True
+    batches, nc, nb = load_batches(opt)
+    settings = [build_setting(opt, f, v, device, nc) for f in opt.freeze for v in opt.fast_path]
+    times = [[] for _ in settings]
     for k, (imgs, targets) in enumerate(batches):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        imgs = imgs.to(device).float() / 255
-        with torch.autocast(device_type=device.type, enabled=amp):
-            loss, _ = compute_loss(model(imgs), targets.to(device))
-        scaler.scale(loss).backward()
-        optimizer_step(model, optimizer, scaler, ema)
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        if k >= opt.warmup:
-            times.append(time.perf_counter() - t)
-    step = sorted(times)[len(times) // 2]  # median
-    return {'freeze': opt.freeze, 'frozen_flops_share': share, 'ideal_speedup': 3 / (3 - 2 * share),
-            'sec_per_iter': step, 'sec_per_epoch': step * nb, 'iters_per_epoch': nb,
-            'images_per_s': opt.batch_size / step,
-            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            'peak_cuda_mb': torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None,
-            'device': str(device), 'amp': amp}
+        for j in range(len(settings)):
+            i = (j + k) % len(settings)
+            t = timed_step(settings[i], imgs, targets, device)
+            if k >= opt.warmup:
+                times[i].append(t)
+    rows = [result_row(opt, s, t, nb, device, (None, None)) for s, t in zip(settings, times)]
+    for r in rows:
+        r['speedup'] = rows[0]['sec_per_iter'] / r['sec_per_iter']
+        r['vs_plain'] = next(x for x in rows if x['freeze'] == r['freeze'])['sec_per_iter'] / r['sec_per_iter']
+    return rows
 
 
-def run_one(opt, f):
-    cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--cfg', opt.cfg, '--data', opt.data,
-           '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size), '--iters', str(opt.iters),
-           '--warmup', str(opt.warmup), '--device', opt.device]
+def run_one(opt, f, variant):
+    cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--fast-path', variant, '--cfg', opt.cfg,
+           '--data', opt.data, '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size),
+           '--iters', str(opt.iters), '--warmup', str(opt.warmup), '--device', opt.device]
+    cmd += ['--batches', opt.batches] if opt.batches else []
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
-        sys.exit(f'error: freeze {f} failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}')
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+        sys.exit(f'error: freeze {f} (fast path {variant}) failed: {last}')
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run_all(opt):
     """Every setting in turn, ``rounds`` times over (interleaved, so load changes hit all alike); the fastest
-    round of each setting is kept."""
+    round of each setting is kept. ``speedup`` is against the first row (the first freeze and fast path),
+    ``vs_plain`` against the first fast-path variant at the same freeze."""
+    settings = [(f, v) for f in opt.freeze for v in opt.fast_path]
     best = {}
     for _ in range(opt.rounds):
-        for f in opt.freeze:
-            r = run_one(opt, f)
-            if f not in best or r['sec_per_iter'] < best[f]['sec_per_iter']:
-                best[f] = r
-    rows = [best[f] for f in opt.freeze]
-    base = rows[0]['sec_per_iter']
+        for f, v in settings:
+            r = run_one(opt, f, v)
+            if (f, v) not in best or r['sec_per_iter'] < best[f, v]['sec_per_iter']:
+                best[f, v] = r
+    rows = [best[s] for s in settings]
     for r in rows:
-        r['speedup'] = base / r['sec_per_iter']
+        r['speedup'] = rows[0]['sec_per_iter'] / r['sec_per_iter']
+        r['vs_plain'] = best[r['freeze'], opt.fast_path[0]]['sec_per_iter'] / r['sec_per_iter']
     return rows
 
 
 def print_table(rows, opt):
+    how = 'all in one process, taking turns' if opt.interleave else f'best of {opt.rounds} rounds'
     print(f'{opt.cfg}, {opt.imgsz} px, batch {opt.batch_size}, {rows[0]["device"]}, AMP {rows[0]["amp"]}, '
-          f'median of {opt.iters} steps, best of {opt.rounds} rounds')
-    print(f"{'freeze':>8}{'frozen FLOPs':>14}{'s/epoch':>10}{'img/s':>9}{'speedup':>9}{'ideal':>8}"
-          f"{'peak RSS MB':>13}{'peak CUDA MB':>14}")
+          f'median of {opt.iters} steps, {how}')
+    print(f"{'freeze':>8}  {'fast path':<26}{'frozen FLOPs':>13}{'s/epoch':>9}{'img/s':>8}{'speedup':>9}"
+          f"{'vs ' + opt.fast_path[0][:6]:>10}{'ideal':>8}{'peak RSS MB':>13}{'peak CUDA MB':>14}")
     for r in rows:
-        cuda = f"{r['peak_cuda_mb']:.0f}" if r['peak_cuda_mb'] is not None else '-'
-        print(f"{r['freeze']:>8}{r['frozen_flops_share']:>13.1%}{r['sec_per_epoch']:>10.1f}{r['images_per_s']:>9.1f}"
-              f"{r['speedup']:>8.2f}x{r['ideal_speedup']:>7.2f}x{r['peak_rss_mb']:>13.0f}{cuda:>14}")
+        rss, cuda = (f'{r[k]:.0f}' if r[k] is not None else '-' for k in ('peak_rss_mb', 'peak_cuda_mb'))
+        print(f"{r['freeze']:>8}  {r['fast_path']:<26}{r['frozen_flops_share']:>12.1%}{r['sec_per_epoch']:>9.1f}"
+              f"{r['images_per_s']:>8.1f}{r['speedup']:>8.2f}x{r['vs_plain']:>9.2f}x{r['ideal_speedup']:>7.2f}x"
+              f"{rss:>13}{cuda:>14}")
 
 
 def main():
@@ -132,16 +218,30 @@ def main():
     p.add_argument('--iters', type=int, default=8, help='timed steps per setting')
     p.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     p.add_argument('--rounds', type=int, default=2, help='repeat all settings; keep the fastest round of each')
-    p.add_argument('--freeze', nargs='+', default=['0', '10', '24'])
+    p.add_argument('--freeze', nargs='+', default=['0', '10', 'all'])
+    p.add_argument('--fast-path', nargs='+', default=['all'],
+                   help="frozen fast path variants: all, none, or ideas joined by '+' (fold, no_grad, channels_last)")
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', default=str(ROOT / 'benchmarks/results/freeze.json'))
+    p.add_argument('--interleave', action='store_true',
+                   help='all settings in one process, step by step in turn (robust ratios on a loaded machine)')
+    p.add_argument('--batches', default='', help='pre-made batches (a --save-batches file) instead of --data')
+    p.add_argument('--save-batches', default='', help='write the batches to this file and exit')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     opt = p.parse_args()
+    for v in opt.fast_path:
+        try:
+            fast_path_flags(v)
+        except ValueError as e:
+            p.error(str(e))
+    if opt.save_batches:
+        save_batches(opt, opt.save_batches)
+        return
     if opt.worker:
-        opt.freeze = opt.freeze[0]
+        opt.freeze, opt.fast_path = opt.freeze[0], opt.fast_path[0]
         print(json.dumps(measure(opt)))
         return
-    rows = run_all(opt)
+    rows = measure_interleaved(opt) if opt.interleave else run_all(opt)
     print_table(rows, opt)
     out = Path(opt.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ follow YOLOv5 exactly, so ``state_dict`` keys match the official checkpoints.
 import torch
 import torch.nn as nn
 
+from models.fastpath import folded_conv, folded_csp_tail
+
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # YOLOv5's BatchNorm settings
 
 
@@ -33,7 +35,9 @@ def make_activation(name='SiLU'):
 
 
 class Conv(nn.Module):
-    """Conv2d (no bias) + BatchNorm2d + activation."""
+    """Conv2d (no bias) + BatchNorm2d + activation. ``fold`` is the frozen fast path's cache (models/fastpath.py)."""
+
+    fold = None
 
     def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act='SiLU'):
         super().__init__()
@@ -42,7 +46,16 @@ class Conv(nn.Module):
         self.act = make_activation(act) if isinstance(act, str) else (act or nn.Identity())
 
     def forward(self, x):
+        if self.fold is not None:
+            y = folded_conv(self, x)
+            if y is not None:
+                return self.act(y)
         return self.act(self.bn(self.conv(x)))
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.half()/.cuda(): folded copies are stale
+        if self.fold is not None:
+            self.fold.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def forward_fuse(self, x):
         """Forward once BN has been folded into ``conv`` (see ``Model.fuse``)."""
@@ -79,8 +92,11 @@ class BottleneckCSP(nn.Module):
     """CSP bottleneck (https://github.com/WongKinYiu/CrossStagePartialNetworks), as YOLOv5 v1-v5 use it.
 
     ``csp_act`` is the activation after the concatenation's BatchNorm: LeakyReLU(0.1) in releases v1-v3 (whose
-    Convs used LeakyReLU/Hardswish), SiLU from v4 on. It defaults to ``act``.
+    Convs used LeakyReLU/Hardswish), SiLU from v4 on. It defaults to ``act``. ``fold`` is the frozen fast path's
+    cache for ``bn`` folded into ``cv3`` and ``cv2`` (models/fastpath.py).
     """
+
+    fold = None
 
     def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5, act='SiLU', csp_act=None):
         super().__init__()
@@ -94,9 +110,16 @@ class BottleneckCSP(nn.Module):
         self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0, act=act) for _ in range(n)))
 
     def forward(self, x):
-        y1 = self.cv3(self.m(self.cv1(x)))
-        y2 = self.cv2(x)
-        return self.cv4(self.act(self.bn(torch.cat((y1, y2), 1))))
+        hidden = self.m(self.cv1(x))
+        z = folded_csp_tail(self, x, hidden) if self.fold is not None else None
+        if z is None:
+            z = self.bn(torch.cat((self.cv3(hidden), self.cv2(x)), 1))
+        return self.cv4(self.act(z))
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.half()/.cuda(): folded copies are stale
+        if self.fold is not None:
+            self.fold.clear()
+        return super()._apply(fn, *args, **kwargs)
 
 
 class C3(nn.Module):

@@ -5,6 +5,7 @@ Usage:
     python models/yolo.py --cfg v6/yolov5s.yaml --nc 20
 """
 import argparse
+import itertools
 import math
 import sys
 from copy import deepcopy
@@ -17,6 +18,7 @@ import yaml
 if __package__ in (None, ''):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models import fastpath  # noqa: E402
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -231,6 +233,7 @@ class Model(nn.Module):
         self.model, self.save = parse_model(self.yaml, ch=[ch])
         self.names = [str(i) for i in range(self.yaml['nc'])]
         self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
+        self.fast_path = None  # models/fastpath.py options, set by set_frozen_fast_path
         self._init_strides_and_anchors(ch)
         self._initialize_biases()
         self.stride = self.model[-1].stride
@@ -240,13 +243,30 @@ class Model(nn.Module):
         return len(self.yaml['backbone'])
 
     def forward(self, x):
-        y = []  # outputs of earlier layers, kept only where a later layer reads them
-        for m in self.model:
+        if self.fast_path is not None:
+            return fastpath.forward(self, x, self.fast_path)
+        return self.run_layers(0, x, [])
+
+    def run_layers(self, start, x, y, stop=None):
+        """Layers ``start``..``stop`` - 1 on ``x``; ``y`` holds earlier outputs (None where no later layer reads
+        them) and is extended in place."""
+        keep = self.save
+        for m in itertools.islice(self.model, start, stop):
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
             x = m(x)
-            y.append(x if m.i in self.save else None)
+            y.append(x if m.i in keep else None)
         return x
+
+    def set_frozen_fast_path(self, fold=True, no_grad=True, channels_last=True):
+        """Run frozen layers faster without changing any tensor the model holds (models/fastpath.py).
+
+        ``fold``: frozen Conv+BN as one convolution; ``no_grad``: the gradient-free prefix under torch.no_grad;
+        ``channels_last``: that prefix in NHWC on CPU. ``set_frozen_fast_path(None)`` turns it all off.
+        """
+        options = None if fold is None else fastpath.FastPathOptions(fold, no_grad, channels_last)
+        fastpath.set_frozen_fast_path(self, options)
+        return self
 
     def train(self, mode=True):
         """Like nn.Module.train, but BatchNorm layers of frozen parameters always stay in eval mode."""
@@ -333,7 +353,8 @@ def layer_flops(model, img_size=640):
         for mod in layer.modules():
             if isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)):
                 handles.append(mod.register_forward_hook(lambda m, i, o, idx=layer.i: hook(m, i, o, idx)))
-    was_training = model.training
+    was_training, fast = model.training, model.fast_path
+    fastpath.set_frozen_fast_path(model, None)  # count every module as the plain forward calls it
     model.eval()
     try:
         with torch.no_grad():
@@ -343,6 +364,7 @@ def layer_flops(model, img_size=640):
         for h in handles:
             h.remove()
         model.train(was_training)
+        fastpath.set_frozen_fast_path(model, fast)
     scale = (img_size / s) ** 2
     return [counts.get(i, 0) * scale for i in range(len(model.model))]
 

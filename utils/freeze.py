@@ -81,6 +81,7 @@ def freeze(model, spec):
             p.requires_grad_(False)
     model.frozen_bn.update(batchnorm_names(model, prefixes))
     model.train(model.training)  # the frozen BatchNorms to eval mode
+    model.set_frozen_fast_path()  # computation-only speed-ups for the frozen layers (models/fastpath.py)
     return prefixes
 
 

@@ -1,4 +1,5 @@
-"""Run folders (runs/train/exp, exp2, ...) and device selection shared by the scripts."""
+"""Run folders (runs/train/exp, exp2, ...), device selection and CUDA modes shared by the scripts."""
+import contextlib
 import glob
 import os
 import re
@@ -91,3 +92,26 @@ def init_distributed(device=''):
             torch.cuda.set_device(device)
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return device, rank, world_size
+
+
+def configure_determinism(deterministic):
+    """``--deterministic``: deterministic algorithms wherever PyTorch has them (cuBLAS workspace, cuDNN without
+    autotuning). ``warn_only``: an op with no deterministic kernel is named in a warning rather than stopping the run.
+    Call before the first CUDA computation. Without the flag nothing changes."""
+    if not deterministic:
+        return
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled):
+    """cuDNN benchmark mode inside the block: it times the kernels for each new input shape once and keeps the
+    fastest, which pays off only when shapes repeat (training at a fixed size, not rect val). Restored after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

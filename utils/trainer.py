@@ -19,7 +19,7 @@ from utils.loggers import TensorBoardLogger
 from utils.multiscale import MultiScale
 from utils.plots import plot_images, plot_results
 from utils.results_csv import append_row, epoch_row
-from utils.runs import increment_path
+from utils.runs import cudnn_autotune, increment_path
 from utils.trainer_setup import release_layers, setup, wrap_ddp, write_options
 
 
@@ -183,8 +183,10 @@ def train(run, ckpt=None):
     epoch = start - 1
     for epoch in range(start, opt.epochs):
         session = begin_epoch(run, session, epoch, nb)
-        losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
-                                    show=run.main)
+        varying = opt.rect or getattr(opt, 'multi_scale', False) or getattr(opt, 'deterministic', False)
+        with cudnn_autotune(run.device.type == 'cuda' and not varying):  # autotune pays off at fixed shapes only
+            losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
+                                        show=run.main)
         final = epoch == opt.epochs - 1
         stop = end_epoch(run, session, epoch, losses, final) if run.main else False
         if run.world_size > 1:  # every process must leave the loop together
