@@ -18,6 +18,7 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus  # noqa: E402
+from utils.safe_yaml import load_yaml_file  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 
@@ -73,6 +74,9 @@ MODULES = {
     'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'nn.BatchNorm2d': nn.BatchNorm2d,
 }
 CHANNEL_BLOCKS = (Conv, Focus, Bottleneck, BottleneckCSP, C3, SPP, SPPF)  # args start with c_out
+# What a model YAML may ask for (yolov5x6: 141M parameters, largest layer output at the 256-px probe 1.3M values):
+# far beyond any real model, low enough that a hostile YAML cannot exhaust memory or time.
+MAX_PARAMS, MAX_OUTPUT_VALUES, MAX_REPEATS, MAX_MULTIPLE, PROBE_SIZE = 2_000_000_000, 2 ** 28, 100, 10, 256
 REPEAT_BLOCKS = (BottleneckCSP, C3)  # take the repeat count as an argument
 
 
@@ -87,10 +91,7 @@ def load_yaml_cfg(cfg):
         path = MODELS_DIR / path
     if not path.is_file():
         raise FileNotFoundError(f'{cfg}: model YAML not found (looked here and in {MODELS_DIR})')
-    try:
-        d = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
+    d = load_yaml_file(path, 'model YAML')
     missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head')
                if not isinstance(d, dict) or k not in d]
     if missing:
@@ -104,23 +105,45 @@ def parse_model(d, ch):
 
     Any malformed row raises a one-line ValueError naming the YAML file, the layer and the row.
     """
-    anchors = d['anchors']
-    if isinstance(anchors, int):
-        raise ValueError('integer anchors (autoanchor from scratch) are not supported; list them in the YAML')
+    _check_header(d)
     layers, save, ch = [], [], list(ch)
     for i, row in enumerate(d['backbone'] + d['head']):
         try:
             f, n, name, args = row
             _check_from(f, i)
             m_, c2 = build_layer(d, i, f, n, name, list(args), ch)
-        except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as e:
-            raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {row}: {e}") from None
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+            raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {str(row)[:200]}: {e}") from None
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
         if i == 0:
             ch = []
         ch.append(c2)
     return nn.Sequential(*layers), sorted(set(save))
+
+
+def _check_header(d):
+    """nc, depth/width multiples, anchors and the layer lists must have usable types and values."""
+    where = d.get('yaml_file', 'model YAML')
+
+    def positive(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float('inf')
+
+    if type(d['nc']) is not int or d['nc'] < 1:
+        raise ValueError(f"{where}: nc must be a positive integer, got {d['nc']!r:.80}")
+    for k in ('depth_multiple', 'width_multiple'):
+        if not positive(d[k]) or d[k] > MAX_MULTIPLE:
+            raise ValueError(f'{where}: {k} must be a number in (0, {MAX_MULTIPLE}], got {d[k]!r:.80}')
+    anchors = d['anchors']
+    if isinstance(anchors, int):
+        raise ValueError('integer anchors (autoanchor from scratch) are not supported; list them in the YAML')
+    if (not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) for a in anchors)
+            or len({len(a) for a in anchors}) != 1 or len(anchors[0]) % 2 or not anchors[0]
+            or not all(positive(v) for a in anchors for v in a)):
+        raise ValueError(f'{where}: anchors must be levels of equal length, each w1,h1,w2,h2,... positive numbers')
+    for k in ('backbone', 'head'):
+        if not isinstance(d[k], list) or not all(isinstance(r, list) for r in d[k]):
+            raise ValueError(f'{where}: {k} must be a list of [from, number, module, args] rows')
 
 
 def _check_from(f, i):
@@ -140,6 +163,8 @@ def build_layer(d, i, f, n, name, args, ch):
     names = {'nc': nc, 'anchors': anchors, 'None': None}
     args = [names.get(a, a) if isinstance(a, str) else a for a in args]
     n = max(round(n * gd), 1) if n > 1 else n  # depth gain
+    if not isinstance(n, int) or not 1 <= n <= MAX_REPEATS:
+        raise ValueError(f'number {n!r:.40} must be a whole count in [1, {MAX_REPEATS}]')
     no = len(anchors[0]) // 2 * (nc + 5)
     kwargs = {}
     if m in CHANNEL_BLOCKS:
@@ -171,6 +196,47 @@ def build_layer(d, i, f, n, name, args, ch):
     return m_, c2
 
 
+def run_layers(layers, save, x, check=None):
+    """Forward ``x`` through the parsed layers, each reading its 'from' inputs; ``check(i, output)`` sees each."""
+    y = []  # outputs of earlier layers, kept only where a later layer reads them
+    for m in layers:
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = m(x)
+        if check is not None:
+            check(m.i, x)
+        y.append(x if m.i in save else None)
+    return x
+
+
+def probe_layers(d, ch):
+    """Build the layers on the meta device (nothing is allocated) and push a PROBE_SIZE image through them.
+
+    Returns each detection level's grid height; a one-line ValueError when the model would be too large
+    (parameters, layer outputs), its last layer is not Detect, or its layers do not fit together.
+    """
+    where = d.get('yaml_file', 'model YAML')
+
+    def check(i, out):
+        for t in out if isinstance(out, (list, tuple)) else [out]:
+            if t.numel() > MAX_OUTPUT_VALUES or 0 in t.shape:
+                raise ValueError(f'{where}: layer {i} outputs {tuple(t.shape)} for a {PROBE_SIZE} px image')
+
+    with torch.device('meta'):
+        layers, save = parse_model(d, ch=[ch])
+        n = sum(p.numel() for p in layers.parameters())
+        if n > MAX_PARAMS:
+            raise ValueError(f'{where}: {n:,} parameters, more than the {MAX_PARAMS:,} this tool builds')
+        if not isinstance(layers[-1], Detect):
+            raise ValueError(f'{where}: the last layer must be Detect')
+        try:
+            feats = run_layers(layers.train(), save, torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE), check)
+        except (RuntimeError, TypeError, IndexError, ArithmeticError) as e:
+            msg = ' '.join(str(e).split())[:200] or type(e).__name__
+            raise ValueError(f'{where}: the layers do not fit together ({msg})') from None
+    return [f.shape[-3] for f in feats]
+
+
 class Model(nn.Module):
     """YOLOv5 detection model. ``cfg`` is a YAML path/name or an already-loaded dict."""
 
@@ -182,10 +248,11 @@ class Model(nn.Module):
         if anchors is not None:
             self.yaml['anchors'] = anchors
         self.yaml['ch'] = ch
+        level_sizes = probe_layers(self.yaml, ch)  # refuses an oversized or inconsistent YAML before allocating
         self.model, self.save = parse_model(self.yaml, ch=[ch])
         self.names = [str(i) for i in range(self.yaml['nc'])]
         self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
-        self._init_strides_and_anchors(ch)
+        self._init_strides_and_anchors(level_sizes)
         self._initialize_biases()
         self.stride = self.model[-1].stride
 
@@ -194,13 +261,7 @@ class Model(nn.Module):
         return len(self.yaml['backbone'])
 
     def forward(self, x):
-        y = []  # outputs of earlier layers, kept only where a later layer reads them
-        for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
-            y.append(x if m.i in self.save else None)
-        return x
+        return run_layers(self.model, self.save, x)
 
     def train(self, mode=True):
         """Like nn.Module.train, but BatchNorm layers of frozen parameters always stay in eval mode."""
@@ -210,15 +271,9 @@ class Model(nn.Module):
                 m.eval()
         return self
 
-    def _init_strides_and_anchors(self, ch):
+    def _init_strides_and_anchors(self, level_sizes):
         m = self.model[-1]
-        s = 256  # any multiple of the largest stride
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            _, feats = self.forward(torch.zeros(1, ch, s, s))
-        self.train(was_training)
-        m.stride.copy_(torch.tensor([s / f.shape[-3] for f in feats]))
+        m.stride.copy_(torch.tensor([PROBE_SIZE / h for h in level_sizes]))
         area = m.anchors.prod(-1).mean(-1)  # mean anchor area per level
         if (area[-1] - area[0]).sign() != (m.stride[-1] - m.stride[0]).sign():
             m.anchors.copy_(m.anchors.flip(0))  # anchors listed in the opposite order to the levels

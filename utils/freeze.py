@@ -24,18 +24,18 @@ def _layer_prefix(i, n_layers, spec):
 
 def parse_freeze(spec, model):
     """Turn a freeze spec (int, str or list of either) into a sorted list of parameter-name prefixes."""
-    items = spec if isinstance(spec, (list, tuple)) else str(spec).replace(',', ' ').split()
-    items = [str(x).strip() for x in items if str(x).strip() != '']
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    items = [tok for x in items for tok in str(x).replace(',', ' ').split()]  # '0 1', '0,1', ['0', '1'] alike
     n_layers = len(model.model)
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    if len(items) == 1 and items[0].isdigit():  # YOLOv5: a single N means the first N layers
+    if len(items) == 1 and _is_index(items[0]):  # YOLOv5: a single N means the first N layers
         n = int(items[0])
         if n > n_layers:
             raise ValueError(f'--freeze {n}: the model has only {n_layers} layers')
         return [f'model.{i}.' for i in range(n)]
     prefixes = []
     for item in items:
-        if item.isdigit():
+        if _is_index(item):
             prefixes.append(_layer_prefix(int(item), n_layers, item))
         elif item == 'backbone':
             prefixes += [f'model.{i}.' for i in range(model.backbone_len)]
@@ -50,6 +50,10 @@ def parse_freeze(spec, model):
             raise ValueError(f"--freeze {item}: expected a layer count, layer indices, 'backbone', 'all' "
                              f"or a name prefix like 'model.24.'")
     return sorted(set(prefixes), key=_natural_key)
+
+
+def _is_index(item):
+    return item.isascii() and item.isdecimal()  # '10', not '²' or '١٠'
 
 
 def _natural_key(prefix):
