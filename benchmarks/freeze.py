@@ -40,23 +40,24 @@ def measure(opt):
     import torch
     from models.yolo import Model
     from utils.ema import ModelEMA
-    from utils.engine import build_optimizer, optimizer_step
-    from utils.freeze import freeze, freeze_summary, frozen_names
+    from utils.engine import optimizer_step
+    from utils.freeze import FreezePlan, freeze_summary
     from utils.loss import ComputeLoss, scale_loss_gains
     from utils.datasets import load_hyp
+    from utils.optim import build_optimizer
     from utils.runs import select_device
 
     device = select_device(opt.device)
     torch.manual_seed(0)
     batches, nc, nb = collect_batches(opt.data, opt.imgsz, opt.batch_size, opt.warmup + opt.iters)
     model = Model(opt.cfg, nc=nc).to(device)
-    freeze(model, opt.freeze)
+    plan = FreezePlan.from_spec(opt.freeze, model).apply(model)
     share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
     hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
     compute_loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz))
     optimizer = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
     ema = ModelEMA(model)
-    ema.set_frozen(frozen_names(model))
+    ema.set_frozen(plan.ema_skip)
     amp = device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
     model.train()

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.engine import build_optimizer, lr_factor, rebuild_optimizer, set_lr, warmup_accumulate
-from utils.freeze import freeze, unfreeze
+from utils.engine import lr_factor, set_lr, warmup_accumulate
+from utils.freeze import FreezePlan, freeze
+from utils.optim import build_optimizer, replace_optimizer
 
 HYP = {'lr0': 0.01, 'lrf': 0.01, 'momentum': 0.937, 'warmup_momentum': 0.8, 'warmup_bias_lr': 0.1}
 
@@ -54,8 +55,9 @@ def test_rebuild_after_unfreeze_keeps_state_and_ramps_new(model):
     opt.step()
     some_trainable = next(p for p in model.parameters() if p.requires_grad)
     state_before = opt.state[some_trainable]['momentum_buffer'].clone()
-    unfreeze(model)
-    new = rebuild_optimizer(opt, model, 'SGD', 0.01, 0.937, 5e-4, start_iter=100, ramp_iters=10)
+    plan = FreezePlan.from_spec(10, model)  # already frozen; release unfreezes all
+    new = replace_optimizer(opt, plan.release(model, opt, 5e-4, start_iter=100, ramp_iters=10), 'SGD', 0.01, 0.937)
+    assert [g['name'] for g in new.param_groups] == ['decay', 'decay', 'bn', 'bn', 'bias', 'bias']
     assert sum(len(g['params']) for g in new.param_groups) == sum(1 for _ in model.parameters())
     assert torch.equal(new.state[some_trainable]['momentum_buffer'], state_before)
     ramped = [g for g in new.param_groups if 'ramp' in g]
@@ -63,3 +65,13 @@ def test_rebuild_after_unfreeze_keeps_state_and_ramps_new(model):
     set_lr(new, 105, 5, 10, HYP, warmup_iters=10)
     plain = [g for g in new.param_groups if 'ramp' not in g]
     assert all(math.isclose(g['lr'], plain[0]['lr'] * 0.5) for g in ramped)
+
+
+def test_momentum_reaches_its_target_after_warmup(model):
+    opt = build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4)
+    set_lr(opt, 0, 0, 10, HYP, warmup_iters=100)
+    assert all(g['momentum'] == 0.8 for g in opt.param_groups)
+    set_lr(opt, 99, 0, 10, HYP, warmup_iters=100)  # last warm-up iteration: not quite there
+    assert all(g['momentum'] < 0.937 for g in opt.param_groups)
+    set_lr(opt, 100, 1, 10, HYP, warmup_iters=100)
+    assert all(g['momentum'] == 0.937 for g in opt.param_groups)

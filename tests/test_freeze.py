@@ -4,16 +4,17 @@ import torch.nn as nn
 
 from models.yolo import Model
 from utils.freeze import (
+    FreezePlan,
     changed_frozen,
     freeze,
     freeze_report,
     freeze_summary,
     frozen_names,
-    optimizer_param_groups,
     parse_freeze,
     snapshot_frozen,
     unfreeze,
 )
+from utils.optim import optimizer_param_groups
 
 
 @pytest.fixture
@@ -157,3 +158,48 @@ def test_freezing_part_of_a_batchnorm_freezes_its_statistics(model):
     assert model.frozen_bn == {'model.3.bn'} and not model.model[3].bn.training
     model.train()
     assert not model.model[3].bn.training and 'model.3.bn.running_mean' in frozen_names(model)
+
+
+def test_freeze_plan_apply_skip_and_checkpoint_round_trip(model):
+    plan = FreezePlan.from_spec('2', model).apply(model)
+    assert plan.prefixes == ['model.0.', 'model.1.'] and plan.bn_names == ['model.0.bn', 'model.1.bn']
+    assert model.frozen_bn == {'model.0.bn', 'model.1.bn'}
+    assert set(plan.digests) == set(frozen_names(model)) == plan.ema_skip
+    assert 'model.0.bn.running_mean' in plan.digests
+    with torch.no_grad():
+        model.model[0].conv.weight.add_(1)  # a resumed model has moved on; the plan keeps the run's start
+    again = FreezePlan.from_checkpoint({**plan.state_dict(), 'opt': {}, 'epoch': 3})
+    assert again == plan
+    fresh = Model('v6/yolov5n.yaml', nc=2)
+    assert again.apply(fresh).digests == plan.digests and fresh.frozen_bn == {'model.0.bn', 'model.1.bn'}
+
+
+def test_freeze_plan_without_bn_stats_is_upstream(model):
+    plan = FreezePlan.from_spec('2', model, bn_stats=False).apply(model)
+    model.train()
+    assert model.frozen_bn == set() and model.model[0].bn.training
+    assert not model.model[0].conv.weight.requires_grad
+    assert 'model.0.conv.weight' in plan.ema_skip and 'model.0.bn.running_mean' not in plan.ema_skip
+    assert 'keep updating their statistics' in plan.report(model, 64)
+
+
+def test_freeze_plan_verify_and_release(model):
+    plan = FreezePlan.from_spec('10', model).apply(model)
+    logs = []
+    assert plan.verify(model, log=logs.append) == len(plan.digests) and 'Frozen tensors verified' in logs[0]
+    opt = torch.optim.SGD(optimizer_param_groups(model), lr=0.1)
+    groups = plan.release(model, opt, 5e-4, start_iter=30, ramp_iters=10)
+    assert plan.released and plan.ema_skip == set() and model.frozen_bn == set()
+    assert all(p.requires_grad for p in model.parameters())
+    ramped = {id(p) for g in groups if 'ramp' in g for p in g['params']}
+    assert ramped == {id(p) for n, p in model.named_parameters() if int(n.split('.')[1]) < 10}
+    assert all(g['ramp'] == (30, 10) for g in groups if 'ramp' in g)
+    assert plan.verify(model) == 0  # released: nothing is frozen any more
+
+
+def test_freeze_plan_verify_catches_a_changed_tensor(model):
+    plan = FreezePlan.from_spec('3', model).apply(model)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    ema['model.2.cv1.bn.running_var'] += 1
+    with pytest.raises(RuntimeError, match='1 frozen tensors changed during training: EMA:model.2.cv1.bn.running_var'):
+        plan.verify(model, ema, log=lambda s: None)

@@ -8,7 +8,7 @@ from models.yolo import Model
 from utils.autoanchor import anchor_metrics, check_anchors, kmean_anchors
 from utils.ema import ModelEMA
 from utils.freeze import freeze, frozen_names
-from utils.loss import ComputeLoss, bbox_ciou, scale_loss_gains
+from utils.loss import LEVEL_BALANCE, ComputeLoss, FocalBCE, bbox_ciou, scale_loss_gains
 
 HYP = {'box': 0.05, 'obj': 1.0, 'cls': 0.5, 'cls_pw': 1.0, 'obj_pw': 1.0, 'anchor_t': 4.0}
 
@@ -116,3 +116,44 @@ def test_check_anchors_replaces_poor_anchors():
     bpr, new_bpr = check_anchors(ds, model, imgsz=640, log=lambda s: None)
     assert bpr < 0.98 and new_bpr > bpr
     assert not torch.equal(before, model.model[-1].anchors)
+
+
+def test_check_anchors_with_too_few_boxes_warns_and_keeps_anchors():
+    model = make_model()
+    ds = SimpleNamespace(shapes=np.full((3, 2), 640.0), labels=[np.array([[0, .5, .5, .9, .02]], np.float32)] * 3)
+    before = model.model[-1].anchors.clone()
+    logs = []
+    bpr, new_bpr = check_anchors(ds, model, imgsz=640, log=logs.append)  # 3 boxes < 9 anchors
+    assert bpr < 0.98 and new_bpr == bpr
+    assert torch.equal(before, model.model[-1].anchors)
+    assert 'too few to evolve 9 anchors' in logs[-1]
+
+
+def test_focal_bce_hand_values():
+    focal = FocalBCE(torch.nn.BCEWithLogitsLoss(), gamma=1.5)
+    # logit 0, target 1: BCE ln 2, p_t 0.5, alpha_t 0.25 -> ln2 * 0.25 * 0.5 ** 1.5
+    assert math.isclose(float(focal(torch.zeros(1), torch.ones(1))), math.log(2) * 0.25 * 0.5 ** 1.5, rel_tol=1e-6)
+    # logit 2, target 0: p_t = 1 - sigmoid(2), alpha_t 0.75
+    p = 1 / (1 + math.exp(-2))
+    expected = -math.log(1 - p) * 0.75 * p ** 1.5
+    assert math.isclose(float(focal(torch.full((1,), 2.0), torch.zeros(1))), expected, rel_tol=1e-5)
+    gamma0 = FocalBCE(torch.nn.BCEWithLogitsLoss(), gamma=0.0)  # gamma 0: alpha-weighted BCE
+    assert math.isclose(float(gamma0(torch.zeros(1), torch.ones(1))), math.log(2) * 0.25, rel_tol=1e-6)
+
+
+def test_fl_gamma_switches_cls_and_obj_to_focal_loss():
+    model = make_model().train()
+    preds = model(torch.rand(2, 3, 128, 128))
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.4], [1, 2, 0.3, 0.6, 0.2, 0.2]])
+    _, plain = ComputeLoss(model, {**HYP, 'fl_gamma': 0.0})(preds, targets)
+    focal_loss = ComputeLoss(model, {**HYP, 'fl_gamma': 1.5})
+    _, focal = focal_loss(preds, targets)
+    assert isinstance(focal_loss.bce_cls, FocalBCE) and isinstance(focal_loss.bce_obj, FocalBCE)
+    assert torch.isclose(focal[0], plain[0])  # box loss untouched
+    assert focal[1] < plain[1] and focal[2] < plain[2]  # (1 - p_t) ** gamma < 1 and alpha_t < 1 shrink both
+
+
+def test_loss_instances_do_not_share_level_balance():
+    a, b = ComputeLoss(make_model(), HYP), ComputeLoss(make_model(), HYP)
+    a.balance[0] = 99.0
+    assert b.balance[0] == 4.0 and LEVEL_BALANCE[3][0] == 4.0

@@ -73,7 +73,12 @@ def check_anchors(dataset, model, thr=4.0, imgsz=640, log=print):
     log(f'autoanchor: {aat:.2f} anchors/target, best possible recall {bpr:.4f}')
     if bpr >= 0.98:
         return bpr, bpr
-    new = kmean_anchors(wh, n=det.na * det.nl, thr=thr)
+    n_anchors, n_usable = det.na * det.nl, int((wh >= 2.0).any(1).sum())
+    if n_usable < n_anchors:  # too few boxes to fit anchors to: warn and keep the model's (as upstream)
+        log(f'autoanchor: WARNING only {n_usable} boxes, too few to evolve {n_anchors} anchors; '
+            f'keeping the original ones')
+        return bpr, bpr
+    new = kmean_anchors(wh, n=n_anchors, thr=thr)
     new_bpr, _ = anchor_metrics(new, wh, thr)
     if new_bpr <= bpr:
         log('autoanchor: evolved anchors are no better; keeping the original ones')

@@ -7,7 +7,10 @@ A checkpoint is a plain dict of tensors and Python values, loadable with ``torch
      'ema': state_dict or None,     # its exponential moving average, preferred for inference
      'ema_updates': int, 'epoch': int, 'best_fitness': float,
      'optimizer': state_dict or None, 'scaler': state_dict or None,
-     'opt': dict, 'hyp': dict, 'frozen': [prefixes], 'frozen_sha256': {name: digest}, 'date': str}
+     'opt': dict, 'hyp': dict, 'date': str,
+     # the freeze plan (utils/freeze.py FreezePlan.state_dict):
+     'frozen': [prefixes], 'frozen_sha256': {name: digest}, 'frozen_bn': [BatchNorm names],
+     'freeze_bn_stats': bool, 'frozen_released': bool}
 
 Random state is not stored: train.py reseeds every epoch from (--seed, epoch), so a resume replays it exactly.
 Final checkpoints (``strip_optimizer``) keep only the EMA: 'model', 'optimizer' and 'scaler' are None.
@@ -100,16 +103,18 @@ def _require_ours(path, ckpt, label):
     raise ValueError(f'{path}: not {label} checkpoint: {what}')
 
 
-def training_checkpoint(model, ema, optimizer, scaler, epoch, best_fitness, opt, hyp, frozen=(), frozen_sha256=None):
-    """The dict train.py saves each epoch (see the module docstring): everything a resume needs."""
-    m = getattr(model, 'module', model)  # DDP wrapper -> model
+def training_checkpoint(learner, epoch, best_fitness, opt, hyp, freeze_state=None):
+    """The dict train.py saves each epoch (see the module docstring): everything a resume needs. ``learner``
+    holds model, ema, optimizer and scaler (``utils.engine.Learner``); ``freeze_state`` is
+    ``FreezePlan.state_dict()``."""
+    m = getattr(learner.model, 'module', learner.model)  # DDP wrapper -> model
     return {
         'format': FORMAT, 'yaml': m.yaml, 'names': list(m.names), 'nc': m.yaml['nc'],
-        'model': deepcopy(m.state_dict()), 'ema': deepcopy(ema.ema.state_dict()), 'ema_updates': ema.updates,
-        'epoch': epoch, 'best_fitness': float(best_fitness),
-        'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+        'model': deepcopy(m.state_dict()), 'ema': deepcopy(learner.ema.ema.state_dict()),
+        'ema_updates': learner.ema.updates, 'epoch': epoch, 'best_fitness': float(best_fitness),
+        'optimizer': learner.optimizer.state_dict(), 'scaler': learner.scaler.state_dict(),
         'opt': {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(opt).items()},
-        'hyp': dict(hyp), 'frozen': list(frozen), 'frozen_sha256': dict(frozen_sha256 or {}),
+        'hyp': dict(hyp), 'frozen': [], 'frozen_sha256': {}, **(freeze_state or {}),
         'date': datetime.now().isoformat(timespec='seconds'),
     }
 

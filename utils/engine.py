@@ -1,16 +1,15 @@
-"""Training machinery: optimizer, LR schedule, warm-up, one epoch of training, seeding.
+"""Training machinery: LR schedule, warm-up, one epoch of training, seeding (optimizers: utils/optim.py).
 
 ``train.py`` orchestrates; these functions hold the logic and are tested on their own.
 """
 import math
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from utils.freeze import optimizer_param_groups
 
 NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size (hyp key 'nbs' overrides)
 
@@ -25,44 +24,6 @@ def seed_everything(seed):
 def accumulate_steps(batch_size, nbs=NOMINAL_BATCH):
     """Batches whose gradients are summed before one optimizer step, to reach the nominal batch ``nbs``."""
     return max(round(nbs / batch_size), 1)
-
-
-def build_optimizer(model, name='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4):
-    """YOLOv5's optimizer over trainable parameters only: conv/linear weights with decay, BN weights and
-    biases without. Each group remembers its kind in ``group['name']`` (decay / bn / bias)."""
-    groups = [g for g in optimizer_param_groups(model, weight_decay) if g['params']]
-    if name == 'SGD':
-        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-    elif name == 'Adam':
-        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
-    elif name == 'AdamW':
-        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
-    else:
-        raise ValueError(f"--optimizer {name}: expected SGD, Adam or AdamW")
-    for g in opt.param_groups:
-        g['initial_lr'] = lr
-    return opt
-
-
-def rebuild_optimizer(old, model, name, lr, momentum, weight_decay, start_iter, ramp_iters):
-    """A new optimizer after unfreezing: existing parameters keep their state; newly trainable ones are put in
-    groups whose LR ramps from 0 over ``ramp_iters`` iterations starting at ``start_iter``."""
-    known = {id(p) for g in old.param_groups for p in g['params']}
-    new = build_optimizer(model, name, lr, momentum, weight_decay)
-    groups = []
-    for g in new.param_groups:
-        old_p = [p for p in g['params'] if id(p) in known]
-        new_p = [p for p in g['params'] if id(p) not in known]
-        base = {k: v for k, v in g.items() if k != 'params'}
-        groups.append({**base, 'params': old_p})
-        if new_p:
-            groups.append({**base, 'params': new_p, 'ramp': (start_iter, ramp_iters)})
-    opt = type(new)([g for g in groups if g['params']], **new.defaults)
-    for g in opt.param_groups:
-        for p in g['params']:
-            if p in old.state:
-                opt.state[p] = old.state[p]
-    return opt
 
 
 def lr_factor(epoch, epochs, lrf, cos=False):
@@ -81,10 +42,11 @@ def set_lr(optimizer, ni, epoch, epochs, hyp, warmup_iters, cos=False):
         if ni < warmup_iters:
             start = hyp['warmup_bias_lr'] if g.get('name') == 'bias' else 0.0
             g['lr'] = float(np.interp(ni, [0, warmup_iters], [start, target]))
-            if 'momentum' in g:
-                g['momentum'] = float(np.interp(ni, [0, warmup_iters], [hyp['warmup_momentum'], hyp['momentum']]))
+            momentum = float(np.interp(ni, [0, warmup_iters], [hyp['warmup_momentum'], hyp['momentum']]))
         else:
-            g['lr'] = target
+            g['lr'], momentum = target, hyp['momentum']  # the warm-up's last value is short of the target
+        if 'momentum' in g:
+            g['momentum'] = momentum
         if 'ramp' in g:  # newly unfrozen parameters warm up on their own
             start_iter, length = g['ramp']
             g['lr'] *= min(1.0, max(0.0, (ni - start_iter) / max(length, 1)))
@@ -114,9 +76,21 @@ def optimizer_step(model, optimizer, scaler, ema):
         ema.update(model)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, ema, compute_loss, device, epoch, cfg, state, show=True):
+@dataclass
+class Learner:
+    """What a training step works on: the model (DDP-wrapped when distributed), its loss, the optimizer, the AMP
+    scaler and the EMA (None outside the main process)."""
+    model: torch.nn.Module
+    compute_loss: object
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: object = None
+
+
+def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
     """One pass over ``loader``. ``cfg`` holds epochs, hyp, warmup_iters, batch_size, cos_lr, amp, world_size,
     imgsz. Returns the mean (box, obj, cls) losses and images/s."""
+    model, optimizer, scaler, ema = learner.model, learner.optimizer, learner.scaler, learner.ema
     model.train()
     nb = len(loader)
     mloss = torch.zeros(3, device=device)
@@ -128,7 +102,7 @@ def train_one_epoch(model, loader, optimizer, scaler, ema, compute_loss, device,
         imgs = imgs.to(device, non_blocking=True).float() / 255
         targets = targets.to(device)
         with torch.autocast(device_type=device.type, enabled=cfg['amp']):
-            loss, items = compute_loss(model(imgs), targets)
+            loss, items = learner.compute_loss(model(imgs), targets)
             loss = loss * cfg['world_size']  # DDP averages gradients over processes
         scaler.scale(loss).backward()
         nbs = cfg['hyp'].get('nbs', NOMINAL_BATCH)

@@ -2,18 +2,26 @@
 BatchNorm layers stay in eval mode, so running mean/var/num_batches_tracked never change, even after
 ``model.train()``.
 
-    from utils.freeze import freeze, freeze_report, optimizer_param_groups
+    from utils.freeze import freeze, freeze_report
     prefixes = freeze(model, '10')          # model.0. ... model.9. (the backbone of yolov5s)
     print(freeze_report(model))
-    groups = optimizer_param_groups(model, weight_decay=5e-4)
+
+Training holds all of its freeze state in one ``FreezePlan`` (prefixes, frozen BatchNorm names, SHA-256 of every
+frozen tensor, released or not): ``apply`` freezes, ``ema_skip`` names what the EMA leaves alone, ``release``
+unfreezes and returns the optimizer's new parameter groups, ``verify`` checks the frozen tensors bit for bit,
+``state_dict``/``from_checkpoint`` carry it through checkpoints and resumes.
 
 Freeze specs (``--freeze`` values): ``10`` (first 10 layers), ``0 1 2`` (those layers), ``backbone``
 (the YAML's backbone section), ``all`` (everything but the Detect head), and parameter-name prefixes such as
 ``model.24.`` or ``model.24.m.0``. Prefixes match whole dotted components: ``model.1.`` never matches ``model.11.``.
 """
 import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch.nn as nn
+
+from utils.optim import ramped_param_groups
 
 
 def _layer_prefix(i, n_layers, spec):
@@ -74,12 +82,15 @@ def freeze(model, spec):
     for name, p in model.named_parameters():
         if is_frozen_name(name, prefixes):
             p.requires_grad_(False)
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(
-                is_frozen_name(f'{name}.{p}', prefixes) for p in ('weight', 'bias')):  # any of it frozen: all of it
-            model.frozen_bn.add(name)
-            m.eval()
+    model.frozen_bn.update(batchnorm_names(model, prefixes))
+    model.train(model.training)  # the frozen BatchNorms to eval mode
     return prefixes
+
+
+def batchnorm_names(model, prefixes):
+    """BatchNorm modules with any parameter under ``prefixes`` (any of it frozen: all of its statistics too)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and any(is_frozen_name(f'{name}.{p}', prefixes) for p in ('weight', 'bias'))]
 
 
 def unfreeze(model, spec=None):
@@ -125,27 +136,6 @@ def tensor_digests(model_or_state, names):
     return {n: hashlib.sha256(state[n].detach().cpu().contiguous().numpy().tobytes()).hexdigest() for n in names}
 
 
-def optimizer_param_groups(model, weight_decay=5e-4):
-    """YOLOv5's three parameter groups, built from trainable parameters only.
-
-    Returns [weights with decay, BatchNorm weights without decay, biases without decay].
-    """
-    decay, bn_weights, biases = [], [], []
-    for module in model.modules():
-        for pname, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if pname == 'bias':
-                biases.append(p)
-            elif pname == 'weight' and isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
-                bn_weights.append(p)
-            else:
-                decay.append(p)
-    return [{'params': decay, 'weight_decay': weight_decay, 'name': 'decay'},
-            {'params': bn_weights, 'weight_decay': 0.0, 'name': 'bn'},
-            {'params': biases, 'weight_decay': 0.0, 'name': 'bias'}]
-
-
 def freeze_summary(model, img_size=640):
     """Counts behind the report: per-layer rows and totals (parameters and FLOPs frozen)."""
     from models.yolo import layer_flops  # lazy: FLOPs need a forward pass
@@ -177,3 +167,88 @@ def freeze_report(model, img_size=640):
                  f"{len(model.frozen_bn)} BatchNorm layers in eval mode, "
                  f"{s['frozen_flops_share']:.1%} of forward FLOPs at {img_size}")
     return '\n'.join(lines)
+
+
+@dataclass
+class FreezePlan:
+    """Everything a training run knows about freezing, in one place.
+
+    ``prefixes``: the frozen parameter-name prefixes; ``bn_stats``: whether their BatchNorm layers stay in eval
+    mode (``--freeze-bn-stats``; False is upstream YOLOv5's behaviour); ``bn_names``: those BatchNorm modules;
+    ``digests``: SHA-256 of every frozen tensor when it was first frozen; ``released``: ``release`` has run.
+    """
+    prefixes: list = field(default_factory=list)
+    bn_stats: bool = True
+    bn_names: list = field(default_factory=list)
+    digests: dict = field(default_factory=dict)
+    released: bool = False
+
+    @classmethod
+    def from_spec(cls, spec, model, bn_stats=True):
+        """The plan for a ``--freeze`` value (see the module docstring); raises ValueError on a bad spec."""
+        return cls(prefixes=parse_freeze(spec, model), bn_stats=bn_stats)
+
+    def apply(self, model):
+        """Freeze ``model`` as planned. The first time, fingerprint every frozen tensor (weights, and BatchNorm
+        buffers when ``bn_stats``); a plan read from a checkpoint keeps the fingerprints of the run's start."""
+        freeze(model, self.prefixes)
+        self.bn_names = batchnorm_names(model, self.prefixes)
+        model.frozen_bn = set(self.bn_names) if self.bn_stats else set()
+        model.train(model.training)  # released BatchNorms (bn_stats False) back to the model's mode
+        if not self.digests:
+            self.digests = tensor_digests(model, frozen_names(model))
+        return self
+
+    @property
+    def ema_skip(self):
+        """Names of the tensors the EMA must not average: every frozen tensor until the plan is released."""
+        return set() if self.released else set(self.digests)
+
+    def release(self, model, optimizer, weight_decay, start_iter, ramp_iters):
+        """Unfreeze everything; returns the optimizer's new parameter groups, in which the released parameters
+        warm up from LR 0 over ``ramp_iters`` iterations from ``start_iter`` (``utils.optim.replace_optimizer``
+        turns them into an optimizer that keeps ``optimizer``'s state)."""
+        unfreeze(model)
+        self.released = True
+        return ramped_param_groups(model, optimizer, weight_decay, start_iter, ramp_iters)
+
+    def verify(self, model, ema=None, files=(), log=print):
+        """Every frozen tensor in ``model``, ``ema`` (a model or state_dict) and the EMA saved in each checkpoint
+        file must match its fingerprint bit for bit. Returns the number of tensors checked (0 once released)."""
+        if self.released or not self.digests:
+            return 0
+        from utils.checkpoint import load_checkpoint  # lazy: only the final check reads files
+        sources = {'model': model, **({'EMA': ema} if ema is not None else {}),
+                   **{Path(f).name: load_checkpoint(f)['ema'] for f in files}}
+        names = list(self.digests)
+        bad = [f'{src}:{n}' for src, obj in sources.items() for n, d in tensor_digests(obj, names).items()
+               if d != self.digests[n]]
+        if bad:
+            raise RuntimeError(f'{len(bad)} frozen tensors changed during training: {", ".join(bad[:5])}')
+        log(f'Frozen tensors verified: {len(names)} tensors (weights and BatchNorm buffers) bit-identical to '
+            f'their starting values in the {", ".join(sources)}')
+        return len(names)
+
+    def report(self, model, img_size=640):
+        """``freeze_report`` of the model, plus a line when frozen BatchNorm statistics keep updating."""
+        text = freeze_report(model, img_size)
+        if self.bn_names and not self.bn_stats:
+            text += (f'\n--freeze-bn-stats false: the {len(self.bn_names)} BatchNorm layers of frozen parameters '
+                     f'keep updating their statistics (upstream YOLOv5)')
+        return text
+
+    def state_dict(self):
+        """The checkpoint keys that carry the plan (merged into the checkpoint dict; see utils/checkpoint.py)."""
+        return {'frozen': list(self.prefixes), 'frozen_sha256': dict(self.digests), 'frozen_bn': list(self.bn_names),
+                'freeze_bn_stats': self.bn_stats, 'frozen_released': self.released}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        """The plan saved in a training checkpoint (older ones lack the last three keys: derived from 'opt')."""
+        opt = ckpt.get('opt', {})
+        unfreeze_epoch = opt.get('unfreeze_epoch', -1)
+        released = ckpt.get('frozen_released', 0 <= unfreeze_epoch <= ckpt.get('epoch', -1))
+        return cls(prefixes=list(ckpt.get('frozen', [])),
+                   bn_stats=ckpt.get('freeze_bn_stats', str(opt.get('freeze_bn_stats', 'true')) == 'true'),
+                   bn_names=list(ckpt.get('frozen_bn', [])), digests=dict(ckpt.get('frozen_sha256', {})),
+                   released=released)

@@ -1,4 +1,4 @@
-"""YOLOv5 loss: target-to-anchor assignment, CIoU box loss, objectness and class BCE.
+"""YOLOv5 loss: target-to-anchor assignment, CIoU box loss, objectness and class BCE (focal when fl_gamma > 0).
 
     compute_loss = ComputeLoss(model, hyp)
     loss, items = compute_loss(model(imgs), targets)   # loss is scaled by batch size; items = (box, obj, cls)
@@ -10,7 +10,9 @@ import math
 import torch
 import torch.nn as nn
 
-LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}  # objectness weight per level, P3 (small objects) weighs most
+LEVEL_BALANCE = {3: (4.0, 1.0, 0.4)}  # objectness weight per level, P3 (small objects) weighs most
+OTHER_LEVEL_BALANCE = (4.0, 1.0, 0.25, 0.06, 0.02)  # 4 or 5 levels (P6 models)
+FOCAL_ALPHA = 0.25
 NEIGHBOUR_OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
 
 
@@ -21,6 +23,23 @@ def scale_loss_gains(hyp, nl, nc, imgsz):
     hyp['cls'] *= nc / 80 * 3 / nl
     hyp['obj'] *= (imgsz / 640) ** 2 * 3 / nl
     return hyp
+
+
+class FocalBCE(nn.Module):
+    """Focal loss (arXiv:1708.02002) around a ``BCEWithLogitsLoss``: each element's BCE is weighted by
+    ``alpha_t * (1 - p_t) ** gamma``, so confident, correct predictions count less. Mean over elements."""
+
+    def __init__(self, bce, gamma, alpha=FOCAL_ALPHA):
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss(pos_weight=bce.pos_weight, reduction='none')
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits, targets):
+        loss = self.bce(logits, targets)
+        p = logits.sigmoid()
+        p_t = targets * p + (1 - targets) * (1 - p)  # probability given to the target
+        alpha_t = targets * self.alpha + (1 - targets) * (1 - self.alpha)
+        return (loss * alpha_t * (1.0 - p_t) ** self.gamma).mean()
 
 
 def bbox_ciou(box1, box2, eps=1e-7):
@@ -43,7 +62,7 @@ def bbox_ciou(box1, box2, eps=1e-7):
 
 
 class ComputeLoss:
-    """YOLOv5 loss for a ``Model`` (or its DDP wrapper) and a hyp dict (box, obj, cls, *_pw, anchor_t)."""
+    """YOLOv5 loss for a ``Model`` (or its DDP wrapper) and a hyp dict (box, obj, cls, *_pw, anchor_t, fl_gamma)."""
 
     def __init__(self, model, hyp, label_smoothing=0.0):
         model = getattr(model, 'module', model)
@@ -52,8 +71,10 @@ class ComputeLoss:
         self.hyp = hyp
         self.bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp.get('cls_pw', 1.0)], device=device))
         self.bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp.get('obj_pw', 1.0)], device=device))
+        if hyp.get('fl_gamma', 0.0) > 0:
+            self.bce_cls, self.bce_obj = (FocalBCE(b, hyp['fl_gamma']) for b in (self.bce_cls, self.bce_obj))
         self.cls_pos, self.cls_neg = 1.0 - 0.5 * label_smoothing, 0.5 * label_smoothing
-        self.balance = LEVEL_BALANCE.get(det.nl, [4.0, 1.0, 0.25, 0.06, 0.02])
+        self.balance = list(LEVEL_BALANCE.get(det.nl, OTHER_LEVEL_BALANCE))  # this instance's own copy
         self.gr = 1.0  # objectness target = gr * IoU + (1 - gr)
         self.na, self.nc, self.nl = det.na, det.nc, det.nl
         self.anchors = det.anchors  # grid units, (nl, na, 2)
