@@ -76,7 +76,7 @@ MODULES = {
 CHANNEL_BLOCKS = (Conv, Focus, Bottleneck, BottleneckCSP, C3, SPP, SPPF)  # args start with c_out
 # What a model YAML may ask for (yolov5x6: 141M parameters, largest layer output at the 256-px probe 1.3M values):
 # far beyond any real model, low enough that a hostile YAML cannot exhaust memory or time.
-MAX_PARAMS, MAX_OUTPUT_VALUES, MAX_REPEATS, MAX_MULTIPLE, PROBE_SIZE = 2_000_000_000, 2 ** 28, 100, 10, 256
+MAX_PARAMS, MAX_OUTPUT_VALUES, MAX_REPEATS, MAX_MULTIPLE, PROBE_SIZE = 500_000_000, 2 ** 28, 100, 10, 256
 REPEAT_BLOCKS = (BottleneckCSP, C3)  # take the repeat count as an argument
 
 
@@ -231,7 +231,9 @@ def probe_layers(d, ch):
             raise ValueError(f'{where}: the last layer must be Detect')
         try:
             feats = run_layers(layers.train(), save, torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE), check)
-        except (RuntimeError, TypeError, IndexError, ArithmeticError) as e:
+        except (RuntimeError, TypeError, IndexError, ArithmeticError, ValueError) as e:
+            if str(e).startswith(f'{where}: '):  # check() above: already says what is wrong
+                raise
             msg = ' '.join(str(e).split())[:200] or type(e).__name__
             raise ValueError(f'{where}: the layers do not fit together ({msg})') from None
     return [f.shape[-3] for f in feats]

@@ -6,6 +6,7 @@ Usage::
     loader, ds = create_dataloader(data['train'], 320, 16, 32, hyp, augment=True, data=data)
     for imgs, targets, paths, shapes in loader: ...          # uint8 Bx3xHxW RGB, Nx6 [i, cls, cx, cy, w, h]
 """
+import signal
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -404,6 +405,8 @@ class DetectionDataset(Dataset):
 def seed_worker(worker_id):
     """Give each loader worker its own RNG stream derived from the loader's seeded base seed."""
     info = get_worker_info()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the main process
+        signal.signal(sig, signal.SIG_IGN)      # decides (utils/interrupt.py); workers end with it
     cv2.setNumThreads(0)  # workers are the parallelism; avoid oversubscribing the cores
     ds = info.dataset
     ds.rng = np.random.default_rng(info.seed)

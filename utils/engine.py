@@ -60,10 +60,12 @@ def warmup_accumulate(ni, warmup_iters, batch_size, nbs=NOMINAL_BATCH):
 
 
 class StepState:
-    """Counters that survive across epochs: global iteration and last optimizer step."""
+    """Counters that survive across epochs: global iteration and last optimizer step; ``stopped_after``: the
+    batches of the current epoch done when ``cfg['should_stop']`` ended it early (None: it ran to the end)."""
 
     def __init__(self, ni=0, last_step=-1):
         self.ni, self.last_step = ni, last_step
+        self.stopped_after = None
 
 
 def optimizer_step(model, optimizer, scaler, ema):
@@ -89,14 +91,18 @@ class Learner:
 
 def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
     """One pass over ``loader``. ``cfg`` holds epochs, hyp, warmup_iters, batch_size, cos_lr, amp, world_size,
-    imgsz. Returns the mean (box, obj, cls) losses and images/s."""
+    imgsz; optionally ``skip_batches`` (a resumed epoch: batches loaded, so the data order and augmentation replay,
+    but not trained again) and ``should_stop()`` (asked after each optimizer step; True ends the epoch there, see
+    ``state.stopped_after``). Returns the mean (box, obj, cls) losses and images/s."""
     model, optimizer, scaler, ema = learner.model, learner.optimizer, learner.scaler, learner.ema
     model.train()
-    nb = len(loader)
+    nb, skip, should_stop = len(loader), cfg.get('skip_batches', 0), cfg.get('should_stop')
     mloss = torch.zeros(3, device=device)
     pbar = tqdm(enumerate(loader), total=nb, disable=not show, bar_format='{l_bar}{bar:10}{r_bar}')
-    t0, n_img = time.time(), 0
+    t0, n_img, state.stopped_after = time.time(), 0, None
     for i, (imgs, targets, _, _) in pbar:
+        if i < skip:
+            continue
         ni = state.ni
         set_lr(optimizer, ni, epoch, cfg['epochs'], cfg['hyp'], cfg['warmup_iters'], cfg['cos_lr'])
         imgs = imgs.to(device, non_blocking=True).float() / 255
@@ -106,18 +112,22 @@ def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
             loss = loss * cfg['world_size']  # DDP averages gradients over processes
         scaler.scale(loss).backward()
         nbs = cfg['hyp'].get('nbs', NOMINAL_BATCH)
-        if ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size'], nbs):
+        stepped = ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size'], nbs)
+        if stepped:
             optimizer_step(model, optimizer, scaler, ema)
             state.last_step = ni
         state.ni += 1
         n_img += imgs.shape[0]
-        mloss = (mloss * i + items) / (i + 1)
+        mloss = (mloss * (i - skip) + items) / (i - skip + 1)
         if i == 0 and cfg.get('on_first_batch'):
             cfg['on_first_batch'](imgs, targets)
         if show:
             mem = f'{torch.cuda.memory_reserved(device) / 1e9:.2f}G' if device.type == 'cuda' else 'cpu'
             pbar.set_description(f"{epoch + 1}/{cfg['epochs']} {mem} box {mloss[0]:.4f} obj {mloss[1]:.4f} "
                                  f"cls {mloss[2]:.4f} inst {targets.shape[0]} {imgs.shape[-1]}px")
+        if stepped and should_stop is not None and i < nb - 1 and should_stop():
+            state.stopped_after = i + 1
+            break
     if state.last_step != state.ni - 1:  # flush a partial accumulation: each epoch is self-contained (resume)
         optimizer_step(model, optimizer, scaler, ema)
         state.last_step = state.ni - 1

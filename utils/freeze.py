@@ -65,7 +65,7 @@ def _is_index(item):
 
 
 def _natural_key(prefix):
-    return [int(t) if t.isdigit() else t for t in prefix.split('.')]
+    return [(0, int(t), '') if _is_index(t) else (1, 0, t) for t in prefix.split('.')]  # model.2. before model.10.
 
 
 def is_frozen_name(name, prefixes):

@@ -4,6 +4,7 @@
 so this module never imports a script.
 """
 import csv
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,8 @@ import yaml
 from utils.checkpoint import save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
 from utils.engine import StepState, seed_everything, train_one_epoch
+from utils.errors import Interrupted
+from utils.interrupt import StopOnSignal
 from utils.metrics import fitness
 from utils.plots import plot_images, plot_results
 from utils.runs import increment_path
@@ -121,7 +124,9 @@ def begin_epoch(run, session, epoch, nb):
 
 
 def train(run, ckpt=None):
-    """Set up, run the epochs (resuming from ``ckpt`` when given), verify, validate best.pt; returns its results."""
+    """Set up, run the epochs (resuming from ``ckpt`` when given), verify, validate best.pt; returns its results.
+    A first SIGINT/SIGTERM during the epochs stops after the current optimizer step with a resumable last.pt
+    (``Interrupted``); a second one exits at once (utils/interrupt.py)."""
     opt = run.opt
     session = setup(run, ckpt)
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
@@ -129,30 +134,70 @@ def train(run, ckpt=None):
            'amp': run.amp, 'world_size': run.world_size, 'warmup_iters': max(round(hyp['warmup_epochs'] * nb), 100)}
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
-    state = StepState(ni=start * nb, last_step=start * nb - 1)
-    results = (0.0,) * 7
+    resume_at = session.progress.resume_at  # an interrupted epoch: its position and step counters
+    state = StepState(ni=start * nb, last_step=start * nb - 1) if not resume_at else \
+        StepState(ni=resume_at['ni'], last_step=resume_at['ni'] - 1)
+    cfg['skip_batches'] = resume_at['batch'] if resume_at else 0
     t0 = time.time()
-    epoch = start - 1
-    for epoch in range(start, opt.epochs):
-        session = begin_epoch(run, session, epoch, nb)
-        losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
-                                    show=run.main)
-        final = epoch == opt.epochs - 1
-        stop = end_epoch(run, session, epoch, losses, final) if run.main else False
-        if run.world_size > 1:  # every process must leave the loop together
-            flag = [stop]
-            torch.distributed.broadcast_object_list(flag, 0)
-            stop = flag[0]
-        if stop and not final:
-            run.log(f'Early stopping: no improvement in {opt.patience} epochs '
-                    f'(best epoch {session.progress.best_epoch + 1})')
-            break
-        cfg.pop('on_first_batch', None)
+    with StopOnSignal(log=run.log) as stop:
+        cfg['should_stop'] = lambda: stop_agreed(run, stop)
+        session, epoch = run_epochs(run, session, cfg, state, stop)
     if run.main:
         run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
         finish(run, session)
-        results = final_validation(run, session)
-    return results
+        return final_validation(run, session)
+    return (0.0,) * 7
+
+
+def run_epochs(run, session, cfg, state, stop):
+    """The epoch loop; returns the session and the last epoch run. Raises ``Interrupted`` after saving when
+    ``stop`` was requested (between epochs, or mid-epoch after an optimizer step)."""
+    opt, nb, start = run.opt, len(session.loaders.train), session.progress.start_epoch
+    epoch = start - 1
+    for epoch in range(start, opt.epochs):
+        if stop_agreed(run, stop):  # between epochs (or before a resumed epoch's remaining batches)
+            save_interrupted(run, session, stop, epoch, cfg['skip_batches'], state)
+        session = begin_epoch(run, session, epoch, nb)
+        losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
+                                    show=run.main)
+        cfg.pop('on_first_batch', None)
+        cfg['skip_batches'] = 0
+        if state.stopped_after is not None:
+            save_interrupted(run, session, stop, epoch, state.stopped_after, state)
+        final = epoch == opt.epochs - 1
+        stop_early = end_epoch(run, session, epoch, losses, final) if run.main else False
+        if run.world_size > 1:  # every process must leave the loop together
+            flag = [stop_early]
+            torch.distributed.broadcast_object_list(flag, 0)
+            stop_early = flag[0]
+        if stop_early and not final:
+            run.log(f'Early stopping: no improvement in {opt.patience} epochs '
+                    f'(best epoch {session.progress.best_epoch + 1})')
+            break
+    return session, epoch
+
+
+def stop_agreed(run, stop):
+    """Whether to stop now: this process's signal, or under DDP any process's (all must stop at the same step)."""
+    if run.world_size == 1:
+        return stop.requested()
+    flag = torch.tensor([float(stop.requested())], device=run.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def save_interrupted(run, session, stop, epoch, batch, state):
+    """Save last.pt at ``batch`` batches into ``epoch`` (resume replays the rest exactly) and raise Interrupted."""
+    nb, last = len(session.loaders.train), run.weights_dir / 'last.pt' if run.main else None
+    if run.main:
+        ck = make_checkpoint(run, session, epoch - 1)  # 'epoch' is the last complete one
+        if batch:
+            ck['resume_at'] = {'epoch': epoch, 'batch': batch, 'ni': state.ni}
+        save_checkpoint(ck, last)
+    name = signal.Signals(stop.signum or signal.SIGINT).name
+    where = f'epoch {epoch + 1}/{run.opt.epochs} after batch {batch}/{nb}' if batch else f'before epoch {epoch + 1}'
+    raise Interrupted(f'{name}: stopped {where}; saved {last}; resume with: python train.py --resume {last}',
+                      stop.signum or signal.SIGINT)
 
 
 def final_validation(run, session):
