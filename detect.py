@@ -1,42 +1,28 @@
-"""Run a YOLOv5 model on images, folders, globs, .txt lists, videos or a webcam, and save what it finds.
+"""Run a YOLOv5 model (.pt, TorchScript, ONNX, OpenVINO) on images, folders, globs, .txt lists, videos, a webcam
+or a network stream, and save what it finds.
 
 Usage:
     python detect.py --weights runs/train/exp/weights/best.pt --source path/to/images   # folder
     python detect.py --weights best.pt --source 'shots/*.jpg' --save-txt --save-conf    # glob + labels
     python detect.py --weights best.pt --source clip.mp4 --vid-stride 2 --save-crop     # video
     python detect.py --weights best.pt --source 0                                       # webcam 0
+    python detect.py --weights best.onnx --source rtsp://192.168.1.5/live --vid-stride 5 # stream, every 5th frame
 
 Results go to runs/detect/exp{N}/: annotated images (same name) and videos (<name>.mp4), labels/<name>.txt
 (`cls cx cy w h [conf]`, normalised; video frames as <name>_<frame>.txt) and crops/<class>/<name>.jpg.
 From Python: ``detect.run(weights=..., source=...)`` returns one dict per image or frame.
 """
-import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-import torch
 
 from utils.annotate import annotate, crop_box
-from utils.augment import check_imgsz, letterbox
-from utils.boxes import non_max_suppression, scale_boxes, yolo_label_lines
-from utils.checkpoint import load_model
+from utils.backends import load_backend
+from utils.boxes import yolo_label_lines
 from utils.cli import ArgumentParser, run_cli
-from utils.download import resolve_weights
+from utils.predict import Predictor, describe
 from utils.runs import UniqueStems, increment_path, select_device
-from utils.sources import open_source
-
-
-def check_options(conf_thres, iou_thres, max_det, classes, nc):
-    """Reject out-of-range values before any work is done."""
-    for flag, value in (('--conf-thres', conf_thres), ('--iou-thres', iou_thres)):
-        if not 0 <= value <= 1:
-            raise ValueError(f'{flag} {value}: must be between 0 and 1')
-    if max_det < 1:
-        raise ValueError(f'--max-det {max_det}: must be at least 1')
-    bad = [c for c in (classes or []) if not 0 <= int(c) < nc]
-    if bad:
-        raise ValueError(f'--classes {" ".join(map(str, bad))}: the model has {nc} classes (ids 0-{nc - 1})')
+from utils.sources import open_source, stream_stem
 
 
 def check_half(half, device):
@@ -44,28 +30,6 @@ def check_half(half, device):
         print(f'note: --half needs CUDA; running in FP32 on {device.type}')
         return False
     return bool(half)
-
-
-def class_names(model):
-    """``model.names`` as a list, whether stored as a list or an {id: name} dict."""
-    names = model.names
-    return [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
-
-
-def preprocess(im0, imgsz, stride, device, half):
-    """Original BGR image -> (1, 3, h, w) network input: letterbox(auto), BGR->RGB, HWC->CHW, /255."""
-    im = letterbox(im0, imgsz, stride=stride, auto=True)[0]
-    im = np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))
-    x = torch.from_numpy(im).to(device)
-    return (x.half() if half else x.float()).div_(255).unsqueeze(0)
-
-
-def describe(det, names):
-    """'4 persons, 1 bus' (classes in id order), or '(no detections)'."""
-    if not len(det):
-        return '(no detections)'
-    classes, counts = np.unique(det[:, 5].numpy().astype(int), return_counts=True)
-    return ', '.join(f"{n} {names[c]}{'s' * int(n > 1)}" for c, n in zip(classes, counts))
 
 
 def save_image(path, im):
@@ -93,8 +57,10 @@ class ResultWriter:
             (self.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
 
     def base_name(self, frame):
-        """'bus' for bus.jpg or clip.mp4, 'webcam0' for camera 0; 'bus_2' for a second bus.jpg from another folder."""
-        return self.unique_stem(frame.path, f'webcam{frame.path}' if frame.kind == 'webcam' else Path(frame.path).stem)
+        """'bus' for bus.jpg or clip.mp4 (local or streamed), 'webcam0' for camera 0; 'bus_2' for a second bus.jpg
+        from another folder."""
+        stem = {'webcam': f'webcam{frame.path}', 'stream': stream_stem(frame.path)}.get(frame.kind)
+        return self.unique_stem(frame.path, stem or Path(frame.path).stem)
 
     def stem(self, frame):
         """Per-picture file stem: 'bus', or 'clip_<frame>' for a video frame."""
@@ -136,64 +102,14 @@ class ResultWriter:
 
 
 def progress_prefix(frame):
-    """'image 1/2 /p/bus.jpg', 'video 1/1 (3/90) /p/clip.mp4' or 'webcam 0 (frame 3)'."""
+    """'image 1/2 /p/bus.jpg', 'video 1/1 (3/90) /p/clip.mp4', 'stream (3/?) rtsp://…' or 'webcam 0 (frame 3)'."""
     if frame.kind == 'image':
         return f'image {frame.index}/{frame.count} {frame.path}'
     if frame.kind == 'video':
         return f'video {frame.index}/{frame.count} ({frame.frame}/{frame.frames or "?"}) {frame.path}'
+    if frame.kind == 'stream':
+        return f'stream ({frame.frame}/{frame.frames or "?"}) {frame.path}'
     return f'webcam {frame.path} (frame {frame.frame})'
-
-
-class Stopwatch:
-    """Accumulates milliseconds per stage; synchronises CUDA so GPU work is counted where it happens."""
-
-    def __init__(self, device):
-        self.cuda = device.type == 'cuda'
-        self.total = {}
-
-    def __call__(self, stage, fn, *args):
-        if self.cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn(*args)
-        if self.cuda:
-            torch.cuda.synchronize()
-        ms = (time.perf_counter() - t) * 1e3
-        self.total[stage] = self.total.get(stage, 0.0) + ms
-        return out, ms
-
-
-class Detector:
-    """A loaded model plus its settings: BGR image in, (n, 6) detections in that image's pixels out."""
-
-    def __init__(self, weights, device, half, imgsz, conf_thres, iou_thres, classes, agnostic, max_det):
-        with torch.no_grad():  # fusing copies BN-scaled weights; without this they would carry autograd history
-            model = load_model(resolve_weights(weights), device, fuse=True)
-        self.model = model.half() if half else model
-        self.names, self.stride = class_names(model), int(model.stride.max())
-        check_options(conf_thres, iou_thres, max_det, classes, len(self.names))
-        self.imgsz = check_imgsz(imgsz, self.stride)
-        self.device, self.half = device, half
-        self.nms_args = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic,
-                             max_det=max_det)
-        self.clock = Stopwatch(device)
-        self.forward(torch.zeros(1, 3, *self.imgsz, device=device))  # warm-up: start-up costs not timed
-
-    def forward(self, x):
-        with torch.inference_mode():
-            return self.model(x.half() if self.half else x)[0]
-
-    def nms(self, pred):
-        return non_max_suppression(pred, **self.nms_args)[0]
-
-    def __call__(self, im0):
-        """Returns (det as a CPU float tensor in ``im0`` pixels, network input shape (h, w), inference ms)."""
-        x, _ = self.clock('pre-process', preprocess, im0, self.imgsz, self.stride, self.device, self.half)
-        pred, ms = self.clock('inference', self.forward, x)
-        det, _ = self.clock('NMS', self.nms, pred)
-        det = det.float().cpu()
-        det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape)
-        return det, tuple(x.shape[2:]), ms
 
 
 def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=1000, device='', save_txt=False,
@@ -210,8 +126,8 @@ def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=100
     if line_thickness is not None and line_thickness < 0:
         raise ValueError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
     device = select_device(device)
-    detector = Detector(weights, device, check_half(half, device), imgsz, conf_thres, iou_thres, classes,
-                        agnostic_nms, max_det)
+    backend = load_backend(weights, device, fp16=check_half(half, device))
+    detector = Predictor(backend, imgsz, conf_thres, iou_thres, classes, agnostic_nms, max_det)
     frames = open_source(source, vid_stride)  # checked before any run folder is made
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     writer = ResultWriter(save_dir, not nosave, save_txt, save_conf, save_crop, vid_stride)
@@ -248,9 +164,10 @@ def report(log, detector, n, skipped, writer):
 
 
 def parse_opt(argv=None):
-    p = ArgumentParser(description='YOLOv5 inference on images, folders, globs, lists, videos or a webcam.')
-    p.add_argument('--weights', required=True, help='model checkpoint (.pt)')
-    p.add_argument('--source', required=True, help='image, folder, glob, .txt list of paths, video, or webcam index')
+    p = ArgumentParser(description='YOLOv5 inference on images, folders, globs, lists, videos, webcams, streams.')
+    p.add_argument('--weights', required=True, help='.pt checkpoint, .torchscript, .onnx or OpenVINO folder')
+    p.add_argument('--source', required=True,
+                   help='image, folder, glob, .txt list of paths, video, webcam index, or rtsp:// / http(s):// stream')
     p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
     p.add_argument('--conf-thres', type=float, default=0.25, help='confidence threshold')
     p.add_argument('--iou-thres', type=float, default=0.45, help='NMS IoU threshold')

@@ -1,61 +1,33 @@
-"""Export a model (ours or an official YOLOv5 .pt) to TorchScript and ONNX, saved beside the weights.
+"""Export a model (ours or an official YOLOv5 .pt) to TorchScript, ONNX and OpenVINO, saved beside the weights.
 
 Usage:
     python export.py --weights yolov5n.pt --include torchscript onnx --imgsz 640 --batch-size 1 --device cpu
+    python export.py --weights best.pt --include onnx --dynamic --simplify        # any batch and image size
+    python export.py --weights best.pt --include openvino                          # best_openvino_model/
+    python export.py --weights best.pt --include onnx --half --device 0            # FP16, CUDA only
 
 The exported graph is the fused eval model and returns only the decoded tensor (B, N, 5 + nc): xywh in input
-pixels, sigmoid objectness and class scores, ready for ``non_max_suppression``. TorchScript files carry
-``config.txt`` (JSON: shape, stride, names) as an extra file.
+pixels, sigmoid objectness and class scores, ready for ``non_max_suppression``. Every export carries its class
+names, stride and input shape (TorchScript: ``config.txt`` extra file; ONNX: ``metadata_props``; OpenVINO:
+``metadata.yaml``), so detect.py and val.py run it as they run the .pt.
 """
-import importlib.util
-import json
 import sys
-import warnings
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 if __package__ in (None, ''):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from utils.backends import export_metadata  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.cli import ArgumentParser, run_cli  # noqa: E402
 from utils.download import resolve_weights  # noqa: E402
+from utils.exporters import DecodedOutput, export_onnx, export_openvino, export_torchscript  # noqa: E402
+from utils.optional import MissingPackage  # noqa: E402
 from utils.runs import is_writable_dir, select_device  # noqa: E402
 
-FORMATS = ('torchscript', 'onnx')
-
-
-class DecodedOutput(nn.Module):
-    """Wraps a Model so that forward returns only the decoded predictions (what export consumers want)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)[0]
-
-
-def export_torchscript(wrapped, im, path, meta):
-    with warnings.catch_warnings():  # torch announces the deprecation of tracing on every call
-        warnings.simplefilter('ignore', FutureWarning)
-        traced = torch.jit.trace(wrapped, im, strict=False)
-    traced.save(str(path), _extra_files={'config.txt': json.dumps(meta)})
-    return path
-
-
-def export_onnx(wrapped, im, path, opset=12):
-    """ONNX through the TorchScript-based exporter; None (with a message) when ``onnx`` is not installed."""
-    if importlib.util.find_spec('onnx') is None:
-        print('ONNX export skipped: the onnx package is not installed (pip install onnx)', file=sys.stderr)
-        return None
-    with warnings.catch_warnings():  # the TorchScript-based exporter is announced as legacy
-        warnings.simplefilter('ignore', DeprecationWarning)
-        torch.onnx.export(wrapped, im, str(path), opset_version=opset, input_names=['images'],
-                          output_names=['output0'], do_constant_folding=True, dynamo=False)
-    return path
+FORMATS = ('torchscript', 'onnx', 'openvino')
 
 
 def _image_size(imgsz):
@@ -66,18 +38,38 @@ def _image_size(imgsz):
     return h, w
 
 
-def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_size=1, device='cpu', opset=12):
-    """Export ``weights`` to the formats in ``include``, beside the weights; returns the written paths."""
+def check_options(include, batch_size, half, device):
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
         raise ValueError(f"--include {' '.join(unknown)}: unknown format (choose from {', '.join(FORMATS)})")
     if batch_size < 1:
         raise ValueError(f'--batch-size {batch_size}: must be at least 1')
+    if half and device.type != 'cuda':
+        raise ValueError(f'--half needs a CUDA device (e.g. --device 0); exports on {device.type} are FP32')
+
+
+def export_format(fmt, wrapped, im, weights, meta, opset, dynamic, simplify, half):
+    """Write one format; None (with a one-line note) when its package is not installed."""
+    try:
+        if fmt == 'torchscript':
+            return export_torchscript(wrapped, im, weights.with_suffix('.torchscript'), meta)
+        if fmt == 'onnx':
+            return export_onnx(wrapped, im, weights.with_suffix('.onnx'), meta, opset, dynamic, simplify)
+        return export_openvino(wrapped, im, weights.parent / f'{weights.stem}_openvino_model', meta, dynamic, half)
+    except MissingPackage as e:
+        print(f'{fmt} export skipped: {e}', file=sys.stderr)
+        return None
+
+
+def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_size=1, device='cpu', opset=12,
+        dynamic=False, simplify=False, half=False):
+    """Export ``weights`` to the formats in ``include``, beside the weights; returns the written paths."""
+    device = select_device(device)
+    check_options(include, batch_size, half, device)
     weights = resolve_weights(weights)
     if not is_writable_dir(weights.parent):
         raise ValueError(f'{weights.parent}: read-only folder; exports are written beside the weights, '
                          f'so copy {weights.name} somewhere writable first')
-    device = select_device(device)
     model = load_model(weights, device=device, fuse=True)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -86,30 +78,33 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     if h % stride or w % stride:
         raise ValueError(f'--imgsz {imgsz}: must be a multiple of the model stride {stride}')
     im = torch.zeros(batch_size, 3, h, w, device=device)
-    wrapped = DecodedOutput(model).eval()
+    wrapped = DecodedOutput(model.half() if half else model).eval()
+    im = im.half() if half else im
     with torch.no_grad():
         wrapped(im)  # one dry run: shapes settle and errors surface before writing files
-    meta = {'shape': list(im.shape), 'stride': stride, 'names': list(model.names)}
-    written = [export_torchscript(wrapped, im, weights.with_suffix('.torchscript'), meta)] \
-        if 'torchscript' in include else []
-    if 'onnx' in include:
-        written.append(export_onnx(wrapped, im, weights.with_suffix('.onnx'), opset))
+    meta = export_metadata(model.names, stride, im.shape, dynamic, half)
+    written = [export_format(fmt, wrapped, im, weights, meta, opset, dynamic, simplify, half)
+               for fmt in FORMATS if fmt in include]
     written = [p for p in written if p is not None]
     if not written:
         raise ValueError(f"--include {' '.join(include)}: nothing could be exported (see the note above)")
     for p in written:
-        print(f'Exported {p} ({p.stat().st_size / 1e6:.1f} MB)')
+        size = sum(f.stat().st_size for f in p.rglob('*')) if p.is_dir() else p.stat().st_size
+        print(f'Exported {p} ({size / 1e6:.1f} MB)')
     return written
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description='Export a YOLOv5 model to TorchScript and ONNX.')
+    parser = ArgumentParser(description='Export a YOLOv5 model to TorchScript, ONNX and OpenVINO.')
     parser.add_argument('--weights', default='yolov5s.pt', help='our checkpoint or an official .pt')
     parser.add_argument('--include', nargs='+', default=['torchscript', 'onnx'], choices=FORMATS)
     parser.add_argument('--imgsz', '--img', nargs='+', type=int, default=[640], help='image size h (w)')
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument('--device', default='cpu', help="'cpu' or a CUDA index such as 0")
     parser.add_argument('--opset', type=int, default=12, help='ONNX opset')
+    parser.add_argument('--dynamic', action='store_true', help='ONNX/OpenVINO: any batch size and image size')
+    parser.add_argument('--simplify', action='store_true', help='ONNX: simplify the graph with onnxslim')
+    parser.add_argument('--half', action='store_true', help='FP16 export (CUDA only)')
     return parser.parse_args(argv)
 
 

@@ -4,33 +4,41 @@ Usage:
     python train.py                                       # small model on the built-in shapes dataset
     python train.py --weights yolov5m.pt --data voc.yaml --freeze 10
     python train.py --resume                              # continue the latest run
+    python train.py --weights yolov5n.pt --data my.yaml --evolve 30    # search the recipe (Optuna)
     python -m torch.distributed.run --nproc_per_node 2 train.py --data coco128.yaml   # DDP
 """
 import argparse
+import os
 from pathlib import Path
 
 import torch
 
-import val
+from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
+from utils.evolve import is_evolve_dir, run_evolve
 from utils.runs import init_distributed
 from utils.trainer import Run, prepare_run_dir, train
+from utils.upstream_defaults import format_differences, upstream_differences
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
         'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 15, 'imgsz': 192}
-STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch.yaml'), 'epochs': 100, 'imgsz': 640}
+STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640}
+FILLED = {'weights': '', 'freeze_bn_stats': 'true'}  # left unset: said by upstream_differences, then filled
 
 
 def parse_opt(argv=None):
     p = ArgumentParser(description='Train YOLOv5 with built-in layer freezing.')
-    p.add_argument('--weights', default='', help='initial weights (.pt, ours or official); empty: from scratch')
+    p.add_argument('--weights', default=None,
+                   help="initial weights (.pt, ours or official); '' or unset: from scratch (upstream: yolov5s.pt)")
     p.add_argument('--cfg', default='', help="model YAML (default: the checkpoint's, else v6/yolov5s.yaml)")
     p.add_argument('--data', default=None, help='data YAML (default: the built-in shapes demo, see below)')
-    p.add_argument('--hyp', default=None, help='hyper-parameter YAML (default: data/hyps/hyp.scratch.yaml)')
+    p.add_argument('--hyp', default=None,
+                   help='hyper-parameter YAML: a path or a name in data/hyps/ (default hyp.scratch-low.yaml)')
     p.add_argument('--epochs', type=int, default=None, help='default 100')
-    p.add_argument('--batch-size', type=int, default=16, help='total batch size over all processes')
+    p.add_argument('--batch-size', type=int, default=16,
+                   help='total batch size over all processes; -1: AutoBatch (largest that fits, one CUDA device)')
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None, help='train/val image size, default 640')
     p.add_argument('--rect', action='store_true', help='rectangular training batches')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run, or this last.pt')
@@ -38,7 +46,11 @@ def parse_opt(argv=None):
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
     p.add_argument('--noautoanchor', action='store_true', help='disable the anchor check')
     p.add_argument('--noplots', action='store_true', help='save no plots')
-    p.add_argument('--cache', nargs='?', const='ram', default=None, help='cache images in "ram"')
+    p.add_argument('--cache', nargs='?', const='ram', default=None,
+                   help='cache images in "ram" (resized) or on "disk" (decoded .npy beside the images)')
+    p.add_argument('--multi-scale', action='store_true', help='vary the image size +-50%% per batch')
+    p.add_argument('--image-weights', action='store_true', help='draw training images weighted by class rarity')
+    p.add_argument('--save-period', type=int, default=-1, help='also save weights/epoch{N}.pt every N epochs')
     p.add_argument('--device', default='', help='cuda device (0 or 0,1) or cpu')
     p.add_argument('--workers', type=int, default=2, help='dataloader workers per process')
     p.add_argument('--project', default='runs/train')
@@ -51,12 +63,20 @@ def parse_opt(argv=None):
     p.add_argument('--patience', type=int, default=100, help='stop after this many epochs without improvement')
     p.add_argument('--freeze', nargs='+', default=['0'],
                    help="layers to freeze: N (first N), indices '0 1 2', 'backbone', 'all', or prefixes 'model.24.'")
-    p.add_argument('--freeze-bn-stats', default='true', choices=['true', 'false'],
+    p.add_argument('--freeze-bn-stats', default=None, choices=['true', 'false'],
                    help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as one class')
     p.add_argument('--close-mosaic', type=int, default=0, help='turn mosaic off for the last K epochs')
+    p.add_argument('--evolve', type=int, nargs='?', const=300, default=None,
+                   help='search the recipe with N Optuna trials (default 300); with --resume: continue the study')
+    p.add_argument('--evolve-space', nargs='+', default=None, metavar='SPEC',
+                   help='narrow or fix the search: lr0=0.001:0.02, mosaic=1.0, freeze=0,backbone,10, '
+                        'search=lr0,freeze, or a YAML of the same')
+    p.add_argument('--evolve-storage', default=None, metavar='URL',
+                   help='Optuna storage shared by several processes/machines (default: runs/evolve/exp/study.db)')
+    p.add_argument('--evolve-pruner', default='median', help='median, hyperband, none or threshold=X')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -69,25 +89,37 @@ def fill_defaults(opt):
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)
+    for k, v in FILLED.items():
+        if getattr(opt, k) is None:
+            setattr(opt, k, v)
     return opt
 
 
-def check_options(opt, world_size):
+def check_options(opt, world_size, device=None):
     """Refuse flag values that cannot work, before anything is built (one-line errors)."""
-    for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, 1),
+    if opt.batch_size == -1 and device is not None and device.type != 'cuda':
+        raise ValueError(NEEDS_CUDA)
+    for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, -1),
                              ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
                              ('--patience', opt.patience, 1), ('--close-mosaic', opt.close_mosaic, 0)):
         if value < low:
             raise ValueError(f'{flag} {value}: must be at least {low}')
-    if opt.cache not in (None, 'ram'):
-        raise ValueError(f"--cache {opt.cache}: only 'ram' is supported")
+    if opt.batch_size == 0:
+        raise ValueError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
+    if opt.cache not in (None, 'ram', 'disk'):
+        raise ValueError(f"--cache {opt.cache}: must be 'ram' or 'disk'")
     if opt.unfreeze_epoch >= opt.epochs:
         raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:
         raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
+    if opt.image_weights and opt.rect:
+        raise ValueError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
+    if world_size > 1 and (opt.image_weights or opt.batch_size == -1):
+        raise ValueError(f"{'--image-weights' if opt.image_weights else '--batch-size -1 (AutoBatch)'} needs a "
+                         f"single process (DDP splits the images its own way)")
     if opt.rect and world_size > 1:
         raise ValueError('--rect does not work with DDP (each process would mix batches of different shapes)')
-    if opt.batch_size % world_size:
+    if opt.batch_size > 0 and opt.batch_size % world_size:
         raise ValueError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
 
 
@@ -101,7 +133,7 @@ def resume_options(opt):
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
         raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
-    saved = argparse.Namespace(**ckpt['opt'])
+    saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options newer than the run: defaults
     saved.device, saved.workers, saved.resume = opt.device, opt.workers, str(path)
     return saved, ckpt
 
@@ -116,14 +148,24 @@ def run(**kwargs):
     return main(opt)
 
 
-def main(opt):
+def main(opt, on_epoch_end=None):
+    """One training run (``on_epoch_end(epoch, fitness)`` is called after each validated epoch), or with
+    ``opt.evolve`` a study of such runs."""
+    note = format_differences(upstream_differences(opt)) if not opt.resume else None
+    if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
+        print(note)
     fill_defaults(opt)
+    if opt.evolve is not None or is_evolve_dir(opt.resume):
+        if not opt.resume:
+            check_options(opt, 1)
+        return run_evolve(opt, main, defaults=vars(parse_opt([])))
     device, rank, world_size = init_distributed(opt.device)
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
-    check_options(opt, world_size)
-    r = Run(opt, device, rank, world_size, validate=val.run)
+    check_options(opt, world_size, device)
+    r = Run(opt, device, rank, world_size)
+    r.on_epoch_end = on_epoch_end
     prepare_run_dir(r)
     try:
         return train(r, ckpt)

@@ -11,7 +11,7 @@ import torch
 
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.datasets import check_dataset, create_dataloader, load_hyp, load_records
-from utils.label_formats import scan_source
+from utils.label_scan import scan_source
 from utils.shapes import ensure_shapes
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -282,8 +282,8 @@ def test_close_mosaic_switch_gives_letterboxed_train_images(shapes_data):
     loader, ds = create_dataloader(shapes_data['train'], 128, 4, 32, augment=True, data=shapes_data,
                                    verbose=False)
     ds.mosaic = False
-    imgs, targets, paths, shapes = next(iter(loader))
-    assert imgs.shape == (4, 3, 128, 128) and all(s is not None for s in shapes)
+    imgs, targets, paths, metas = next(iter(loader))
+    assert imgs.shape == (4, 3, 128, 128) and [m.path for m in metas] == list(paths)
 
 
 def test_val_rect_targets_map_back_to_original_boxes(shapes_data, tmp_path):
@@ -299,14 +299,15 @@ def test_val_rect_targets_map_back_to_original_boxes(shapes_data, tmp_path):
         (root / 'labels' / f'{p.stem}.txt').write_text(f'1 0.5 {100 / h:.6f} 0.25 {60 / h:.6f}\n0 0.2 0.3 0.1 0.1\n')
     d = check_dataset({'path': str(root), 'train': 'images', 'val': 'images', 'nc': 4})
     loader, ds = create_dataloader(d['val'], 160, 2, 32, rect=True, data=d, verbose=False)
-    for imgs, targets, paths, shapes in loader:
-        for i, path in enumerate(paths):
-            rec = next(r for r in ds.records if r.im_file == path)
+    for imgs, targets, paths, metas in loader:
+        for i, meta in enumerate(metas):
+            rec = ds.records[meta.index]  # ground truth found by index
+            assert rec.im_file == paths[i] == meta.path and meta.orig_hw == rec.shape
             t = targets[targets[:, 0] == i]
             assert t[:, 1].long().tolist() == rec.cls.tolist()  # all boxes, record order
             h1, w1 = imgs.shape[2:]
             boxes = xywhn2xyxy(t[:, 2:].clone(), w1, h1)
-            back = scale_boxes((h1, w1), boxes, shapes[i][0], ratio_pad=shapes[i][1])
+            back = scale_boxes(boxes, meta)
             expect = xywhn2xyxy(torch.from_numpy(rec.boxes).float(), rec.shape[1], rec.shape[0])
             assert torch.allclose(back, expect, atol=1.5), (back, expect)
         assert imgs.shape[2] < imgs.shape[3]  # rect: wider than tall
@@ -351,3 +352,25 @@ def test_yolov5_segment_rows_become_their_bounding_box(tmp_path):
     f.write_text('1 0.1 0.2 0.5 0.2 0.5 0.6\n1 0.1 0.2 0.3\n')
     with pytest.raises(ValueError, match='row 2: expected 5 columns'):
         read_yolo_label(f, nc=3)
+
+
+def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_path):
+    """Ground truth by index, unique ids when two folders hold the same file name, no placement for a mosaic."""
+    src = sorted(Path(shapes_data['val'][0]).glob('*.jpg'))[:2]
+    for folder in ('a', 'b'):
+        for k, p in enumerate(src):
+            (tmp_path / folder / 'images').mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / folder / 'images' / f'{k}.jpg'), cv2.imread(str(p))[:100 + 20 * k])
+    d = check_dataset({'path': str(tmp_path), 'train': ['a/images', 'b/images'], 'val': ['a/images', 'b/images'],
+                       'nc': 4})
+    loader, ds = create_dataloader(d['val'], 96, 4, 32, data=d, rect=True, pad=0.5, verbose=False)
+    _, _, paths, metas = next(iter(loader))
+    assert sorted(m.index for m in metas) == [0, 1, 2, 3] and [m.path for m in metas] == list(paths)
+    assert sorted(m.image_id for m in metas) == [1, 2, 3, 4]  # stems 0 and 1 twice: ids by sorted path instead
+    for m in metas:
+        assert ds.records[m.index].im_file == m.path and m.orig_hw == ds.records[m.index].shape
+        assert all(float(p).is_integer() for p in m.pad_xy) and m.gain_xy[0] == pytest.approx(96 / max(m.orig_hw), abs=0.01)
+    _, train = create_dataloader(d['train'], 96, 4, 32, data=d, augment=True, verbose=False)
+    train.hyp = {**train.hyp, 'mosaic': 1.0}
+    meta = train[2][3]
+    assert meta.index == 2 and meta.gain_xy is None and meta.pad_xy is None  # four images: no single placement

@@ -9,7 +9,7 @@ import torch
 import detect
 from models.yolo import Model
 from utils.augment import letterbox
-from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy
+from utils.boxes import Placement, non_max_suppression, scale_boxes, xywhn2xyxy
 from utils.checkpoint import FORMAT, load_model, save_checkpoint
 from utils.sources import open_source
 
@@ -122,11 +122,11 @@ def reference_detections(weights, im0, rgb=True):
     """letterbox(auto) -> RGB -> CHW -> /255 -> model -> NMS -> scale_boxes, written out by hand."""
     with torch.no_grad():
         model = load_model(weights, 'cpu', fuse=True)
-        im = letterbox(im0, 128, stride=32, auto=True)[0]
+        im, gain, pad = letterbox(im0, 128, stride=32, auto=True)
         im = im[..., ::-1] if rgb else im
         x = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))).float()[None] / 255
         ref = non_max_suppression(model(x)[0], 0.001, 0.45, max_det=1000)[0]
-    ref[:, :4] = scale_boxes(x.shape[2:], ref[:, :4], im0.shape)
+    ref[:, :4] = scale_boxes(ref[:, :4], Placement(im0.shape[:2], gain, pad))
     return ref
 
 
@@ -227,7 +227,7 @@ def main_error(argv):
     (lambda d: (d / 'bad.mp4').write_bytes(b'garbage' * 99) and d / 'bad.mp4', 'bad.mp4: unreadable or corrupt video'),
     (lambda d: (d / 'l.txt').write_text('nope.jpg\n') and d / 'l.txt', 'l.txt: listed file nope.jpg not found'),
     (lambda d: (d / 'e.txt').write_text('\n') and d / 'e.txt', 'e.txt: the list is empty'),
-    (lambda d: 'https://example.com/a.jpg', 'network streams and URLs are not supported'),
+    (lambda d: 'https://example.com/a.jpg', 'images are not downloaded'),
 ])
 def test_bad_sources_give_one_line_errors(weights, tmp_path, make_source, expected):
     source = make_source(tmp_path)

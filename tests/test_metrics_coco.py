@@ -7,7 +7,8 @@ import pytest
 
 from utils.boxes import xywhn2xyxy
 from utils.coco import (category_ids_for, coco80_to_coco91, detections_to_results, ground_truth_from_coco,
-                        ground_truth_to_coco, image_id_from_path, run_cocoeval, write_json)
+                        ground_truth_to_coco, run_cocoeval, write_json)
+from utils.label_scan import image_id_from_path
 from utils.metrics import DetectionEvaluator, GroundTruth
 
 COCO64 = Path(__file__).resolve().parents[1] / '../shared/data/coco64dev'

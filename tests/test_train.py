@@ -1,4 +1,5 @@
 """End-to-end training runs on a tiny generated dataset (64 px images, 1-2 epochs)."""
+import math
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import torch
 
 import train
 from utils.checkpoint import load_checkpoint
+from utils.results_csv import COLUMNS, read_rows
 from utils.shapes import ensure_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,20 @@ def test_train_writes_run_folder(tiny_data, tmp_path):
     assert ck['optimizer'] is None and ck['model'] is None and ck['ema'] is not None  # final: stripped
     assert ck['epoch'] == 0 and ck['names'] == ['circle', 'square', 'triangle', 'star']
     assert (run_dir / 'results.csv').read_text().splitlines()[0].startswith('epoch,train/box_loss')
+
+
+def test_results_csv_has_one_header_when_unfreezing_changes_the_optimizer_groups(tiny_data, tmp_path):
+    """--freeze all trains only the Detect head (no BatchNorm weights, so two optimizer groups); unfreezing at
+    epoch 1 adds the others. Rows used to grow from 13 to 14 cells and results.png crashed reading them."""
+    w = run_train(tmp_path, tiny_data, 'all', epochs=2, freeze=['all'], unfreeze_epoch=1, noplots=False,
+                  noautoanchor=True)
+    lines = (w.parent / 'results.csv').read_text().splitlines()
+    assert lines[0].split(',') == list(COLUMNS) and len(lines) == 3
+    rows = read_rows(w.parent / 'results.csv')
+    assert [r['epoch'] for r in rows] == [0, 1] and all(len(line.split(',')) == 14 for line in lines)
+    assert math.isnan(rows[0]['x/lr1']) and rows[1]['x/lr1'] >= 0  # BN weights: frozen, then trained
+    assert rows[0]['x/lr0'] > 0 and rows[0]['x/lr2'] > 0 and rows[1]['metrics/mAP_0.5'] >= 0
+    assert (w.parent / 'results.png').is_file() and (w / 'best.pt').is_file()
 
 
 def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, tmp_path):

@@ -1,10 +1,13 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from models.yolo import Model
 from utils.augment import letterbox
-from utils.boxes import box_iou, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn
+from utils.boxes import (Placement, box_iou, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh,
+                         xyxy2xywhn)
 from utils.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from utils.runs import increment_path, select_device
 
@@ -46,15 +49,45 @@ def test_nms_multi_label_keeps_each_class_above_threshold():
 
 def test_letterbox_and_scale_boxes_inverse():
     im = np.zeros((300, 500, 3), np.uint8)
-    out, ratio, (dw, dh) = letterbox(im, 640, auto=False)
-    assert out.shape == (640, 640, 3) and ratio == (1.28, 1.28) and dw == 0 and dh == (640 - 384) / 2
+    out, gain, (left, top) = letterbox(im, 640, auto=False)
+    assert out.shape == (640, 640, 3) and gain == (1.28, 1.28) and left == 0 and top == (640 - 384) // 2
     auto, _, _ = letterbox(im, 640, auto=True, stride=32)
     assert auto.shape == (384, 640, 3)
     box = torch.tensor([[100., 50., 200., 150.]])
-    lb = box * 1.28 + torch.tensor([dw, dh, dw, dh])
-    assert torch.allclose(scale_boxes((640, 640), lb, (300, 500)), box, atol=1e-4)
-    assert torch.allclose(scale_boxes((640, 640), box * 1.28 + torch.tensor([dw, dh, dw, dh]), (300, 500),
-                                      ratio_pad=((1.28, 1.28), (dw, dh))), box, atol=1e-4)
+    lb = box * 1.28 + torch.tensor([left, top, left, top])
+    assert torch.allclose(scale_boxes(lb.clone(), Placement((300, 500), gain, (left, top))), box, atol=1e-4)
+    assert torch.allclose(scale_boxes(lb.clone(), Placement((300, 500), 1.28, (left, top))), box, atol=1e-4)
+
+
+@pytest.mark.parametrize('h,w', [(301, 500), (300, 499), (97, 131), (131, 97)])
+@pytest.mark.parametrize('auto', [False, True])
+def test_letterbox_reports_the_pad_it_applied(h, w, auto):
+    """An odd total pad puts the extra pixel on one side; the reported pad must be where the image starts."""
+    im = np.zeros((h, w, 3), np.uint8)
+    im[:] = 255
+    out, (gx, gy), (left, top) = letterbox(im, 160, auto=auto, stride=32, color=(0, 0, 0))
+    rows, cols = np.nonzero(out[..., 0] > 127)
+    assert (top, left) == (rows.min(), cols.min())  # integers, exactly where the image begins
+    assert isinstance(top, int) and isinstance(left, int)
+    assert (rows.max() + 1 - top, cols.max() + 1 - left) == (round(h * gy), round(w * gx))
+    box = np.array([[0.0, 0.0, w, h]])  # the whole original maps onto the pasted region and back
+    placed = box * [gx, gy, gx, gy] + [left, top, left, top]
+    assert np.allclose(placed, [[left, top, cols.max() + 1, rows.max() + 1]])
+    assert np.allclose(scale_boxes(placed, Placement((h, w), (gx, gy), (left, top))), box)
+
+
+def test_scale_boxes_gain_conventions():
+    """A scalar gain means both axes; a pair (numpy or not) is (gain_x, gain_y) and never swapped."""
+    box = np.array([[10.0, 20.0, 30.0, 40.0]])
+    scalar = scale_boxes(box * 2 + 5, Placement((100, 100), 2, (5, 5)))
+    assert np.allclose(scalar, box)
+    aniso = box * [2, 4, 2, 4] + [1, 3, 1, 3]  # gain_x 2, gain_y 4, pad (1, 3)
+    for gain in ((2, 4), np.array([2.0, 4.0]), torch.tensor([2.0, 4.0])):
+        assert np.allclose(scale_boxes(aniso.copy(), Placement((100, 100), gain, np.array([1, 3]))), box)
+    meta_like = SimpleNamespace(orig_hw=(100, 100), gain_xy=np.array([2.0, 4.0]), pad_xy=(1, 3))  # ImageMeta fields
+    assert np.allclose(scale_boxes(torch.tensor(aniso), meta_like).numpy(), box)
+    with pytest.raises(ValueError, match='gain_xy'):
+        Placement((100, 100), (1, 2, 3), (0, 0))
 
 
 def test_increment_path(tmp_path):

@@ -3,22 +3,12 @@ import cv2
 import numpy as np
 
 
-def check_imgsz(imgsz, stride):
-    """--imgsz as (h, w), each rounded up to a multiple of the model stride (with a note when changed)."""
-    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
-    if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s <= 0 for s in sizes):
-        raise ValueError(f'--imgsz {imgsz}: expected one or two positive integers (size, or height width)')
-    sizes = sizes * 2 if len(sizes) == 1 else sizes
-    fixed = [-(-s // stride) * stride for s in sizes]
-    if fixed != sizes:
-        print(f'note: --imgsz {sizes} is not a multiple of the model stride {stride}, using {fixed}')
-    return tuple(fixed)
-
-
 def letterbox(im, new_shape=640, color=(114, 114, 114), auto=True, scale_fill=False, scaleup=True, stride=32):
     """Resize keeping aspect ratio and pad to ``new_shape`` (or, with ``auto``, to the smallest stride multiple).
 
-    Returns (image, (ratio_w, ratio_h), (pad_w, pad_h)) where pads are per side (may be fractional).
+    Returns (image, (gain_x, gain_y), (pad_left, pad_top)) exactly as applied: a point (x, y) of ``im`` lands at
+    (x * gain_x + pad_left, y * gain_y + pad_top). Pads are whole pixels (an odd total puts the extra pixel on
+    the right/bottom); gains are the resized size over the original size along each axis.
     ``scale_fill`` stretches to ``new_shape`` without padding; ``scaleup=False`` only ever shrinks.
     """
     shape = im.shape[:2]  # current (h, w)
@@ -27,22 +17,18 @@ def letterbox(im, new_shape=640, color=(114, 114, 114), auto=True, scale_fill=Fa
     r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
     if not scaleup:
         r = min(r, 1.0)
-    ratio = r, r
     new_unpad = int(round(shape[1] * r)), int(round(shape[0] * r))  # (w, h)
     dw, dh = new_shape[1] - new_unpad[0], new_shape[0] - new_unpad[1]
     if auto:  # minimum rectangle
         dw, dh = np.mod(dw, stride), np.mod(dh, stride)
     elif scale_fill:  # stretch
-        dw, dh = 0.0, 0.0
+        dw, dh = 0, 0
         new_unpad = (new_shape[1], new_shape[0])
-        ratio = new_shape[1] / shape[1], new_shape[0] / shape[0]
-    dw, dh = dw / 2, dh / 2
     if shape[::-1] != new_unpad:
         im = cv2.resize(im, new_unpad, interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
-    return im, ratio, (dw, dh)
+    top, left = int(dh) // 2, int(dw) // 2
+    im = cv2.copyMakeBorder(im, top, int(dh) - top, left, int(dw) - left, cv2.BORDER_CONSTANT, value=color)
+    return im, (new_unpad[0] / shape[1], new_unpad[1] / shape[0]), (left, top)
 
 
 # ---------------------------------------------------------------- geometry: perspective, mosaic, flips, mixup

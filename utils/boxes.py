@@ -4,6 +4,7 @@ Formats: ``xyxy`` = corners (x1, y1, x2, y2); ``xywh`` = centre and size. Functi
 numpy arrays of shape (..., 4) and return the same type.
 """
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -77,24 +78,48 @@ def clip_boxes(boxes, shape):
     return boxes
 
 
-def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
-    """Map xyxy boxes from a letterboxed image of shape ``img1_shape`` back to the original ``img0_shape``.
+@dataclass(frozen=True)
+class Placement:
+    """Where an original image sits in a letterboxed network input: (x, y) -> (x * gx + left, y * gy + top).
 
-    ``ratio_pad`` is ((ratio_h, ratio_w), (pad_w, pad_h)) as the loader reports it; computed when None.
+    ``orig_hw`` (h, w) of the original; ``gain_xy`` (gx, gy) input pixels per original pixel (a single number
+    means the same gain on both axes); ``pad_xy`` (left, top) pixels of padding as actually applied.
+    A dataset's per-image ``ImageMeta`` carries the same three fields, so either can be passed to
+    :func:`scale_boxes`.
     """
-    if ratio_pad is None:
-        gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
-        pad = (img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2
-        gain_w = gain_h = gain
-    else:
-        (gain_h, gain_w), pad = ratio_pad[0], ratio_pad[1]
-        if not isinstance(ratio_pad[0], (tuple, list)):
-            gain_h = gain_w = ratio_pad[0]
-    boxes[..., [0, 2]] -= pad[0]
-    boxes[..., [1, 3]] -= pad[1]
-    boxes[..., [0, 2]] /= gain_w
-    boxes[..., [1, 3]] /= gain_h
-    return clip_boxes(boxes, img0_shape)
+    orig_hw: tuple
+    gain_xy: tuple
+    pad_xy: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, 'orig_hw', pair(self.orig_hw, 'orig_hw'))
+        object.__setattr__(self, 'gain_xy', pair(self.gain_xy, 'gain_xy'))
+        object.__setattr__(self, 'pad_xy', pair(self.pad_xy, 'pad_xy'))
+
+
+def pair(value, what='value'):
+    """(a, b) as two Python numbers from a number (used twice), a 2-sequence or a 2-element array."""
+    values = np.asarray(value, dtype=np.float64).reshape(-1).tolist()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ValueError(f'{what} {value!r}: expected one number or a pair')
+    return tuple(values)
+
+
+def scale_boxes(boxes, placement):
+    """Map xyxy boxes in place from letterboxed-input pixels back to the original image, clipped to it.
+
+    ``placement``: a :class:`Placement` or anything with ``orig_hw``, ``gain_xy`` and ``pad_xy`` (e.g. the
+    ``ImageMeta`` a dataset returns with each image); see :class:`Placement` for the conventions.
+    """
+    gain_x, gain_y = pair(placement.gain_xy, 'gain_xy')
+    pad_x, pad_y = pair(placement.pad_xy, 'pad_xy')
+    boxes[..., [0, 2]] -= pad_x
+    boxes[..., [1, 3]] -= pad_y
+    boxes[..., [0, 2]] /= gain_x
+    boxes[..., [1, 3]] /= gain_y
+    return clip_boxes(boxes, pair(placement.orig_hw, 'orig_hw'))
 
 
 def box_area(boxes):

@@ -19,22 +19,6 @@ def coco80_to_coco91():
     return [i for i in range(1, 91) if i not in missing]
 
 
-def image_id_from_path(path):
-    """COCO convention: '000000000139.jpg' -> 139; a non-numeric stem is used as a string id."""
-    stem = Path(path).stem
-    return int(stem) if stem.isnumeric() else stem
-
-
-def assign_image_ids(records):
-    """{im_file: image id} for dataset records: the record's COCO id, else the id from the file name; when
-    those collide (same stem in two folders) every image gets its 1-based position in sorted path order."""
-    files = [str(r.im_file) for r in records]
-    ids = [r.image_id if r.image_id is not None else image_id_from_path(r.im_file) for r in records]
-    if len(set(ids)) == len(ids):
-        return dict(zip(files, ids))
-    return {f: i + 1 for i, f in enumerate(sorted(files))}
-
-
 def category_ids_for(nc, anno_json=None):
     """Category id of each of our classes: the official JSON's sorted ids when it has ``nc`` categories,
     the standard 80->91 map for 80 classes, else the class index itself."""

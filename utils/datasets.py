@@ -1,12 +1,16 @@
-"""Data YAMLs, the detection dataset and its loader.
+"""The detection dataset and its loader (data YAMLs and hyp files: :mod:`utils.data_config`).
 
 Usage::
 
     data = check_dataset('data/shapes.yaml')                 # resolves paths, generates the demo set
-    loader, ds = create_dataloader(data['train'], 320, 16, 32, hyp, augment=True, data=data)
-    for imgs, targets, paths, shapes in loader: ...          # uint8 Bx3xHxW RGB, Nx6 [i, cls, cx, cy, w, h]
+    loader, ds = create_dataloader(data['train'], 320, 16, 32, data=data, hyp=hyp, augment=True)
+    for imgs, targets, paths, metas in loader: ...           # uint8 Bx3xHxW RGB, Nx6 [i, cls, cx, cy, w, h]
+
+``metas`` holds one :class:`ImageMeta` per image: its index into ``ds.records`` (the ground truth), image id,
+path, original (h, w) and the gain and pad that placed it in the batch (what ``scale_boxes`` needs).
 """
 import signal
+from dataclasses import dataclass, replace
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -18,192 +22,61 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from utils.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4,
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.label_formats import Record, ScanReport, load_coco_json, scan_source  # noqa: F401 (Record re-exported)
-from utils.safe_yaml import load_yaml_file
-
-REPO = Path(__file__).resolve().parents[1]
-FORMATS = ('yolo', 'voc', 'coco')
-EVALS = (None, 'coco', 'voc07', 'voc12')
-SPLITS = ('train', 'val', 'test')
-HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr',
-            'box', 'cls', 'cls_pw', 'obj', 'obj_pw', 'iou_t', 'anchor_t', 'fl_gamma', 'hsv_h', 'hsv_s', 'hsv_v',
-            'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup',
-            'copy_paste')
+from utils.data_config import SPLITS, as_list, check_dataset, load_hyp  # noqa: F401 (check_dataset: public here too)
+from utils.disk_cache import read_cached
+from utils.label_scan import ScanReport, assign_image_ids, scan_source
+from utils.sampling import ImageWeightSampler
 
 
-# ---------------------------------------------------------------- YAML files
-def load_yaml(file, what='YAML'):
-    """Load a YAML mapping; FileNotFoundError / ValueError with one line naming the file otherwise."""
-    d = load_yaml_file(file, what)
-    if not isinstance(d, dict):
-        raise ValueError(f'{file}: expected a YAML mapping of keys, got {type(d).__name__}')
-    return d
+@dataclass(frozen=True)
+class ImageMeta:
+    """One image's identity and geometry, returned by the dataset beside its pixels.
 
-
-def load_hyp(hyp=None):
-    """Hyper-parameters from a YAML path or dict (default data/hyps/hyp.scratch.yaml); all keys checked."""
-    if hyp is None:
-        hyp = REPO / 'data' / 'hyps' / 'hyp.scratch.yaml'
-    d = dict(hyp) if isinstance(hyp, dict) else load_yaml(hyp, 'hyp')
-    missing = [k for k in HYP_KEYS if k not in d]
-    if missing:
-        raise ValueError(f'{hyp if not isinstance(hyp, dict) else "hyp"}: missing keys {", ".join(missing)}')
-    return d
-
-
-def find_data_yaml(data):
-    """A data YAML path as given, or a bare name like 'shapes.yaml' found in the repo's data/ folder."""
-    p = Path(data)
-    if not p.exists() and not p.is_absolute() and (REPO / 'data' / p).is_file():
-        return REPO / 'data' / p
-    return p
-
-
-# ---------------------------------------------------------------- check_dataset
-def check_dataset(data):
-    """Validate a data YAML (path or loaded dict) and resolve it into a plain dict; see module docstring.
-
-    Returns keys ``path`` (root), ``train``/``val``/``test`` (lists of absolute sources), ``nc``, ``names``
-    (list), ``format``, ``eval``, ``yaml_file`` and ``annotations`` ({split: instances JSON Path}).
+    ``index``: position in ``dataset.records`` (its ground truth); ``image_id``: unique within the dataset (COCO
+    id, else the numeric file stem, else the position in path order); ``orig_hw``: original (h, w) pixels;
+    ``gain_xy`` (gx, gy) and ``pad_xy`` (left, top): the placement in the network input as applied, so that
+    input x = original x * gx + left (see :class:`utils.boxes.Placement`). Both are None for a mosaic.
     """
-    if isinstance(data, dict):
-        cfg, yaml_file = dict(data), data.get('yaml_file')
-        yaml_file = Path(yaml_file) if yaml_file else None
-    else:
-        yaml_file = find_data_yaml(data).resolve()
-        cfg = load_yaml(yaml_file, 'data YAML')
-    where = yaml_file or 'data dict'
-    base = yaml_file.parent if yaml_file else Path.cwd()
-    root = _root(cfg.get('path'), base, where)
-    names, nc = _names_and_nc(cfg, where)
-    fmt = _format(cfg, where)
-    if cfg.get('generate') == 'shapes':
-        from utils.shapes import ensure_shapes  # only the demo set needs it
-        ensure_shapes(root)
-    elif cfg.get('generate'):
-        raise ValueError(f"{where}: unknown generate: '{cfg['generate']}' (only 'shapes' is built in)")
-    out = {**cfg, 'path': root, 'names': names, 'nc': nc, 'format': fmt, 'yaml_file': yaml_file}
-    for split in SPLITS:
-        out[split] = _sources(cfg.get(split), root, where, split)
-    if not out['train'] and not out['val']:
-        raise ValueError(f"{where}: needs 'train' and 'val' entries")
-    for p in out['val']:
-        if not Path(p).exists():
-            raise FileNotFoundError(f'{where}: val source {p} not found')
-    out['test'] = [p for p in out['test'] if Path(p).exists()]
-    out['annotations'] = _annotations(cfg, out, root, where)
-    out['eval'] = _eval_kind(cfg, out, where)
-    if names is None:
-        out['names'], out['nc'] = _names_from_json(out, where)
-    return out
+    index: int
+    image_id: object
+    path: str
+    orig_hw: tuple
+    gain_xy: tuple = None
+    pad_xy: tuple = None
 
 
-def _root(path, base, where):
-    """The data set's root folder: ``path:`` (absolute, or relative to the YAML's folder), else that folder."""
-    if path is not None and not isinstance(path, (str, Path)):
-        raise ValueError(f'{where}: path must be a folder, got {type(path).__name__} {path!r:.80}')
-    root = Path(path or base)
-    return (root if root.is_absolute() else base / root).resolve()
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a split is loaded; ``create_dataloader`` takes these as keyword arguments.
 
-
-def _names_and_nc(cfg, where):
-    names, nc = cfg.get('names'), cfg.get('nc')
-    if isinstance(names, dict):
-        if not all(type(k) is int for k in names) or sorted(names) != list(range(len(names))):
-            raise ValueError(f'{where}: names mapping must have ids 0..{len(names) - 1}')
-        names = [str(names[i]) for i in range(len(names))]
-    elif isinstance(names, (list, tuple)):
-        names = [str(n) for n in names]
-    elif names is not None:
-        raise ValueError(f'{where}: names must be a list or an {{id: name}} mapping')
-    if nc is not None and (type(nc) is not int or nc < 1):
-        raise ValueError(f'{where}: nc must be a positive integer, got {nc!r}')
-    if names is not None and nc is not None and len(names) != nc:
-        raise ValueError(f'{where}: nc is {nc} but {len(names)} names are given')
-    if names is None and nc is not None:
-        names = [f'class{i}' for i in range(nc)]
-    return names, (len(names) if names is not None else None)
-
-
-def _format(cfg, where):
-    fmt = cfg.get('format')
-    if fmt is None:
-        srcs = [s for k in SPLITS for s in _as_list(cfg.get(k))]
-        fmt = 'voc' if any('ImageSets' in Path(str(s)).parts for s in srcs) else 'yolo'
-    if fmt not in FORMATS:
-        raise ValueError(f"{where}: format '{fmt}' is not one of {', '.join(FORMATS)}")
-    return fmt
-
-
-def _as_list(v):
-    return [] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def _sources(value, root, where, split):
-    out = []
-    for s in _as_list(value):
-        if not isinstance(s, (str, Path)):
-            raise ValueError(f'{where}: {split} entry {s!r} is not a path')
-        p = Path(s)
-        out.append(str(p if p.is_absolute() else (root / p).resolve()))
-    return out
-
-
-def _split_stem(src):
-    p = Path(src)
-    return p.stem if p.suffix else p.name  # images/val2017 -> val2017, val2017.txt -> val2017
-
-
-def _annotations(cfg, out, root, where):
-    """Instances JSON per split: as named in the YAML, else annotations/instances_<split>.json beside it."""
-    given = cfg.get('annotations') or {}
-    if not isinstance(given, dict):
-        given = {'val': given}
-    ann = {}
-    for split in SPLITS:
-        if split in given:
-            if not isinstance(given[split], str):
-                raise ValueError(f'{where}: {split} annotations must be a JSON file path, got {given[split]!r:.80}')
-            p = Path(given[split])
-            p = p if p.is_absolute() else (root / p).resolve()
-            if not p.is_file():
-                raise FileNotFoundError(f'{where}: {split} annotations {p} not found')
-            ann[split] = p
-        elif out[split]:
-            p = root / 'annotations' / f'instances_{_split_stem(out[split][0])}.json'
-            if p.is_file():
-                ann[split] = p
-        if out['format'] == 'coco' and out[split] and split not in ann and split != 'test':
-            raise FileNotFoundError(f"{where}: COCO-format {split} needs an instances JSON "
-                                    f"(annotations: {{{split}: path}} or {p})")
-    return ann
-
-
-def _eval_kind(cfg, out, where):
-    kind = cfg.get('eval')
-    if kind is None:
-        if out['format'] == 'coco' or 'val' in out['annotations']:
-            kind = 'coco'
-        elif out['format'] == 'voc':
-            kind = 'voc07' if any('VOC2007' in s for s in out['val']) else 'voc12'
-    if kind not in EVALS:
-        raise ValueError(f"{where}: eval '{kind}' is not one of coco, voc07, voc12")
-    return kind
-
-
-def _names_from_json(out, where):
-    ann = out['annotations'].get('train') or out['annotations'].get('val')
-    if ann is None:
-        raise ValueError(f"{where}: needs 'names' or 'nc'")
-    cats = sorted(load_coco_json(ann)['categories'], key=lambda c: c['id'])
-    return [c['name'] for c in cats], len(cats)
+    ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
+    ``keep_difficult`` keeps VOC difficult / COCO crowd boxes in the training labels (evaluation reads them from
+    the records either way); ``cache='ram'`` keeps the resized images in memory, ``cache='disk'`` reads decoded
+    images from .npy files (utils/disk_cache.py); ``image_weights`` draws images by class rarity instead of
+    shuffling (utils/sampling.py).
+    """
+    hyp: object = None
+    augment: bool = False
+    rect: bool = False
+    cache: object = None
+    workers: int = 0
+    shuffle: bool = False
+    rank: int = -1
+    pad: float = 0.0
+    single_cls: bool = False
+    seed: int = 0
+    prefix: str = ''
+    keep_difficult: bool = False
+    use_label_cache: bool = True
+    image_weights: bool = False
+    verbose: bool = True
 
 
 # ---------------------------------------------------------------- records
 def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
     """Records of every usable image in ``path`` (a source or list of sources) and the combined ScanReport."""
     data = data or {}
-    sources = _as_list(path)
+    sources = as_list(path)
     if not sources:
         raise ValueError(f'{prefix}no image sources given')
     fmt = data.get('format') or ('voc' if any('ImageSets' in Path(str(s)).parts for s in sources) else 'yolo')
@@ -232,7 +105,7 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
 def _json_for(src, data):
     ann = data.get('annotations') or {}
     for split in SPLITS:
-        if str(src) in [str(s) for s in _as_list(data.get(split))] and split in ann:
+        if str(src) in [str(s) for s in as_list(data.get(split))] and split in ann:
             return ann[split]
     return next(iter(ann.values())) if len(ann) == 1 else None
 
@@ -244,25 +117,28 @@ class DetectionDataset(Dataset):
     ``mosaic`` may be switched off between epochs (``--close-mosaic``); each worker has its own seeded RNG.
     """
 
-    def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False, cache=None,
-                 stride=32, pad=0.0, single_cls=False, seed=0, data=None, prefix='', keep_difficult=False,
-                 use_label_cache=True, verbose=True):
-        self.img_size, self.stride, self.augment, self.prefix = img_size, stride, augment, prefix
-        self.hyp = load_hyp(hyp) if augment else (load_hyp(hyp) if hyp is not None else None)
-        self.records, self.report = load_records(path, data, prefix, use_label_cache, verbose)
+    def __init__(self, path, img_size=640, batch_size=16, stride=32, data=None, options=None):
+        o = options or LoaderOptions()
+        self.img_size, self.stride, self.augment, self.prefix = img_size, stride, o.augment, o.prefix
+        self.hyp = load_hyp(o.hyp) if o.augment or o.hyp is not None else None
+        self.records, self.report = load_records(path, data, o.prefix, o.use_label_cache, o.verbose)
         self.names = list((data or {}).get('names') or [])
-        self.nc = 1 if single_cls else ((data or {}).get('nc') or len(self.names) or None)
-        self.mosaic = augment and not rect
-        self.rect = rect
-        self.labels = [self._training_labels(r, augment and not keep_difficult, single_cls) for r in self.records]
-        if rect:
+        self.nc = 1 if o.single_cls else ((data or {}).get('nc') or len(self.names) or None)
+        self.mosaic = o.augment and not o.rect
+        self.rect = o.rect
+        self.labels = [self._training_labels(r, o.augment and not o.keep_difficult, o.single_cls)
+                       for r in self.records]
+        if o.rect:
             self._sort_by_aspect_ratio()
-        self.batch_shapes, self.batch_index = self._batch_shapes(batch_size, pad) if rect else (None, None)
-        self.rng = np.random.default_rng(seed)
-        self.albumentations = Albumentations(seed=seed) if augment else None
-        self.ims = self._cache_images() if cache in ('ram', True) else None
-        if cache not in (None, False, 'ram', True):
-            raise ValueError(f"cache '{cache}' must be 'ram' or None")
+        ids = assign_image_ids(self.records)
+        self.image_ids = [ids[str(r.im_file)] for r in self.records]
+        self.batch_shapes, self.batch_index = self._batch_shapes(batch_size, o.pad) if o.rect else (None, None)
+        self.rng = np.random.default_rng(o.seed)
+        self.albumentations = Albumentations(seed=o.seed) if o.augment else None
+        if o.cache not in (None, False, 'ram', True, 'disk'):
+            raise ValueError(f"cache '{o.cache}' must be 'ram', 'disk' or None")
+        self.disk_cache = o.cache == 'disk'
+        self.ims = self._cache_images() if o.cache in ('ram', True) else None
 
     @property
     def im_files(self):
@@ -304,7 +180,8 @@ class DetectionDataset(Dataset):
     # -------------------------------------------------------- loading
     def _read_resized(self, i):
         """(image BGR resized so its long side is img_size, (h0, w0), ok); grey placeholder if unreadable."""
-        im = cv2.imread(self.records[i].im_file)
+        f = self.records[i].im_file
+        im = read_cached(f) if self.disk_cache else cv2.imread(f)
         if im is None:
             h, w = self.records[i].shape
             r = self.img_size / max(h, w)
@@ -351,28 +228,33 @@ class DetectionDataset(Dataset):
         return random_perspective(canvas, labels, self.rng, h['degrees'], h['translate'], h['scale'], h['shear'],
                                   h['perspective'], border=border)
 
+    def meta(self, index, orig_hw, gain_xy=None, pad_xy=None):
+        return ImageMeta(index, self.image_ids[index], self.records[index].im_file, tuple(orig_hw), gain_xy, pad_xy)
+
     def _load_letterboxed(self, index):
+        """(image, labels [cls, x1, y1, x2, y2] pixels, meta); the meta's placement is None once augmented."""
         im, (h0, w0), ok = self.load_image(index)
         h, w = im.shape[:2]
         shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.img_size
-        im, (rw, rh), pad = letterbox(im, shape, auto=False, scaleup=self.augment)
-        shapes = (h0, w0), ((float(h / h0 * rh), float(w / w0 * rw)), (float(pad[0]), float(pad[1])))
-        labels = self._pixel_labels(index, w * rw, h * rh, pad[0], pad[1], ok)
-        if self.augment:
+        im, (gx, gy), (left, top) = letterbox(im, shape, auto=False, scaleup=self.augment)
+        labels = self._pixel_labels(index, w * gx, h * gy, left, top, ok)
+        if self.augment:  # warps and flips follow: no single gain and pad describes the result
             hp = self.hyp
             im, labels = random_perspective(im, labels, self.rng, hp['degrees'], hp['translate'], hp['scale'],
                                             hp['shear'], hp['perspective'])
-        return im, labels, shapes
+            return im, labels, self.meta(index, (h0, w0))
+        return im, labels, self.meta(index, (h0, w0), (w / w0 * gx, h / h0 * gy), (left, top))
 
     def __getitem__(self, index):
+        """(CHW RGB uint8 image, labels (n, 6) [0, cls, cx, cy, w, h] normalised, path, ImageMeta)."""
         if self.augment and self.mosaic and self.rng.random() < self.hyp['mosaic']:
             im, labels = self.load_mosaic(index)
-            shapes = None
+            meta = self.meta(index, self.records[index].shape)
             if self.rng.random() < self.hyp['mixup']:
                 im2, labels2 = self.load_mosaic(int(self.rng.integers(0, len(self))))
                 im, labels = mixup(im, labels, im2, labels2, self.rng)
         else:
-            im, labels, shapes = self._load_letterboxed(index)
+            im, labels, meta = self._load_letterboxed(index)
         labels = labels.astype(np.float32)
         if len(labels):
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=im.shape[1], h=im.shape[0], clip=True)
@@ -381,7 +263,7 @@ class DetectionDataset(Dataset):
         out = torch.zeros((len(labels), 6))
         out[:, 1:] = torch.from_numpy(labels)
         im = np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
-        return torch.from_numpy(im), out, self.records[index].im_file, shapes
+        return torch.from_numpy(im), out, self.records[index].im_file, meta
 
     def _colour_and_flips(self, im, labels):
         h = self.hyp
@@ -396,10 +278,10 @@ class DetectionDataset(Dataset):
 
     @staticmethod
     def collate_fn(batch):
-        ims, labels, paths, shapes = zip(*batch)
+        ims, labels, paths, metas = zip(*batch)
         for i, lb in enumerate(labels):
             lb[:, 0] = i  # image index within the batch
-        return torch.stack(ims, 0), torch.cat(labels, 0), paths, shapes
+        return torch.stack(ims, 0), torch.cat(labels, 0), paths, metas
 
 
 def seed_worker(worker_id):
@@ -426,21 +308,22 @@ def reseed_loader(loader, seed):
         ds.albumentations.set_seed(seed % 2 ** 32)
 
 
-def create_dataloader(path, imgsz, batch_size, stride, hyp=None, augment=False, rect=False, cache=None, workers=0,
-                      shuffle=False, rank=-1, pad=0.0, single_cls=False, seed=0, data=None, prefix='',
-                      keep_difficult=False, use_label_cache=True, verbose=True):
-    """(DataLoader, DetectionDataset) for one split; see the module docstring for the batch layout."""
-    if rect and shuffle:
-        print(f'{prefix}WARNING --rect is incompatible with shuffle, shuffle=False')
-        shuffle = False
-    dataset = DetectionDataset(path, imgsz, batch_size, augment, hyp, rect, cache, stride, pad, single_cls, seed,
-                               data, prefix, keep_difficult, use_label_cache, verbose)
+def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
+    """(DataLoader, DetectionDataset) for one split; ``options`` are :class:`LoaderOptions` fields (hyp, augment,
+    rect, cache, workers, shuffle, rank, pad, single_cls, seed, prefix, ...). Batch layout: module docstring."""
+    o = LoaderOptions(**options)
+    if o.rect and o.shuffle:
+        print(f'{o.prefix}WARNING --rect is incompatible with shuffle, shuffle=False')
+        o = replace(o, shuffle=False)
+    dataset = DetectionDataset(path, imgsz, batch_size, stride, data, o)
     batch_size = min(batch_size, len(dataset))
-    sampler = None if rank == -1 else DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    sampler = None if o.rank == -1 else DistributedSampler(dataset, shuffle=o.shuffle, seed=o.seed)
+    if o.image_weights:
+        sampler = ImageWeightSampler(dataset.labels, dataset.nc or 1, o.seed)
     generator = torch.Generator()
-    generator.manual_seed(seed + max(rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                        num_workers=workers, pin_memory=torch.cuda.is_available(),
+    generator.manual_seed(o.seed + max(o.rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=o.shuffle and sampler is None, sampler=sampler,
+                        num_workers=o.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
                         persistent_workers=False)
     return loader, dataset

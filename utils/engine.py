@@ -91,9 +91,9 @@ class Learner:
 
 def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
     """One pass over ``loader``. ``cfg`` holds epochs, hyp, warmup_iters, batch_size, cos_lr, amp, world_size,
-    imgsz; optionally ``skip_batches`` (a resumed epoch: batches loaded, so the data order and augmentation replay,
-    but not trained again) and ``should_stop()`` (asked after each optimizer step; True ends the epoch there, see
-    ``state.stopped_after``). Returns the mean (box, obj, cls) losses and images/s."""
+    imgsz, optionally multi_scale, on_first_batch, ``skip_batches`` (a resumed epoch: batches loaded, so the data
+    order and augmentation replay, but not trained again) and ``should_stop()`` (asked after each optimizer step;
+    True ends the epoch there, see ``state.stopped_after``). Returns the mean (box, obj, cls) losses and images/s."""
     model, optimizer, scaler, ema = learner.model, learner.optimizer, learner.scaler, learner.ema
     model.train()
     nb, skip, should_stop = len(loader), cfg.get('skip_batches', 0), cfg.get('should_stop')
@@ -106,6 +106,8 @@ def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
         ni = state.ni
         set_lr(optimizer, ni, epoch, cfg['epochs'], cfg['hyp'], cfg['warmup_iters'], cfg['cos_lr'])
         imgs = imgs.to(device, non_blocking=True).float() / 255
+        if cfg.get('multi_scale'):  # a MultiScale: this batch's size from (seed, epoch, i)
+            imgs = cfg['multi_scale'](imgs, epoch, i)
         targets = targets.to(device)
         with torch.autocast(device_type=device.type, enabled=cfg['amp']):
             loss, items = learner.compute_loss(model(imgs), targets)

@@ -51,7 +51,8 @@ def parse_freeze(spec, model):
             prefixes += [f'model.{i}.' for i in range(n_layers - 1)]
         elif item.startswith('model.'):
             p = item if item.endswith('.') else item + '.'
-            if not any((n + '.').startswith(p) for n in names):
+            whole_layer = p in {f'model.{i}.' for i in range(n_layers)}  # may hold no parameters (Upsample)
+            if not whole_layer and not any((n + '.').startswith(p) for n in names):
                 raise ValueError(f"--freeze {item}: no parameter name starts with '{p}'")
             prefixes.append(p)
         else:

@@ -3,6 +3,7 @@
 Matplotlib is used through ``Figure`` objects only (no pyplot state, no backend switching at import).
 """
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -161,18 +162,17 @@ def _draw_boxes(tile, rows, size, scale, names, conf_thres):
 
 
 def plot_results(csv_path):
-    """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch."""
-    import csv
+    """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch, columns read by name."""
+    from utils.results_csv import PLOTTED, read_rows
     csv_path = Path(csv_path)
-    with csv_path.open() as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
+    rows = read_rows(csv_path)
+    if not rows:
         return None
-    keys, values = rows[0], np.array(rows[1:], dtype=float)
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 6), tight_layout=True)
-    for ax, key in zip(fig.subplots(2, 5).ravel(), keys[1:11]):
-        ax.plot(values[:, 0] + 1, values[:, keys.index(key)], marker='.', linewidth=2)
+    epochs = np.array([r.get('epoch', np.nan) for r in rows]) + 1
+    for ax, key in zip(fig.subplots(2, 5).ravel(), PLOTTED):
+        ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker='.', linewidth=2)
         ax.set_title(key, fontsize=10)
     return _save(fig, csv_path.with_name('results.png'))
 
@@ -192,3 +192,44 @@ def plot_labels(labels, names, save_dir):
     ax[2].scatter(lb[:, 3], lb[:, 4], s=2, alpha=0.3)
     ax[2].set(xlabel='width', ylabel='height', xlim=(0, 1), ylim=(0, 1))
     return _save(fig, Path(save_dir) / 'labels.jpg')
+
+
+def plot_evolve(rows, params, path):
+    """--evolve results: fitness per trial (pruned trials hollow, at the fitness they had reached), then each
+    searched parameter against fitness (choices as categories)."""
+    from matplotlib.figure import Figure  # lazy, as in _figure
+    n = len(params) + 1
+    cols = min(n, 5)
+    nrows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * nrows), tight_layout=True)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    fit = np.array([r['fitness'] or 0.0 for r in rows], float)
+    done = np.array([r['state'] == 'complete' for r in rows])
+    trials = np.array([r['trial'] for r in rows])
+    ax = axes[0]
+    ax.scatter(trials[done], fit[done], c='tab:blue', s=18, label='complete')
+    ax.scatter(trials[~done], fit[~done], facecolors='none', edgecolors='tab:red', s=18, label='pruned/failed')
+    if done.any():
+        ax.plot(trials[done], np.maximum.accumulate(fit[done]), c='tab:blue', lw=1, label='best so far')
+    ax.set(xlabel='trial', ylabel='fitness', title='fitness per trial')
+    ax.legend(fontsize=6)
+    for ax, key in zip(axes[1:], params):
+        values = [r[key] for r in rows]
+        given = np.array([v != '' for v in values])
+        if any(isinstance(v, str) and v != '' for v in values):  # categorical
+            cats = sorted({str(v) for v, g in zip(values, given) if g})
+            x = np.array([cats.index(str(v)) if g else -1 for v, g in zip(values, given)], float)
+            ax.set_xticks(range(len(cats)), cats, fontsize=6)
+        else:
+            x = np.array([float(v) if g else np.nan for v, g in zip(values, given)])
+        ax.scatter(x[given & done], fit[given & done], c='tab:blue', s=12)
+        ax.scatter(x[given & ~done], fit[given & ~done], facecolors='none', edgecolors='tab:red', s=12)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    path = Path(path)
+    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.png')  # processes sharing a study may write it together
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+    return path

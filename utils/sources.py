@@ -1,10 +1,12 @@
-"""Where detect.py reads its pictures from: image files, folders, globs, .txt lists, videos and webcams.
+"""Where detect.py reads its pictures from: image files, folders, globs, .txt lists, videos, webcams and streams.
 
 ``open_source(source, vid_stride)`` checks the source up front (one-line ``FileNotFoundError`` /
 ``ValueError`` naming it when it is missing, empty, of an unknown type, or no camera answers) and returns an
 iterable of ``Frame`` records, one per image or per kept video frame, each with the BGR image as read by
 OpenCV. A corrupt file inside a multi-file source comes out as a ``Frame`` with ``image=None`` and an
 ``error`` message, so the caller can report and skip it; a single corrupt file is an error.
+Network streams (``rtsp://``, ``rtmp://``, ``http(s)://`` video) are read frame by frame through OpenCV's FFmpeg
+backend, with bounded open/read timeouts.
 
 Usage:
     for f in open_source('data/images'):
@@ -13,8 +15,10 @@ Usage:
 """
 import contextlib
 import glob
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -22,6 +26,7 @@ import numpy as np
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
 VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
 STREAM_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
+STREAM_TIMEOUT_MS = 15000  # give up on a stream that does not open, or stalls, for this long
 
 
 @dataclass
@@ -33,7 +38,7 @@ class Frame:
     ``frames``: frames in the video (0 when unknown, e.g. a webcam); ``fps``: its frame rate.
     """
     path: str
-    kind: str  # 'image', 'video' or 'webcam'
+    kind: str  # 'image', 'video', 'webcam' or 'stream'
     index: int
     count: int
     image: np.ndarray = None
@@ -138,7 +143,7 @@ def open_video(path):
 
 def read_frames(cap, path, kind, index, count, vid_stride):
     """Yield every ``vid_stride``-th frame of an open capture (frame numbers count from 1), then release it."""
-    frames = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if kind == 'video' else 0
+    frames = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if kind in ('video', 'stream') else 0
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     number = 0
     try:
@@ -206,6 +211,38 @@ class WebcamSource:
         return read_frames(self.cap, str(self.index), 'webcam', 1, 1, self.vid_stride)
 
 
+def redact_url(url):
+    """``url`` with any password replaced by ``***`` (stream URLs often carry credentials)."""
+    return re.sub(r'^([a-z]+://[^/:@]+):[^/@]*@', r'\1:***@', url, flags=re.IGNORECASE)
+
+
+def stream_stem(url):
+    """A file stem for a stream's outputs: the last path part without suffix, else the host, else 'stream'."""
+    parts = urlsplit(url)
+    stem = Path(parts.path).stem or (parts.hostname or '')
+    return re.sub(r'[^\w.-]', '_', stem) or 'stream'
+
+
+class StreamSource:
+    """Frames from a network stream (RTSP/RTMP/HTTP video) through OpenCV's FFmpeg backend, until it ends."""
+
+    def __init__(self, url, vid_stride=1):
+        self.url, self.vid_stride = url, vid_stride
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        with quiet_opencv():
+            self.cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise ValueError(f'{redact_url(url)}: cannot open the stream (OpenCV FFmpeg backend; is the address '
+                             f'right and reachable?)')
+
+    def __len__(self):
+        return 1
+
+    def __iter__(self):
+        return read_frames(self.cap, redact_url(self.url), 'stream', 1, 1, self.vid_stride)
+
+
 def open_source(source, vid_stride=1):
     """Check ``source`` and return an iterable of ``Frame``s (see the module docstring)."""
     source = str(source).strip()
@@ -216,5 +253,8 @@ def open_source(source, vid_stride=1):
     if source.isdecimal():
         return WebcamSource(source, vid_stride)
     if source.lower().startswith(STREAM_PREFIXES):
-        raise ValueError(f'{source}: network streams and URLs are not supported; download the file first')
+        if is_image(urlsplit(source).path):
+            raise ValueError(f'{redact_url(source)}: images are not downloaded; save the file and pass its path '
+                             f'(URLs are read as video streams)')
+        return StreamSource(source, vid_stride)
     return FileSource(resolve_files(source), vid_stride)

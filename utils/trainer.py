@@ -1,43 +1,43 @@
 """One training run: the epoch loop, checkpoints, verification (set-up: utils/trainer_setup.py).
 
-``train.py`` parses the command line and calls ``train(run)``; validation comes in as ``run.validate`` (val.run),
-so this module never imports a script.
+``train.py`` parses the command line and calls ``train(run)``; each epoch is measured by
+``utils.evaluator.evaluate`` and logged to results.csv by column name (utils/results_csv.py).
 """
-import csv
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from utils.checkpoint import save_checkpoint, strip_optimizer, training_checkpoint
+from utils.checkpoint import load_model, save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
 from utils.engine import StepState, seed_everything, train_one_epoch
 from utils.errors import Interrupted
+from utils.eval_outputs import BatchPlotter
+from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
+from utils.evaluator import EvalConfig, evaluate, official_json
 from utils.interrupt import StopOnSignal
-from utils.metrics import fitness
+from utils.loggers import TensorBoardLogger
+from utils.multiscale import MultiScale
 from utils.plots import plot_images, plot_results
+from utils.results_csv import append_row, epoch_row
 from utils.runs import increment_path
-from utils.trainer_setup import release_layers, setup, wrap_ddp
-
-CSV_KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
-            'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-            'x/lr0', 'x/lr1', 'x/lr2']
+from utils.trainer_setup import release_layers, setup, wrap_ddp, write_options
 
 
 class Run:
-    """What a training run is given: options, device, process rank and count, the validator, output paths.
+    """What a training run is given: options, device, process rank and count, output paths.
     What it builds (data, model, freeze plan, optimizer, ...) is a ``trainer_setup.Session``."""
 
-    def __init__(self, opt, device, rank, world_size, validate):
+    def __init__(self, opt, device, rank, world_size):
         self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
-        self.validate = validate  # val.run
         self.main = rank in (-1, 0)
         self.amp = device.type == 'cuda'
         self.log = print if self.main else (lambda *a, **k: None)
         self.save_dir = self.weights_dir = None  # prepare_run_dir
+        self.tb = TensorBoardLogger()  # off until train() opens it in the main process
+        self.on_epoch_end = None  # optional callback(epoch, fitness) after each validated epoch (--evolve)
 
 
 def make_checkpoint(run, session, epoch):
@@ -46,32 +46,42 @@ def make_checkpoint(run, session, epoch):
     return {**ck, 'best_epoch': session.progress.best_epoch}
 
 
-def write_results_row(path, row):
-    new = not path.exists()
-    with path.open('a', newline='') as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(CSV_KEYS)
-        w.writerow([f'{x:.5g}' if isinstance(x, float) else x for x in row])
+def eval_config(run, session, plots, **options):
+    """The evaluation settings of this run's val split (crowd regions of an official JSON, VOC rule, classes)."""
+    single_cls, data = run.opt.single_cls, session.config.data
+    return EvalConfig.for_data(data, single_cls, official_json(data, 'val', single_cls), confusion=plots, **options)
+
+
+def report_validation(run, session, result, config, verbose, plots):
+    names = session.config.names
+    print_table(result, names, verbose)
+    if config.voc_rule:
+        print_voc(result, names, config.voc_rule, verbose)
+    if plots:
+        save_plots(result, names, run.save_dir)
 
 
 def validate_epoch(run, session, final):
+    """The EMA model on the val split (an ``EvalResult``), or None with --noval before the last epoch."""
     if run.opt.noval and not final:
-        return (0.0,) * 7, None
-    learner, loaders = session.learner, session.loaders
-    results, maps, _ = run.validate(data=session.config.data, model=learner.ema.ema, dataloader=loaders.val,
-                                    compute_loss=learner.compute_loss, half=run.amp, save_dir=run.save_dir,
-                                    plots=final and not run.opt.noplots, batch_size=run.opt.batch_size * 2,
-                                    imgsz=loaders.imgsz, verbose=final, single_cls=run.opt.single_cls)
-    return results, maps
+        return None
+    plots = final and not run.opt.noplots
+    learner = session.learner
+    config = eval_config(run, session, plots, half=run.amp)
+    observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
+    result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss,
+                      observers=observers)
+    report_validation(run, session, result, config, verbose=final, plots=plots)
+    return result
 
 
 def end_epoch(run, session, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
-    results, _ = validate_epoch(run, session, final)
-    fit = float(fitness(results))
-    lrs = [g['lr'] for g in session.learner.optimizer.param_groups][:3]
-    write_results_row(run.save_dir / 'results.csv', [epoch, *losses, *results[:4], *results[4:7], *lrs])
+    result = validate_epoch(run, session, final)
+    fit = result.fitness if result is not None else 0.0
+    row = epoch_row(epoch, losses, result, session.learner.optimizer.param_groups)
+    append_row(run.save_dir / 'results.csv', row)
+    run.tb.log_epoch(row)
     if not run.opt.noplots:
         plot_results(run.save_dir / 'results.csv')
     progress = session.progress
@@ -79,12 +89,26 @@ def end_epoch(run, session, epoch, losses, final):
     if improved:
         progress.best_fitness, progress.best_epoch = fit, epoch
     stop = epoch - progress.best_epoch >= run.opt.patience
-    if not run.opt.nosave or final or stop:
-        ck = make_checkpoint(run, session, epoch)
-        save_checkpoint(ck, run.weights_dir / 'last.pt')
-        if improved:
-            save_checkpoint(ck, run.weights_dir / 'best.pt')
+    save_weights(run, session, epoch, improved, force=final or stop)
+    if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
+        run.on_epoch_end(epoch, fit)
     return stop
+
+
+def save_weights(run, session, epoch, improved, force):
+    """last.pt (every epoch unless --nosave, and always when ``force``), best.pt when ``improved``, and
+    epoch{N}.pt at epochs 0, P, 2P, ... with --save-period P (as upstream; resumable, kept with their optimizer)."""
+    opt = run.opt
+    period = getattr(opt, 'save_period', -1)
+    periodic = not opt.nosave and period > 0 and epoch % period == 0
+    if opt.nosave and not force:
+        return
+    ck = make_checkpoint(run, session, epoch)
+    save_checkpoint(ck, run.weights_dir / 'last.pt')
+    if improved:
+        save_checkpoint(ck, run.weights_dir / 'best.pt')
+    if periodic:
+        save_checkpoint(ck, run.weights_dir / f'epoch{epoch}.pt')
 
 
 def verify_frozen(run, session, files=()):
@@ -132,12 +156,17 @@ def train(run, ckpt=None):
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
     cfg = {'epochs': opt.epochs, 'hyp': hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
            'amp': run.amp, 'world_size': run.world_size, 'warmup_iters': max(round(hyp['warmup_epochs'] * nb), 100)}
+    if opt.multi_scale:
+        cfg['multi_scale'] = multi_scale_for(session, opt.seed)
+    if run.main:
+        run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     resume_at = session.progress.resume_at  # an interrupted epoch: its position and step counters
     state = StepState(ni=start * nb, last_step=start * nb - 1) if not resume_at else \
         StepState(ni=resume_at['ni'], last_step=resume_at['ni'] - 1)
     cfg['skip_batches'] = resume_at['batch'] if resume_at else 0
+    result = None
     t0 = time.time()
     with StopOnSignal(log=run.log) as stop:
         cfg['should_stop'] = lambda: stop_agreed(run, stop)
@@ -145,8 +174,10 @@ def train(run, ckpt=None):
     if run.main:
         run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
         finish(run, session)
-        return final_validation(run, session)
-    return (0.0,) * 7
+        result = final_validation(run, session)
+        run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
+        run.tb.close()
+    return result
 
 
 def run_epochs(run, session, cfg, state, stop):
@@ -194,27 +225,38 @@ def save_interrupted(run, session, stop, epoch, batch, state):
         if batch:
             ck['resume_at'] = {'epoch': epoch, 'batch': batch, 'ni': state.ni}
         save_checkpoint(ck, last)
+        run.tb.close()
     name = signal.Signals(stop.signum or signal.SIGINT).name
     where = f'epoch {epoch + 1}/{run.opt.epochs} after batch {batch}/{nb}' if batch else f'before epoch {epoch + 1}'
     raise Interrupted(f'{name}: stopped {where}; saved {last}; resume with: python train.py --resume {last}',
                       stop.signum or signal.SIGINT)
 
 
+def multi_scale_for(session, seed):
+    """--multi-scale: batch sizes around the checked image size, in steps of the model's largest stride."""
+    model = getattr(session.learner.model, 'module', session.learner.model)
+    return MultiScale(session.loaders.imgsz, max(int(model.stride.max()), 32), seed)
+
+
 def final_validation(run, session):
+    """best.pt (fused, as val.py loads it) on the val split, reported in full; its ``EvalResult`` or None."""
     best = run.weights_dir / 'best.pt'
     if not best.exists():
-        return (0.0,) * 7
-    results, _, _ = run.validate(data=session.config.data, weights=str(best), batch_size=run.opt.batch_size * 2,
-                                 imgsz=session.loaders.imgsz,
-                                 device=str(run.device.index if run.device.type == 'cuda' else 'cpu'),
-                                 save_dir=run.save_dir, plots=not run.opt.noplots, verbose=True,
-                                 workers=run.opt.workers, single_cls=run.opt.single_cls)
-    run.log(f'Results saved to {run.save_dir}: mAP50 {results[2]:.3f}, mAP50-95 {results[3]:.3f}')
-    return results
+        return None
+    plots = not run.opt.noplots
+    config = eval_config(run, session, plots, progress=HEADER)
+    model = load_model(best, run.device, fuse=True)
+    observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
+    result = evaluate(model, session.loaders.val, config, observers=observers)
+    report_validation(run, session, result, config, verbose=True, plots=plots)
+    print_speed(result, session.loaders.imgsz)
+    run.log(f'Results saved to {run.save_dir}: mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}')
+    return result
 
 
 def plot_batch(run, session, imgs, targets):
     plot_images(imgs, targets, None, run.save_dir / 'train_batch0.jpg', names=session.config.names)
+    run.tb.log_image('train/batch0', run.save_dir / 'train_batch0.jpg', session.progress.start_epoch)
 
 
 def prepare_run_dir(run):
@@ -227,5 +269,4 @@ def prepare_run_dir(run):
                                                                                    exist_ok=opt.exist_ok, mkdir=True)
     run.weights_dir = run.save_dir / 'weights'
     run.weights_dir.mkdir(parents=True, exist_ok=True)
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
-    (run.save_dir / 'opt.yaml').write_text(yaml.safe_dump(options, sort_keys=False))
+    write_options(run.save_dir, opt)

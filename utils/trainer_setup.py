@@ -2,6 +2,7 @@
 
     config = load_config(run, ckpt)                         # hyp, data, classes
     model, plan = setup_model(run, config, ckpt)            # weights in, FreezePlan applied (fingerprints taken)
+    choose_batch_size(run, model)                           # --batch-size -1 only: AutoBatch on the frozen model
     loaders = setup_loaders(run, config, model, fresh)      # train/val loaders, labels plot, autoanchor
     learner, decay = setup_learner(run, config, model, plan, loaders.imgsz)   # loss, optimizer, EMA, scaler
     session = resume(run, Session(...), ckpt)               # optimizer/EMA/scaler/counters of a resumed run
@@ -9,15 +10,18 @@
 ``setup`` chains them and wraps the model for DDP. ``release_layers`` is the --unfreeze-epoch step.
 """
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import yaml
 
 from models.yolo import Model
-from utils.augment import check_imgsz
+from utils.sizes import check_imgsz
 from utils.autoanchor import check_anchors
+from utils.autobatch import autobatch
 from utils.checkpoint import format_transfer_report, read_weights, transfer_weights
-from utils.datasets import check_dataset, create_dataloader, load_hyp
+from utils.data_config import check_dataset, load_hyp
+from utils.datasets import create_dataloader
 from utils.download import resolve_weights
 from utils.ema import ModelEMA
 from utils.engine import NOMINAL_BATCH, Learner, accumulate_steps, seed_everything
@@ -116,7 +120,7 @@ def setup_loaders(run, config, model, fresh):
     train_loader, dataset = create_dataloader(
         config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
         workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
-        data=config.data, prefix='train: ')
+        data=config.data, prefix='train: ', image_weights=opt.image_weights)
     if not run.main:
         return Loaders(train_loader, dataset, None, imgsz)
     val_loader, _ = create_dataloader(
@@ -127,6 +131,21 @@ def setup_loaders(run, config, model, fresh):
     if fresh and not opt.noautoanchor:
         check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log)
     return Loaders(train_loader, dataset, val_loader, imgsz)
+
+
+def choose_batch_size(run, model):
+    """--batch-size -1: AutoBatch measures the model as frozen and sets ``opt.batch_size`` (saved in opt.yaml and
+    the checkpoints, so a resumed run keeps it)."""
+    imgsz = check_imgsz(run.opt.imgsz, max(int(model.stride.max()), 32))[0]
+    run.opt.batch_size = autobatch(model, imgsz, run.device, log=run.log)
+    if run.main:
+        write_options(run.save_dir, run.opt)
+
+
+def write_options(save_dir, opt):
+    """The run's options as ``opt.yaml``."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opt).items()}
+    (save_dir / 'opt.yaml').write_text(yaml.safe_dump(options, sort_keys=False))
 
 
 def setup_learner(run, config, model, plan, imgsz):
@@ -191,6 +210,8 @@ def setup(run, ckpt=None):
     """Everything before the first epoch (see the module docstring); returns the Session."""
     config = load_config(run, ckpt)
     model, plan = setup_model(run, config, ckpt)
+    if run.opt.batch_size == -1:
+        choose_batch_size(run, model)
     loaders = setup_loaders(run, config, model, fresh=ckpt is None)
     learner, weight_decay = setup_learner(run, config, model, plan, loaders.imgsz)
     session = Session(config, loaders, learner, plan, weight_decay)

@@ -1,0 +1,41 @@
+"""results.csv: one fixed header, cells by column name, read back by name (utils/results_csv.py, plot_results)."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from utils.plots import plot_results
+from utils.results_csv import COLUMNS, append_row, epoch_row, read_rows
+
+
+def groups(*names):
+    return [{'name': n, 'lr': 0.01 * (i + 1)} for i, n in enumerate(names)]
+
+
+def test_rows_have_the_same_columns_whatever_the_optimizer_groups(tmp_path):
+    result = SimpleNamespace(p=0.5, r=0.25, map50=0.4, map=0.2, losses=(0.1, 0.2, 0.3))
+    path = tmp_path / 'results.csv'
+    append_row(path, epoch_row(0, [1.0, 2.0, 3.0], result, groups('decay', 'bias')))  # --freeze all: no BN
+    append_row(path, epoch_row(1, [1.0, 2.0, 3.0], result, groups('decay', 'decay', 'bn', 'bias', 'bias')))
+    append_row(path, epoch_row(2, [1.0, 2.0, 3.0], None, groups('decay', 'bn', 'bias')))  # --noval epoch
+    lines = path.read_text().splitlines()
+    assert lines[0] == ','.join(COLUMNS) and all(len(line.split(',')) == len(COLUMNS) for line in lines)
+    rows = read_rows(path)
+    assert [r['epoch'] for r in rows] == [0, 1, 2]
+    assert rows[0]['x/lr0'] == 0.01 and math.isnan(rows[0]['x/lr1']) and rows[0]['x/lr2'] == 0.02
+    assert (rows[1]['x/lr0'], rows[1]['x/lr1'], rows[1]['x/lr2']) == (0.01, 0.03, 0.04)  # first group of a kind
+    assert rows[0]['metrics/mAP_0.5:0.95'] == 0.2 and rows[0]['val/cls_loss'] == 0.3
+    assert rows[2]['metrics/precision'] == 0.0  # not validated: zeros, as before
+    with pytest.raises(ValueError, match='unknown results.csv column'):
+        append_row(path, {'epoch': 3, 'x/lr3': 0.1})
+
+
+def test_plot_results_reads_columns_by_name(tmp_path):
+    path = tmp_path / 'results.csv'
+    shuffled = list(reversed(COLUMNS)) + ['extra']  # another column order, one unknown column
+    path.write_text(','.join(shuffled) + '\n' + '\n'.join(
+        ','.join(str(e if c == 'epoch' else np.float64(e + 1) / 10) for c in shuffled) for e in range(3)) + '\n')
+    out = plot_results(path)
+    assert out is not None and out.is_file()
+    assert [r['epoch'] for r in read_rows(path)] == [0, 1, 2] and read_rows(path)[2]['extra'] == pytest.approx(0.3)
