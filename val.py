@@ -5,6 +5,8 @@ Usage:
     python val.py --weights best.pt --data ../shared/data/coco64dev/coco64dev.yaml --save-json  # + pycocotools
     python val.py --weights best.pt --data data/voc.yaml        # + VOC devkit AP50 (eval: voc07 / voc12)
     python val.py --weights best.pt --data data/coco128.yaml --task speed   # ms per image
+    python val.py --weights yolov5n.pt --data datasets/coco64transfer/coco64transfer.yaml --imgsz 320  # zero-shot:
+        # a checkpoint of other classes is evaluated through the class mapping (utils/class_map.py)
 
 From Python, ``val.run(**kwargs)`` takes the flags as keyword arguments and returns an ``EvalResult``
 (utils/evaluator.py: result.map50, result.map, result.maps, result.speed, ...). The measuring itself is
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from utils.backends import load_backend
+from utils.class_map import build_class_map, remap_detections
 from utils.cli import ArgumentParser, run_cli
 from utils.data_config import check_dataset
 from utils.datasets import create_dataloader
@@ -41,15 +44,12 @@ def build_dataloader(data, split, imgsz, batch_size, stride, workers, single_cls
                              prefix=f'{split}: ')[0]
 
 
-def load_for_val(weights, device, nc, single_cls, half=False):
+def load_for_val(weights, device, half=False):
     """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/backends`` Backend: a callable that maps
     a batch to decoded predictions, which ``evaluate`` takes as it takes a model."""
     if not weights:
         raise ValueError('--weights is required')
-    backend = load_backend(weights, device, fp16=half)
-    if backend.nc != nc and not single_cls:
-        raise ValueError(f'{weights}: model has {backend.nc} classes but the data has {nc}')
-    return backend
+    return load_backend(weights, device, fp16=half)
 
 
 def loader_size(backend, imgsz, task):
@@ -64,6 +64,33 @@ def loader_size(backend, imgsz, task):
     if imgsz != h:
         print(f'note: {backend.path.name} takes {h}x{w} images (fixed at export); validating at {h}, not {imgsz}')
     return h, True
+
+
+def class_mapping(model, data, weights, single_cls):
+    """A ``ClassMap`` when the checkpoint's classes are not the data's (another count, or a ``class_map:`` in the
+    data YAML): predictions are then evaluated through it (zero-shot). None when they are the same classes."""
+    spec = data.get('class_map')
+    model_nc = model.nc
+    if single_cls or (model_nc == data['nc'] and not isinstance(spec, dict)):
+        return None
+    differ = f'{weights}: model has {model_nc} classes but the data has {data["nc"]}'
+    if spec == 'none':
+        raise ValueError(f'{differ} (class_map: none turns the mapping off)')
+    cmap = build_class_map(data['names'], model.names, spec, where=data.get('yaml_file') or 'data')
+    if cmap.is_identity:
+        return None
+    if not cmap.mapped:
+        raise ValueError(f'{differ}, and no data class matches a checkpoint class by name (map them with a '
+                         f'class_map: key in the data YAML)')
+    print(f'Zero-shot through a class mapping ({Path(str(weights)).name}: {model_nc} classes -> data: '
+          f'{data["nc"]}): {cmap.summary().replace("(new)", "(AP 0)")}')
+    print('  ' + ' | '.join(cmap.describe()))
+    return cmap
+
+
+def mapped_postprocess(cmap, config):
+    """The evaluator's post-NMS step: each image's detections in checkpoint classes -> data classes."""
+    return lambda dets, metas: [remap_detections(d, cmap, config.iou_thres, config.max_det) for d in dets]
 
 
 def check_options(task, batch_size, imgsz, conf_thres, iou_thres, max_det):
@@ -94,7 +121,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     split = 'val' if task == 'speed' else task
     names = ['item'] if single_cls and data['nc'] != 1 else list(data['names'])
     device = select_device(device)
-    model = load_for_val(weights, device, data['nc'], single_cls, half and device.type != 'cpu')
+    model = load_for_val(weights, device, half and device.type != 'cpu')
+    cmap = class_mapping(model, data, weights, single_cls)
     save_dir = Path(save_dir) if save_dir else increment_path(Path(project) / name, exist_ok, mkdir=True)
     save_dir.mkdir(parents=True, exist_ok=True)
     size, square = loader_size(model, imgsz, task)
@@ -103,8 +131,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
     config = EvalConfig.for_data(data, single_cls, anno, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                                  half=half, coco_rules=save_json, confusion=plots, progress=HEADER)
     coco = CocoJson(save_dir, names, anno) if save_json else None
-    result = evaluate(model, loader, config, observers=observers_for(save_dir, names, plots, save_txt, save_conf,
-                                                                     coco))
+    result = evaluate(model, loader, config, postprocess=mapped_postprocess(cmap, config) if cmap else None,
+                      observers=observers_for(save_dir, names, plots, save_txt, save_conf, coco))
     verbose = verbose or len(names) < 50
     print_table(result, names, verbose)
     if config.voc_rule:

@@ -29,20 +29,28 @@ class Detect(nn.Module):
     ``anchors`` is a buffer of shape (nl, na, 2) in grid units (``Model`` divides the pixel anchors by the
     strides). Releases up to v5 also stored the pixel anchors as an ``anchor_grid`` buffer; pass
     ``anchor_grid_buffer=True`` to keep that key so their state_dicts load unchanged.
+
+    ``class_rows`` (one count per class, e.g. ``[1, 8, 10]``) gives a class several output rows, for a class
+    transferred from several checkpoint classes (``utils/checkpoint.py``): the convs then have ``5 + sum(rows)``
+    outputs per anchor and a fixed rule ``class_reduce`` folds a class's rows into one logit, before the loss
+    and the decode, so every consumer still sees ``5 + nc`` outputs per anchor.
     """
 
-    def __init__(self, nc=80, anchors=(), ch=(), anchor_grid_buffer=False):
+    def __init__(self, nc=80, anchors=(), ch=(), anchor_grid_buffer=False, class_rows=None, class_reduce='max'):
         super().__init__()
         self.nc = nc  # number of classes
         self.no = nc + 5  # outputs per anchor: box(4) + objectness(1) + classes
         self.nl = len(anchors)  # number of detection levels
         self.na = len(anchors[0]) // 2  # anchors per level
+        self.class_rows = check_class_rows(class_rows, nc, class_reduce)  # None: one row per class
+        self.class_reduce = class_reduce
+        self.nr = sum(self.class_rows) if self.class_rows else nc  # class rows in each conv, per anchor
         a = torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2)
         self.register_buffer('anchors', a)
         if anchor_grid_buffer:
             self.register_buffer('anchor_grid', a.clone().view(self.nl, 1, -1, 1, 1, 2))
         self.register_buffer('stride', torch.ones(self.nl), persistent=False)  # set by Model
-        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.m = nn.ModuleList(nn.Conv2d(x, (self.nr + 5) * self.na, 1) for x in ch)
 
     def forward(self, x):
         """Training: list of raw maps (B, na, ny, nx, no). Eval: (decoded (B, N, no), raw maps)."""
@@ -50,10 +58,27 @@ class Detect(nn.Module):
         for i in range(self.nl):
             x[i] = self.m[i](x[i])
             bs, _, ny, nx = x[i].shape
-            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            x[i] = x[i].view(bs, self.na, self.nr + 5, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if self.class_rows:
+                x[i] = self.reduce_class_rows(x[i])
             if not self.training:
                 z.append(self.decode(x[i], i).view(bs, -1, self.no))
         return x if self.training else (torch.cat(z, 1), x)
+
+    def reduce_class_rows(self, p):
+        """(..., 5 + sum(class_rows)) -> (..., 5 + nc): each class's rows folded into one logit.
+
+        'max': the largest member logit (the class scores like its most confident member). 'noisy_or': the
+        logit of 1 - prod(1 - p_member), i.e. log(expm1(sum(softplus(z)))).
+        """
+        parts = list(p.split([5, *self.class_rows], -1))
+        for k, rows in enumerate(self.class_rows, 1):
+            if rows > 1 and self.class_reduce == 'max':
+                parts[k] = parts[k].amax(-1, keepdim=True)
+            elif rows > 1:
+                s = nn.functional.softplus(parts[k].float()).sum(-1, keepdim=True).clamp_min(1e-30)
+                parts[k] = (s + torch.log(-torch.expm1(-s))).to(p.dtype)  # log(e^s - 1), stable for large s
+        return torch.cat(parts, -1)
 
     def decode(self, p, i):
         """Raw level-i map -> (xywh in input pixels, objectness, class scores), all after sigmoid."""
@@ -65,6 +90,21 @@ class Detect(nn.Module):
         xy = (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i]
         wh = (y[..., 2:4] * 2) ** 2 * anchor_wh
         return torch.cat((xy, wh, y[..., 4:]), -1)
+
+
+CLASS_REDUCTIONS = ('max', 'noisy_or')
+
+
+def check_class_rows(class_rows, nc, class_reduce):
+    """``class_rows`` as a tuple, or None when every class has one row; ValueError when it cannot fit ``nc``."""
+    if class_reduce not in CLASS_REDUCTIONS:
+        raise ValueError(f"class_reduce '{class_reduce}': expected one of {', '.join(CLASS_REDUCTIONS)}")
+    if not class_rows:
+        return None
+    rows = tuple(class_rows)
+    if len(rows) != nc or not all(isinstance(r, int) and r >= 1 for r in rows):
+        raise ValueError(f'class_rows {list(rows)}: expected {nc} positive integers (one per class)')
+    return rows if any(r > 1 for r in rows) else None
 
 
 # YAML module names -> classes. An explicit table: nothing in a YAML is ever evaluated as code.
@@ -186,6 +226,7 @@ def build_layer(d, i, f, n, name, args, ch):
         if isinstance(args[1], int):
             raise ValueError('Detect needs explicit anchors')
         kwargs['anchor_grid_buffer'] = bool(d.get('anchor_grid_buffer', False))
+        kwargs['class_rows'], kwargs['class_reduce'] = d.get('class_rows'), d.get('class_reduce', 'max')
         c2 = None
     else:
         c2 = ch[f]
@@ -242,11 +283,16 @@ def probe_layers(d, ch):
 class Model(nn.Module):
     """YOLOv5 detection model. ``cfg`` is a YAML path/name or an already-loaded dict."""
 
-    def __init__(self, cfg='yolov5s.yaml', ch=3, nc=None, anchors=None):
+    def __init__(self, cfg='yolov5s.yaml', ch=3, nc=None, anchors=None, class_rows=None):
         super().__init__()
         self.yaml = deepcopy(cfg) if isinstance(cfg, dict) else load_yaml_cfg(cfg)
         if nc is not None and nc != self.yaml['nc']:
             self.yaml['nc'] = int(nc)
+            self.yaml.pop('class_rows', None)  # rows of the YAML's classes, not of these
+        if class_rows is not None:  # several output rows for some classes (see Detect)
+            self.yaml['class_rows'] = list(class_rows)
+        if not self.yaml.get('class_rows'):
+            self.yaml.pop('class_rows', None)
         if anchors is not None:
             self.yaml['anchors'] = anchors
         self.yaml['ch'] = ch

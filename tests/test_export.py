@@ -11,11 +11,10 @@ from models.yolo import Model
 from utils.checkpoint import FORMAT, load_model, save_checkpoint
 
 
-@pytest.fixture
-def weights(tmp_path):
+def make_weights(tmp_path, class_rows=None):
     """One of our checkpoints: a small v6 yolov5n with 4 classes and non-trivial weights."""
     torch.manual_seed(0)
-    model = Model('v6/yolov5n.yaml', nc=4)
+    model = Model('v6/yolov5n.yaml', nc=4, class_rows=class_rows)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):  # make BN folding matter
             m.running_mean.uniform_(-0.1, 0.1)
@@ -23,6 +22,11 @@ def weights(tmp_path):
     ckpt = {'format': FORMAT, 'yaml': model.yaml, 'names': ['a', 'b', 'c', 'd'], 'nc': 4,
             'model': model.state_dict(), 'ema': None}
     return save_checkpoint(ckpt, tmp_path / 'tiny.pt')
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return make_weights(tmp_path)
 
 
 def test_torchscript_output_equals_pytorch(weights):
@@ -52,6 +56,24 @@ def test_onnx_output_equals_pytorch(weights):
     with torch.no_grad():
         expected = load_model(weights)(x)[0]
     assert torch.allclose(torch.from_numpy(got), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_grouped_class_rows_export_with_their_reduction(tmp_path):
+    """A head whose classes keep several checkpoint rows (transfer, max rule) exports with the reduction inside."""
+    path = make_weights(tmp_path, class_rows=[1, 3, 1, 2])
+    onnx = importlib.util.find_spec('onnx') is not None and importlib.util.find_spec('onnxruntime') is not None
+    paths = export.run(weights=path, include=['torchscript', 'onnx'] if onnx else ['torchscript'], imgsz=96)
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = load_model(path)(x)[0]
+        got = [torch.jit.load(str(paths[0]))(x)]
+    if onnx:
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(paths[1]), providers=['CPUExecutionProvider'])
+        got.append(torch.from_numpy(session.run(None, {'images': x.numpy()})[0]))
+    assert expected.shape == (1, 3 * (12 * 12 + 6 * 6 + 3 * 3), 9)
+    for g in got:
+        assert torch.allclose(g, expected, atol=1e-3, rtol=1e-3)
 
 
 def test_onnx_missing_is_one_clear_message(weights, monkeypatch, capsys):

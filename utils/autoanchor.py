@@ -58,10 +58,11 @@ def _kmeans(x, n, rng, iters=30):
     return centres
 
 
-def check_anchors(dataset, model, thr=4.0, imgsz=640, log=print):
+def check_anchors(dataset, model, thr=4.0, imgsz=640, log=print, replace=True):
     """Check the model's anchors against the dataset; replace them when best possible recall < 0.98.
 
-    Returns (bpr before, bpr after). New anchors are only kept when they improve recall.
+    Returns (bpr before, bpr after). New anchors are only kept when they improve recall. ``replace=False``
+    (a model started from pretrained weights, whose box rows were trained for its anchors) only checks.
     """
     det = getattr(model, 'module', model).model[-1]
     wh = label_wh(dataset, imgsz)
@@ -72,6 +73,10 @@ def check_anchors(dataset, model, thr=4.0, imgsz=640, log=print):
     bpr, aat = anchor_metrics(anchors, wh, thr)
     log(f'autoanchor: {aat:.2f} anchors/target, best possible recall {bpr:.4f}')
     if bpr >= 0.98:
+        return bpr, bpr
+    if not replace:
+        log('autoanchor: keeping the pretrained anchors (the transferred box rows were trained for them; '
+            'new anchors would undo that); give --cfg with anchors to change them')
         return bpr, bpr
     n_anchors, n_usable = det.na * det.nl, int((wh >= 2.0).any(1).sum())
     if n_usable < n_anchors:  # too few boxes to fit anchors to: warn and keep the model's (as upstream)

@@ -21,12 +21,10 @@ Files are written atomically (``last.pt.<random>.partial``, fsync, rename), so a
 never leaves half a checkpoint: the previous one stays.
 
 Official YOLOv5 ``.pt`` files (a pickled model) are read through ``utils/official.py``'s allow-list unpickler;
-``read_weights``/``load_model`` accept both kinds, and ``transfer_weights`` starts a model from either:
+``read_weights``/``load_model`` accept both kinds; ``utils/transfer.py`` starts a new model from either:
 
     model = load_model('yolov5n.pt')                         # official or ours, fp32, eval mode
     w = read_weights('yolov5m.pt')                           # {'yaml', 'state_dict', 'names', 'source'}
-    report = transfer_weights(Model(w['yaml'], nc=20), w['state_dict'], source='yolov5m.pt')
-    print(format_transfer_report(report))
 """
 import os
 import tempfile
@@ -38,6 +36,7 @@ import torch
 
 from utils.checkpoint_probe import describe_object
 from utils.errors import WriteFailed, one_line
+from utils.transfer import format_transfer_report, transfer_weights  # noqa: F401 (re-exported: starting a model)
 
 FORMAT = 'yolov5-freeze/1'
 PARTIAL_SUFFIX = '.partial'  # a checkpoint being written; renamed over the target when complete
@@ -182,68 +181,3 @@ def load_model(path, device='cpu', fuse=False):
         with torch.no_grad():  # keep the folded weights leaf tensors
             model.fuse()
     return model.to(device).eval()
-
-
-def _detect_rows(model):
-    """(prefix of the Detect output convs, anchors per level, levels) of the model's last layer."""
-    detect = model.model[-1]
-    return f'model.{len(model.model) - 1}.m.', detect.na, detect.nl
-
-
-def _copy_box_obj_rows(dst, src, na):
-    """Copy rows [0:5) (box + objectness) of every anchor from ``src`` to ``dst``. False if layouts differ."""
-    if dst.shape[1:] != src.shape[1:] or dst.shape[0] % na or src.shape[0] % na:
-        return False
-    no_dst, no_src = dst.shape[0] // na, src.shape[0] // na
-    if min(no_dst, no_src) < 5:
-        return False
-    for a in range(na):
-        dst[a * no_dst:a * no_dst + 5].copy_(src[a * no_src:a * no_src + 5])
-    return True
-
-
-def transfer_weights(model, state_dict, source=None):
-    """Copy every tensor of ``state_dict`` whose name and shape match into ``model``.
-
-    For the Detect output convolutions (the last layer's ``m.*``) with another class count, the box (4) and
-    objectness (1) rows of every anchor are copied and only the class rows keep their initial values.
-    Returns a report dict for ``format_transfer_report``.
-    """
-    own = model.state_dict()  # tensors share storage with the model
-    params = dict(model.named_parameters())
-    prefix, na, nl = _detect_rows(model)
-    whole, partial, reinit = [], [], []
-    n_params = 0
-    with torch.no_grad():
-        for name, dst in own.items():
-            src = state_dict.get(name)
-            if src is not None and src.shape == dst.shape:
-                dst.copy_(src)
-                whole.append(name)
-                n_params += dst.numel() if name in params else 0
-            elif src is not None and name.startswith(prefix) and _copy_box_obj_rows(dst, src, na):
-                partial.append(name)
-                n_params += na * 5 * dst[0].numel() if name in params else 0
-            else:
-                reinit.append(name)
-    return {'source': str(source) if source else None, 'tensors_total': len(own), 'tensors_copied': len(whole),
-            'tensors_partial': partial, 'tensors_reinitialised': reinit,
-            'unused': sorted(set(state_dict) - set(own)),
-            'params_copied': n_params, 'params_total': sum(p.numel() for p in params.values()),
-            'detect_anchors': na, 'detect_levels': nl}
-
-
-def format_transfer_report(report):
-    """One or two lines: how much of the model came from the checkpoint, and what the Detect head kept."""
-    r = report
-    src = f" from {Path(r['source']).name}" if r.get('source') else ''
-    s = (f"Transferred {r['tensors_copied']}/{r['tensors_total']} tensors whole "
-         f"({r['params_copied']:,}/{r['params_total']:,} params){src}")
-    if r['tensors_partial']:
-        s += (f"; Detect: box+obj rows of {r['detect_anchors']} anchors x {r['detect_levels']} levels kept "
-              f"({len(r['tensors_partial'])} tensors), class rows re-initialised")
-    others = [n for n in r['tensors_reinitialised']]
-    if others:
-        shown = ', '.join(others[:3]) + (', ...' if len(others) > 3 else '')
-        s += f'\nRe-initialised {len(others)} tensors not in the checkpoint or of another shape: {shown}'
-    return s

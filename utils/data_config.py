@@ -7,6 +7,7 @@ Usage::
 """
 from pathlib import Path
 
+from utils.class_map import check_class_map_spec
 from utils.label_formats import load_coco_json
 from utils.safe_yaml import load_yaml_file
 
@@ -87,6 +88,7 @@ def check_dataset(data):
     out['eval'] = _eval_kind(cfg, out, where)
     if names is None:
         out['names'], out['nc'] = _names_from_json(out, where)
+    out['class_map'] = check_class_map_spec(cfg.get('class_map'), out['names'], where)
     return out
 
 

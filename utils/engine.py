@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 NOMINAL_BATCH = 64  # YOLOv5 accumulates gradients up to this batch size (hyp key 'nbs' overrides)
+WARMUP_SHARE = 0.1  # warm-up takes at most this share of a run's iterations (hyp key 'warmup_share' overrides)
 
 
 def seed_everything(seed):
@@ -50,6 +51,13 @@ def set_lr(optimizer, ni, epoch, epochs, hyp, warmup_iters, cos=False):
         if 'ramp' in g:  # newly unfrozen parameters warm up on their own
             start_iter, length = g['ramp']
             g['lr'] *= min(1.0, max(0.0, (ni - start_iter) / max(length, 1)))
+
+
+def warmup_iterations(hyp, nb, epochs):
+    """Warm-up length in iterations: YOLOv5's ``warmup_epochs`` (at least 100 iterations), but never more than
+    ``warmup_share`` of the run, so a short fine-tune is not spent warming up (4 batches x 20 epochs: 8, not 80)."""
+    yolo = max(round(hyp['warmup_epochs'] * nb), 100)
+    return min(yolo, max(round(hyp.get('warmup_share', WARMUP_SHARE) * epochs * nb), 1))
 
 
 def warmup_accumulate(ni, warmup_iters, batch_size, nbs=NOMINAL_BATCH):

@@ -171,9 +171,13 @@ def plot_results(csv_path):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 6), tight_layout=True)
     epochs = np.array([r.get('epoch', np.nan) for r in rows]) + 1
+    start = [r for r in rows if r.get('epoch', 0) < 0]  # a pretrained start's zero-shot row (epoch -1)
     for ax, key in zip(fig.subplots(2, 5).ravel(), PLOTTED):
         ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker='.', linewidth=2)
         ax.set_title(key, fontsize=10)
+        if start and np.isfinite(start[0].get(key, np.nan)):
+            ax.axhline(start[0][key], color='grey', linestyle='--', linewidth=1, label='zero-shot (epoch 0)')
+            ax.legend(fontsize=7)
     return _save(fig, csv_path.with_name('results.png'))
 
 

@@ -12,7 +12,7 @@ import torch
 
 from utils.checkpoint import load_model, save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
-from utils.engine import StepState, seed_everything, train_one_epoch
+from utils.engine import StepState, seed_everything, train_one_epoch, warmup_iterations
 from utils.errors import Interrupted
 from utils.eval_outputs import BatchPlotter
 from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
@@ -72,6 +72,22 @@ def validate_epoch(run, session, final):
     result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss,
                       observers=observers)
     report_validation(run, session, result, config, verbose=final, plots=plots)
+    return result
+
+
+ZERO_SHOT_EPOCH = -1  # results.csv row of the evaluation before the first step (drawn at 0 in results.png)
+
+
+def zero_shot(run, session):
+    """A pretrained start, evaluated once before the first step: where the fine-tune begins (the transferred
+    model, its class rows mapped from the checkpoint). Logged and written to results.csv as epoch -1."""
+    learner = session.learner
+    config = eval_config(run, session, plots=False)
+    result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss)
+    print_table(result, session.config.names, verbose=False)
+    run.log(f'Zero-shot (before the first step): mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}; written to '
+            f'results.csv as epoch {ZERO_SHOT_EPOCH}')
+    append_row(run.save_dir / 'results.csv', epoch_row(ZERO_SHOT_EPOCH, (), result, []))
     return result
 
 
@@ -155,7 +171,8 @@ def train(run, ckpt=None):
     session = setup(run, ckpt)
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
     cfg = {'epochs': opt.epochs, 'hyp': hyp, 'batch_size': opt.batch_size, 'cos_lr': opt.cos_lr,
-           'amp': run.amp, 'world_size': run.world_size, 'warmup_iters': max(round(hyp['warmup_epochs'] * nb), 100)}
+           'amp': run.amp, 'world_size': run.world_size,
+           'warmup_iters': warmup_iterations(hyp, nb, opt.epochs)}
     if opt.multi_scale:
         cfg['multi_scale'] = multi_scale_for(session, opt.seed)
     if run.main:
@@ -166,6 +183,8 @@ def train(run, ckpt=None):
     state = StepState(ni=start * nb, last_step=start * nb - 1) if not resume_at else \
         StepState(ni=resume_at['ni'], last_step=resume_at['ni'] - 1)
     cfg['skip_batches'] = resume_at['batch'] if resume_at else 0
+    if run.main and opt.weights and ckpt is None and not opt.noval:
+        zero_shot(run, session)
     result = None
     t0 = time.time()
     with StopOnSignal(log=run.log) as stop:

@@ -20,6 +20,7 @@ from utils.sizes import check_imgsz
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
 from utils.checkpoint import format_transfer_report, read_weights, transfer_weights
+from utils.class_map import build_class_map
 from utils.data_config import check_dataset, load_hyp
 from utils.datasets import create_dataloader
 from utils.download import resolve_weights
@@ -29,6 +30,7 @@ from utils.freeze import FreezePlan
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.optim import build_optimizer, replace_optimizer
 from utils.plots import plot_labels
+from utils.transfer import class_rows_for
 
 
 @dataclass
@@ -86,9 +88,14 @@ def build_model(run, config):
     opt = run.opt
     weights = read_weights(resolve_weights(opt.weights)) if opt.weights else None
     cfg = opt.cfg or (weights['yaml'] if weights else 'v6/yolov5s.yaml')
-    model = Model(cfg, nc=config.nc).to(run.device)
-    if weights:
-        report = transfer_weights(model, weights['state_dict'])
+    if not weights:
+        model = Model(cfg, nc=config.nc).to(run.device)
+    else:
+        cmap = build_class_map(config.names, weights['names'], None if opt.single_cls else config.data['class_map'],
+                               where=config.data.get('yaml_file') or 'data')
+        model = Model(cfg, nc=config.nc, class_rows=class_rows_for(cmap, weights['yaml'])).to(run.device)
+        report = transfer_weights(model, weights['state_dict'], opt.weights, cmap, weights['yaml'],
+                                  keep_anchors=bool(opt.cfg))  # --cfg anchors are the user's choice
         run.log(format_transfer_report(report))
     model.names = list(config.names)
     return model
@@ -129,7 +136,7 @@ def setup_loaders(run, config, model, fresh):
     if fresh and not opt.noplots:
         plot_labels(dataset.labels, config.names, run.save_dir)
     if fresh and not opt.noautoanchor:
-        check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log)
+        check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log, replace=not opt.weights)
     return Loaders(train_loader, dataset, val_loader, imgsz)
 
 

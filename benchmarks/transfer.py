@@ -1,0 +1,221 @@
+"""The freeze study: fine-tune one checkpoint on one data set under several settings, side by side.
+
+    python benchmarks/transfer.py --data datasets/coco64transfer/coco64transfer.yaml \\
+        --weights ../shared/weights/yolov5n.pt --epochs 20 --imgsz 320
+    python benchmarks/transfer.py --data data/voc.yaml --weights yolov5m.pt --epochs 70 --imgsz 640 --device 0
+    python benchmarks/transfer.py ... --settings freeze0 freeze10 'f5:--freeze 5'     # another set
+
+Each setting is one ``train.py`` run in its own process, with the same epochs, batch size, image size, hyp and
+seed. Built-in settings (``--settings`` picks some, or adds ``name:train.py flags`` of your own):
+
+    freeze0            --freeze 0
+    freeze10           --freeze 10
+    freeze10-bn-upstream   --freeze 10 --freeze-bn-stats false (upstream YOLOv5: frozen BN keeps updating)
+    all-but-detect     --freeze all
+    freeze10-unfreeze  --freeze 10 --unfreeze-epoch N/2
+    mapping-off        --freeze 10 with class_map: none (every class row starts fresh)
+
+Per setting: the zero-shot mAP (train.py's evaluation before the first step), final and best mAP, wall time,
+seconds per training epoch, speedup against the first setting, peak RSS (peak CUDA memory on a GPU). Writes a
+Markdown table, JSON and a PNG of mAP50 per epoch (default benchmarks/results/transfer.{md,json,png}). Without
+--data, the coco64 transfer set is built first (``python -m utils.transfer_set``).
+"""
+import argparse
+import csv
+import json
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = {
+    'freeze0': '--freeze 0',
+    'freeze10': '--freeze 10',
+    'freeze10-bn-upstream': '--freeze 10 --freeze-bn-stats false',
+    'all-but-detect': '--freeze all',
+    'freeze10-unfreeze': '--freeze 10 --unfreeze-epoch {half}',
+    'mapping-off': '--freeze 10 {mapping_off}',
+}
+MAP50, MAP = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95'
+
+
+def parse_settings(names, epochs, mapping_off_yaml):
+    """[(name, [train.py flags])] from built-in names and ``name:flags`` entries."""
+    out = []
+    for s in names:
+        name, _, flags = s.partition(':')
+        if not flags:
+            if name not in SETTINGS:
+                raise ValueError(f"--settings {name}: unknown (built in: {', '.join(SETTINGS)}; or 'name:flags')")
+            flags = SETTINGS[name]
+        flags = flags.format(half=max(epochs // 2, 1), mapping_off=f'--data {mapping_off_yaml}')
+        out.append((name, shlex.split(flags)))
+    return out
+
+
+def mapping_off_data(data, out_dir):
+    """A copy of the data YAML with ``class_map: none`` (absolute paths, so it works from anywhere)."""
+    import yaml
+    from utils.datasets import check_dataset
+    d = check_dataset(data)
+    cfg = {'path': str(d['path']), 'train': d['train'], 'val': d['val'], 'nc': d['nc'], 'names': d['names'],
+           'class_map': 'none'}
+    for key in ('format', 'eval'):
+        if d.get(key):
+            cfg[key] = d[key]
+    if d.get('annotations'):
+        cfg['annotations'] = {k: str(v) for k, v in d['annotations'].items()}
+    path = Path(out_dir) / 'mapping_off.yaml'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def read_curve(csv_path):
+    """[(epoch, mAP50, mAP50-95)] from a results.csv, by column name."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    return [(int(float(r['epoch'])), float(r[MAP50]), float(r[MAP])) for r in rows]
+
+
+def worker(opt, name, flags):
+    """One setting in this process: train.py's run, timed; prints one JSON line."""
+    import torch
+    import train
+    from utils import trainer
+
+    epoch_times = []
+    one_epoch = trainer.train_one_epoch
+
+    def timed_epoch(*args, **kwargs):
+        t = time.perf_counter()
+        out = one_epoch(*args, **kwargs)
+        epoch_times.append(time.perf_counter() - t)
+        return out
+
+    trainer.train_one_epoch = timed_epoch
+    args = ['--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
+            '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
+            '--workers', str(opt.workers), '--project', str(opt.project), '--name', name, '--exist-ok', '--noplots',
+            *(['--hyp', opt.hyp] if opt.hyp else []), *flags]
+    t0 = time.perf_counter()
+    train.main(train.parse_opt(args))
+    wall = time.perf_counter() - t0
+    cuda = torch.cuda.is_available() and opt.device not in ('cpu', '')
+    return {'setting': name, 'flags': ' '.join(flags), 'wall_s': wall,
+            's_per_epoch': sum(epoch_times) / max(len(epoch_times), 1),
+            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            'peak_cuda_mb': torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
+
+
+def run_setting(opt, name, flags):
+    cmd = [sys.executable, __file__, '--worker', name, '--worker-flags', ' '.join(shlex.quote(f) for f in flags),
+           '--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
+           '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
+           '--workers', str(opt.workers), '--project', str(opt.project), *(['--hyp', opt.hyp] if opt.hyp else [])]
+    log = Path(opt.project) / f'{name}.log'
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f'{name}: train.py {" ".join(flags)} (log: {log})', flush=True)
+    with log.open('w') as f:
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
+    if out.returncode:
+        sys.exit(f'error: setting {name} failed (exit {out.returncode}); see {log}')
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    curve = read_curve(Path(opt.project) / name / 'results.csv')
+    start = [c for c in curve if c[0] < 0]
+    trained = [c for c in curve if c[0] >= 0]
+    best = max(trained, key=lambda c: c[1])
+    r.update(zero_shot_map50=start[0][1] if start else None, zero_shot_map=start[0][2] if start else None,
+             final_map50=trained[-1][1], final_map=trained[-1][2], best_map50=best[1], best_epoch=best[0],
+             curve=curve)
+    return r
+
+
+def markdown_table(rows, opt):
+    base = rows[0]['s_per_epoch']
+    gpu = any(r['peak_cuda_mb'] is not None for r in rows)
+    head = ['setting', 'zero-shot mAP50', 'zero-shot mAP50-95', 'final mAP50', 'final mAP50-95',
+            'best mAP50 (epoch)', 'wall s', 's/epoch', 'speedup', 'peak CUDA MB' if gpu else 'peak RSS MB']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for r in rows:
+        zs = [f'{r[k]:.3f}' if r[k] is not None else '-' for k in ('zero_shot_map50', 'zero_shot_map')]
+        mem = r['peak_cuda_mb'] if gpu else r['peak_rss_mb']
+        lines.append(f"| {r['setting']} | {zs[0]} | {zs[1]} | {r['final_map50']:.3f} | {r['final_map']:.3f} | "
+                     f"{r['best_map50']:.3f} ({r['best_epoch'] + 1}) | {r['wall_s']:.0f} | {r['s_per_epoch']:.1f} | "
+                     f"{base / r['s_per_epoch']:.2f}x | {mem:,.0f} |")
+    title = (f"{Path(opt.weights).name} on {Path(opt.data).name}: {opt.epochs} epochs, {opt.imgsz} px, batch "
+             f"{opt.batch_size}, seed {opt.seed}, {'hyp ' + Path(opt.hyp).name if opt.hyp else 'default hyp'}, "
+             f"device {opt.device or 'auto'}")
+    return title + '\n\n' + '\n'.join(lines) + '\n'
+
+
+def plot_curves(rows, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 5), tight_layout=True)
+    ax = fig.subplots()
+    for r in rows:
+        ep = [c[0] + 1 for c in r['curve']]  # the zero-shot row (epoch -1) is drawn at 0: before any step
+        ax.plot(ep, [c[1] for c in r['curve']], marker='.', label=r['setting'])
+    ax.set(xlabel='epoch (0 = zero-shot, before the first step)', ylabel='mAP50', title='mAP50 per epoch')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def parse_opt(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--data', default=None, help='data YAML (default: the coco64 transfer set, built on first use)')
+    p.add_argument('--weights', default=str(ROOT.parent / 'shared/weights/yolov5n.pt'), help='pretrained .pt')
+    p.add_argument('--epochs', type=int, default=20)
+    p.add_argument('--imgsz', type=int, default=320)
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--hyp', default=None, help="hyp YAML (default: train.py's for a pretrained start)")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--settings', nargs='+', default=list(SETTINGS),
+                   help="built-in names and/or 'name:train.py flags'; the first is the speed reference")
+    p.add_argument('--project', default=str(ROOT / 'runs/transfer-study'), help='where the runs go')
+    p.add_argument('--out', default=str(ROOT / 'benchmarks/results/transfer'), help='writes OUT.md/.json/.png')
+    p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--worker-flags', default='', help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    opt = parse_opt(argv)
+    if opt.worker:
+        import contextlib
+        with contextlib.redirect_stdout(sys.stderr):  # train.py's log goes to the setting's log file
+            result = worker(opt, opt.worker, shlex.split(opt.worker_flags))
+        print(json.dumps(result))
+        return
+    if opt.data is None:
+        from utils.transfer_set import make_transfer_set
+        opt.data = str(make_transfer_set())
+    try:
+        settings = parse_settings(opt.settings, opt.epochs, mapping_off_data(opt.data, opt.project))
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'error: {e}')
+    rows = [run_setting(opt, name, flags) for name, flags in settings]
+    table = markdown_table(rows, opt)
+    print(table)
+    out = Path(opt.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix('.md').write_text(table)
+    config = {k: v for k, v in vars(opt).items() if not k.startswith('worker')}
+    out.with_suffix('.json').write_text(json.dumps({'config': config, 'machine': platform.platform(),
+                                                    'results': rows}, indent=2))
+    plot_curves(rows, out.with_suffix('.png'))
+    print(f'wrote {out}.md, {out}.json, {out}.png')
+
+
+if __name__ == '__main__':
+    main()
