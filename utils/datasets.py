@@ -92,6 +92,8 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
         report.add(rep)
         if verbose:
             print(f"{prefix}{src}: {rep.summary()}{' (from cache)' if cached else ''}")
+            if rep.cache_note:  # why the cache was rebuilt, or where it went (read-only data)
+                print(f'{prefix}{rep.cache_note}')
     if verbose:
         for file, reason in report.messages[:10]:
             print(f'{prefix}  skipped/fixed {file}: {reason}')
