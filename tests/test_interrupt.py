@@ -1,5 +1,5 @@
-"""SIGINT / SIGTERM sent to a real train.py: stop after the current optimizer step with a resumable last.pt that
-resumes exactly; a second signal exits at once."""
+"""SIGINT / SIGTERM sent to a real train.py: stop after the current batch with a last.pt that resumes exactly;
+a second signal exits at once."""
 import os
 import signal
 import subprocess
@@ -59,13 +59,14 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, tiny_shapes, train
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert 'SIGINT: stopping after the current optimizer step' in out
+    assert 'SIGINT: stopping after the current batch' in out
     line = last_line(err)
     assert line.startswith('error: SIGINT: stopped epoch 2/2 after batch ') and line.endswith(
         f'saved {last}; resume with: python train.py --resume {last}'), err[-2000:]
     ck = load_checkpoint(last)
     batch = ck['resume_at']['batch']
     assert ck['epoch'] == 0 and ck['optimizer'] is not None and 1 <= batch < 4 and f'batch {batch}/4' in line
+    assert ck['pending_grads']  # batch 2 accumulates towards 64 images: the stop fell inside an accumulation
     train.run(resume=str(last), workers=0)  # the command the message gives, from Python
     full = tmp_path / 'runs' / 'full' / 'weights' / 'last.pt'
     subprocess.run(train_cmd(tiny_shapes, tmp_path / 'runs', '--batch-size', '2', '--name', 'full', epochs=2),

@@ -20,3 +20,6 @@ def run_cli(fn, opt):
     except ONE_LINE_ERRORS as e:
         print(f'error: {one_line(e)}', file=sys.stderr)
         sys.exit(e.exit_code if isinstance(e, OneLineError) else 1)
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (set-up, validation, detect.py ...)
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)

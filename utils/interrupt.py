@@ -7,9 +7,10 @@ one ends the process at once.
             if stop.requested():     # the trainer saves a resumable last.pt, then raises Interrupted
                 break
 
-A "safe point" is the end of the current optimizer step: no gradients are pending, so the saved state plus the
-position in the epoch resume exactly where the run stopped. At once means ``os._exit``: nothing else runs, and
-the ``last.pt`` on disk (always written atomically) is the previous complete one.
+A "safe point" is the end of the current batch: the trainer saves the model, optimizer, EMA, the position in the
+epoch and the gradients of an unfinished accumulation, so a resume continues exactly where the run stopped. At
+once means ``os._exit``: nothing else runs, and the ``last.pt`` on disk (always written atomically) is the
+previous complete one.
 """
 import os
 import signal
@@ -45,5 +46,5 @@ class StopOnSignal:
             os.write(2, f'\n{name} again: exiting now; the last complete last.pt stays valid\n'.encode())
             os._exit(128 + signum)
         self.signum = signum
-        self.log(f'\n{name}: stopping after the current optimizer step and saving a resumable last.pt '
+        self.log(f'\n{name}: stopping after the current batch and saving a resumable last.pt '
                  f'(send {name} again to exit at once)')

@@ -165,8 +165,8 @@ def begin_epoch(run, session, epoch, nb):
 
 def train(run, ckpt=None):
     """Set up, run the epochs (resuming from ``ckpt`` when given), verify, validate best.pt; returns its results.
-    A first SIGINT/SIGTERM during the epochs stops after the current optimizer step with a resumable last.pt
-    (``Interrupted``); a second one exits at once (utils/interrupt.py)."""
+    A first SIGINT/SIGTERM during the epochs stops after the current batch with a last.pt that resumes exactly
+    there (``Interrupted``); a second one exits at once (utils/interrupt.py)."""
     opt = run.opt
     session = setup(run, ckpt)
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
@@ -179,10 +179,8 @@ def train(run, ckpt=None):
         run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
-    resume_at = session.progress.resume_at  # an interrupted epoch: its position and step counters
-    state = StepState(ni=start * nb, last_step=start * nb - 1) if not resume_at else \
-        StepState(ni=resume_at['ni'], last_step=resume_at['ni'] - 1)
-    cfg['skip_batches'] = resume_at['batch'] if resume_at else 0
+    state = resume_step_state(session, ckpt, nb)
+    cfg['skip_batches'] = session.progress.resume_at['batch'] if session.progress.resume_at else 0
     if run.main and opt.weights and ckpt is None and not opt.noval:
         zero_shot(run, session)
     result = None
@@ -190,9 +188,13 @@ def train(run, ckpt=None):
     with StopOnSignal(log=run.log) as stop:
         cfg['should_stop'] = lambda: stop_agreed(run, stop)
         session, epoch = run_epochs(run, session, cfg, state, stop)
+        if run.main:
+            run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
+            finish(run, session)
+        if stop.requested():  # the signal came after the last safe point: the weights are final already
+            raise Interrupted(f'{signal.Signals(stop.signum).name}: the run had finished its epochs, final '
+                              f'validation skipped; weights in {run.weights_dir}', stop.signum)
     if run.main:
-        run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
-        finish(run, session)
         result = final_validation(run, session)
         run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
         run.tb.close()
@@ -201,7 +203,7 @@ def train(run, ckpt=None):
 
 def run_epochs(run, session, cfg, state, stop):
     """The epoch loop; returns the session and the last epoch run. Raises ``Interrupted`` after saving when
-    ``stop`` was requested (between epochs, or mid-epoch after an optimizer step)."""
+    ``stop`` was requested (between epochs, or mid-epoch after a batch)."""
     opt, nb, start = run.opt, len(session.loaders.train), session.progress.start_epoch
     epoch = start - 1
     for epoch in range(start, opt.epochs):
@@ -236,13 +238,32 @@ def stop_agreed(run, stop):
     return bool(flag.item())
 
 
+def resume_step_state(session, ckpt, nb):
+    """The step counters to start from: at ``start_epoch``, or for a run stopped mid-epoch where it stopped, with
+    the gradients of its unfinished accumulation put back (so the resumed run continues exactly)."""
+    at, start = session.progress.resume_at, session.progress.start_epoch
+    if not at:
+        return StepState(ni=start * nb, last_step=start * nb - 1)
+    model = getattr(session.learner.model, 'module', session.learner.model)
+    pending = ckpt.get('pending_grads') or {}
+    for name, p in model.named_parameters():
+        if name in pending:
+            p.grad = pending[name].to(p.device)
+    return StepState(ni=at['ni'], last_step=at['last_step'], mloss=at['mloss'])
+
+
 def save_interrupted(run, session, stop, epoch, batch, state):
-    """Save last.pt at ``batch`` batches into ``epoch`` (resume replays the rest exactly) and raise Interrupted."""
+    """Save last.pt at ``batch`` batches into ``epoch`` (a resume replays the rest exactly) and raise Interrupted.
+    Gradients of an unfinished accumulation are saved too."""
     nb, last = len(session.loaders.train), run.weights_dir / 'last.pt' if run.main else None
     if run.main:
         ck = make_checkpoint(run, session, epoch - 1)  # 'epoch' is the last complete one
         if batch:
-            ck['resume_at'] = {'epoch': epoch, 'batch': batch, 'ni': state.ni}
+            ck['resume_at'] = {'epoch': epoch, 'batch': batch, 'ni': state.ni, 'last_step': state.last_step,
+                               'mloss': list(state.mloss)}
+            model = getattr(session.learner.model, 'module', session.learner.model)
+            ck['pending_grads'] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                                   if p.grad is not None}
         save_checkpoint(ck, last)
         run.tb.close()
     name = signal.Signals(stop.signum or signal.SIGINT).name
