@@ -18,6 +18,8 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus  # noqa: E402
+from models.yaml_checks import (PROBE_SIZE, check_from, check_header, check_param_count, check_repeats,  # noqa: E402
+                                output_check)
 from utils.safe_yaml import load_yaml_file  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -114,9 +116,6 @@ MODULES = {
     'nn.Upsample': nn.Upsample, 'Upsample': nn.Upsample, 'nn.BatchNorm2d': nn.BatchNorm2d,
 }
 CHANNEL_BLOCKS = (Conv, Focus, Bottleneck, BottleneckCSP, C3, SPP, SPPF)  # args start with c_out
-# What a model YAML may ask for (yolov5x6: 141M parameters, largest layer output at the 256-px probe 1.3M values):
-# far beyond any real model, low enough that a hostile YAML cannot exhaust memory or time.
-MAX_PARAMS, MAX_OUTPUT_VALUES, MAX_REPEATS, MAX_MULTIPLE, PROBE_SIZE = 500_000_000, 2 ** 28, 100, 10, 256
 REPEAT_BLOCKS = (BottleneckCSP, C3)  # take the repeat count as an argument
 
 
@@ -145,12 +144,12 @@ def parse_model(d, ch):
 
     Any malformed row raises a one-line ValueError naming the YAML file, the layer and the row.
     """
-    _check_header(d)
+    check_header(d)
     layers, save, ch = [], [], list(ch)
     for i, row in enumerate(d['backbone'] + d['head']):
         try:
             f, n, name, args = row
-            _check_from(f, i)
+            check_from(f, i)
             m_, c2 = build_layer(d, i, f, n, name, list(args), ch)
         except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
             raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {str(row)[:200]}: {e}") from None
@@ -162,38 +161,6 @@ def parse_model(d, ch):
     return nn.Sequential(*layers), sorted(set(save))
 
 
-def _check_header(d):
-    """nc, depth/width multiples, anchors and the layer lists must have usable types and values."""
-    where = d.get('yaml_file', 'model YAML')
-
-    def positive(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float('inf')
-
-    if type(d['nc']) is not int or d['nc'] < 1:
-        raise ValueError(f"{where}: nc must be a positive integer, got {d['nc']!r:.80}")
-    for k in ('depth_multiple', 'width_multiple'):
-        if not positive(d[k]) or d[k] > MAX_MULTIPLE:
-            raise ValueError(f'{where}: {k} must be a number in (0, {MAX_MULTIPLE}], got {d[k]!r:.80}')
-    anchors = d['anchors']
-    if isinstance(anchors, int):
-        raise ValueError('integer anchors (autoanchor from scratch) are not supported; list them in the YAML')
-    if (not isinstance(anchors, list) or not anchors or not all(isinstance(a, list) for a in anchors)
-            or len({len(a) for a in anchors}) != 1 or len(anchors[0]) % 2 or not anchors[0]
-            or not all(positive(v) for a in anchors for v in a)):
-        raise ValueError(f'{where}: anchors must be levels of equal length, each w1,h1,w2,h2,... positive numbers')
-    for k in ('backbone', 'head'):
-        if not isinstance(d[k], list) or not all(isinstance(r, list) for r in d[k]):
-            raise ValueError(f'{where}: {k} must be a list of [from, number, module, args] rows')
-
-
-def _check_from(f, i):
-    """'from' must name earlier layers: -1 (the previous one), an absolute index < i, or a relative one -k."""
-    for x in [f] if isinstance(f, int) else f:
-        earlier = x == -1 or (isinstance(x, int) and (0 <= x < i or -i <= x < -1))
-        if not earlier or (i == 0 and x != -1):
-            raise ValueError(f"'from' index {x} does not name an earlier layer")
-
-
 def build_layer(d, i, f, n, name, args, ch):
     """One layer (repeated ``n`` times, scaled by the depth/width multiples) and its output channels."""
     nc, gd, gw, anchors = d['nc'], d['depth_multiple'], d['width_multiple'], d['anchors']
@@ -203,8 +170,7 @@ def build_layer(d, i, f, n, name, args, ch):
     names = {'nc': nc, 'anchors': anchors, 'None': None}
     args = [names.get(a, a) if isinstance(a, str) else a for a in args]
     n = max(round(n * gd), 1) if n > 1 else n  # depth gain
-    if not isinstance(n, int) or not 1 <= n <= MAX_REPEATS:
-        raise ValueError(f'number {n!r:.40} must be a whole count in [1, {MAX_REPEATS}]')
+    check_repeats(n)
     no = len(anchors[0]) // 2 * (nc + 5)
     kwargs = {}
     if m in CHANNEL_BLOCKS:
@@ -257,23 +223,15 @@ def probe_layers(d, ch):
     (parameters, layer outputs), its last layer is not Detect, or its layers do not fit together.
     """
     where = d.get('yaml_file', 'model YAML')
-
-    def check(i, out):
-        for t in out if isinstance(out, (list, tuple)) else [out]:
-            if t.numel() > MAX_OUTPUT_VALUES or 0 in t.shape:
-                raise ValueError(f'{where}: layer {i} outputs {tuple(t.shape)} for a {PROBE_SIZE} px image')
-
     with torch.device('meta'):
         layers, save = parse_model(d, ch=[ch])
-        n = sum(p.numel() for p in layers.parameters())
-        if n > MAX_PARAMS:
-            raise ValueError(f'{where}: {n:,} parameters, more than the {MAX_PARAMS:,} this tool builds')
+        check_param_count(sum(p.numel() for p in layers.parameters()), where)
         if not isinstance(layers[-1], Detect):
             raise ValueError(f'{where}: the last layer must be Detect')
         try:
-            feats = run_layers(layers.train(), save, torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE), check)
+            feats = run_layers(layers.train(), save, torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE), output_check(where))
         except (RuntimeError, TypeError, IndexError, ArithmeticError, ValueError) as e:
-            if str(e).startswith(f'{where}: '):  # check() above: already says what is wrong
+            if str(e).startswith(f'{where}: '):  # output_check: already says what is wrong
                 raise
             msg = ' '.join(str(e).split())[:200] or type(e).__name__
             raise ValueError(f'{where}: the layers do not fit together ({msg})') from None

@@ -43,7 +43,8 @@ def tiny_shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp('tiny_shapes')
     ensure_shapes(root / 'shapes', splits={'train': 8, 'val': 4}, img_size=128)
     yaml_file = root / 'tiny.yaml'
-    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star]\n')
+    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\n'
+                         'names: [circle, square, triangle, star]\n')
     return yaml_file
 
 

@@ -187,8 +187,9 @@ def test_training_stops_in_one_line_when_the_disk_fills(tmp_path, monkeypatch, c
     err = capsys.readouterr().err  # progress bars, then the error
     weights = tmp_path / 'runs' / 'exp' / 'weights'
     assert e.value.code == 1 and attempts == [1] and 'Traceback' not in err
-    assert err.strip().splitlines()[-1] == (f'error: {weights / "last.pt"}: checkpoint not saved ([Errno 28] No space left on device); '
-                      f'the previous last.pt is unchanged')
+    assert err.strip().splitlines()[-1] == (f'error: {weights / "last.pt"}: checkpoint not saved '
+                                            f'([Errno 28] No space left on device); '
+                                            f'the previous last.pt is unchanged')
     for name in ('last.pt', 'best.pt'):  # epoch 0's files, complete and resumable
         ck = load_checkpoint(weights / name)
         assert ck['epoch'] == 0 and ck['optimizer'] is not None

@@ -18,9 +18,10 @@ hypothesis = pytest.importorskip('hypothesis', reason='hypothesis is a dev-only 
 from hypothesis import given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from utils.datasets import check_dataset  # noqa: E402
+from utils.data_config import check_dataset  # noqa: E402
 from utils.errors import ONE_LINE_ERRORS  # noqa: E402
-from utils.label_formats import load_coco_json, scan_coco, scan_voc, scan_yolo  # noqa: E402
+from utils.label_formats import load_coco_json  # noqa: E402
+from utils.label_scan import scan_coco, scan_voc, scan_yolo  # noqa: E402
 
 NAMES = ['cat', 'dog', 'bird']
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,8 +326,8 @@ def model_cfgs(draw, base):
 @pytest.fixture
 def small_model_limit(monkeypatch):
     """A 20M-parameter ceiling: the size guard answers more of the examples, and none takes long to build."""
-    import models.yolo
-    monkeypatch.setattr(models.yolo, 'MAX_PARAMS', 20_000_000)
+    import models.yaml_checks
+    monkeypatch.setattr(models.yaml_checks, 'MAX_PARAMS', 20_000_000)
 
 
 @given(data=st.data())
