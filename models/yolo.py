@@ -20,6 +20,9 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
 
 from models import fastpath  # noqa: E402
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus  # noqa: E402
+from models.yaml_checks import (PROBE_SIZE, check_from, check_header, check_param_count, check_repeats,  # noqa: E402
+                                output_check)
+from utils.safe_yaml import load_yaml_file  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 
@@ -129,10 +132,7 @@ def load_yaml_cfg(cfg):
         path = MODELS_DIR / path
     if not path.is_file():
         raise FileNotFoundError(f'{cfg}: model YAML not found (looked here and in {MODELS_DIR})')
-    try:
-        d = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path}: invalid YAML ({str(e).splitlines()[0]})') from None
+    d = load_yaml_file(path, 'model YAML')
     missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head')
                if not isinstance(d, dict) or k not in d]
     if missing:
@@ -146,31 +146,21 @@ def parse_model(d, ch):
 
     Any malformed row raises a one-line ValueError naming the YAML file, the layer and the row.
     """
-    anchors = d['anchors']
-    if isinstance(anchors, int):
-        raise ValueError('integer anchors (autoanchor from scratch) are not supported; list them in the YAML')
+    check_header(d)
     layers, save, ch = [], [], list(ch)
     for i, row in enumerate(d['backbone'] + d['head']):
         try:
             f, n, name, args = row
-            _check_from(f, i)
+            check_from(f, i)
             m_, c2 = build_layer(d, i, f, n, name, list(args), ch)
-        except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as e:
-            raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {row}: {e}") from None
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+            raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {str(row)[:200]}: {e}") from None
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
         if i == 0:
             ch = []
         ch.append(c2)
     return nn.Sequential(*layers), sorted(set(save))
-
-
-def _check_from(f, i):
-    """'from' must name earlier layers: -1 (the previous one), an absolute index < i, or a relative one -k."""
-    for x in [f] if isinstance(f, int) else f:
-        earlier = x == -1 or (isinstance(x, int) and (0 <= x < i or -i <= x < -1))
-        if not earlier or (i == 0 and x != -1):
-            raise ValueError(f"'from' index {x} does not name an earlier layer")
 
 
 def build_layer(d, i, f, n, name, args, ch):
@@ -182,6 +172,7 @@ def build_layer(d, i, f, n, name, args, ch):
     names = {'nc': nc, 'anchors': anchors, 'None': None}
     args = [names.get(a, a) if isinstance(a, str) else a for a in args]
     n = max(round(n * gd), 1) if n > 1 else n  # depth gain
+    check_repeats(n)
     no = len(anchors[0]) // 2 * (nc + 5)
     kwargs = {}
     if m in CHANNEL_BLOCKS:
@@ -214,6 +205,43 @@ def build_layer(d, i, f, n, name, args, ch):
     return m_, c2
 
 
+def run_layers(layers, save, x, y=None, start=0, stop=None, check=None):
+    """Forward ``x`` through layers ``start``..``stop`` - 1, each reading its 'from' inputs; ``check(i, output)``
+    sees each output. ``y`` holds earlier outputs (None where no later layer reads them), extended in place."""
+    y = [] if y is None else y
+    for m in itertools.islice(layers, start, stop):
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = m(x)
+        if check is not None:
+            check(m.i, x)
+        y.append(x if m.i in save else None)
+    return x
+
+
+def probe_layers(d, ch):
+    """Build the layers on the meta device (nothing is allocated) and push a PROBE_SIZE image through them.
+
+    Returns each detection level's grid height; a one-line ValueError when the model would be too large
+    (parameters, layer outputs), its last layer is not Detect, or its layers do not fit together.
+    """
+    where = d.get('yaml_file', 'model YAML')
+    with torch.device('meta'):
+        layers, save = parse_model(d, ch=[ch])
+        check_param_count(sum(p.numel() for p in layers.parameters()), where)
+        if not isinstance(layers[-1], Detect):
+            raise ValueError(f'{where}: the last layer must be Detect')
+        try:
+            feats = run_layers(layers.train(), save, torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE),
+                               check=output_check(where))
+        except (RuntimeError, TypeError, IndexError, ArithmeticError, ValueError) as e:
+            if str(e).startswith(f'{where}: '):  # output_check: already says what is wrong
+                raise
+            msg = ' '.join(str(e).split())[:200] or type(e).__name__
+            raise ValueError(f'{where}: the layers do not fit together ({msg})') from None
+    return [f.shape[-3] for f in feats]
+
+
 class Model(nn.Module):
     """YOLOv5 detection model. ``cfg`` is a YAML path/name or an already-loaded dict."""
 
@@ -230,11 +258,12 @@ class Model(nn.Module):
         if anchors is not None:
             self.yaml['anchors'] = anchors
         self.yaml['ch'] = ch
+        level_sizes = probe_layers(self.yaml, ch)  # refuses an oversized or inconsistent YAML before allocating
         self.model, self.save = parse_model(self.yaml, ch=[ch])
         self.names = [str(i) for i in range(self.yaml['nc'])]
         self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
         self.fast_path = None  # models/fastpath.py options, set by set_frozen_fast_path
-        self._init_strides_and_anchors(ch)
+        self._init_strides_and_anchors(level_sizes)
         self._initialize_biases()
         self.stride = self.model[-1].stride
 
@@ -250,13 +279,7 @@ class Model(nn.Module):
     def run_layers(self, start, x, y, stop=None):
         """Layers ``start``..``stop`` - 1 on ``x``; ``y`` holds earlier outputs (None where no later layer reads
         them) and is extended in place."""
-        keep = self.save
-        for m in itertools.islice(self.model, start, stop):
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
-            y.append(x if m.i in keep else None)
-        return x
+        return run_layers(self.model, self.save, x, y=y, start=start, stop=stop)
 
     def set_frozen_fast_path(self, fold=True, no_grad=True, channels_last=True):
         """Run frozen layers faster without changing any tensor the model holds (models/fastpath.py).
@@ -276,15 +299,9 @@ class Model(nn.Module):
                 m.eval()
         return self
 
-    def _init_strides_and_anchors(self, ch):
+    def _init_strides_and_anchors(self, level_sizes):
         m = self.model[-1]
-        s = 256  # any multiple of the largest stride
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            _, feats = self.forward(torch.zeros(1, ch, s, s))
-        self.train(was_training)
-        m.stride.copy_(torch.tensor([s / f.shape[-3] for f in feats]))
+        m.stride.copy_(torch.tensor([PROBE_SIZE / h for h in level_sizes]))
         area = m.anchors.prod(-1).mean(-1)  # mean anchor area per level
         if (area[-1] - area[0]).sign() != (m.stride[-1] - m.stride[0]).sign():
             m.anchors.copy_(m.anchors.flip(0))  # anchors listed in the opposite order to the levels

@@ -22,6 +22,20 @@ if settings is not None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope='session', autouse=True)
+def private_cache_home(tmp_path_factory):
+    """Caches that cannot go beside read-only data (utils/label_cache.py, utils/disk_cache.py) go to a temporary
+    folder during tests, never to the user's ~/.cache (subprocesses inherit it)."""
+    import os
+    old = os.environ.get('YOLOV5_FREEZE_CACHE')
+    os.environ['YOLOV5_FREEZE_CACHE'] = str(tmp_path_factory.mktemp('cache_home'))
+    yield Path(os.environ['YOLOV5_FREEZE_CACHE'])
+    if old is None:
+        os.environ.pop('YOLOV5_FREEZE_CACHE', None)
+    else:
+        os.environ['YOLOV5_FREEZE_CACHE'] = old
+
+
 @pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory):
     """A 12-image shapes data YAML (8 train, 4 val at 128 px) for short training runs in subprocesses."""
@@ -29,7 +43,8 @@ def tiny_shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp('tiny_shapes')
     ensure_shapes(root / 'shapes', splits={'train': 8, 'val': 4}, img_size=128)
     yaml_file = root / 'tiny.yaml'
-    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star]\n')
+    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\n'
+                         'names: [circle, square, triangle, star]\n')
     return yaml_file
 
 

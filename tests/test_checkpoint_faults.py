@@ -188,8 +188,8 @@ def test_training_stops_in_one_line_when_the_disk_fills(tmp_path, monkeypatch, c
     weights = tmp_path / 'runs' / 'exp' / 'weights'
     line = e.value.code if isinstance(e.value.code, str) else err.strip().splitlines()[-1]  # SystemExit(line)
     assert e.value.code not in (0, None) and attempts == [1] and 'Traceback' not in err
-    assert line == (f'error: {weights / "last.pt"}: checkpoint not saved ([Errno 28] No space left on device); '
-                      f'the previous last.pt is unchanged')
+    assert line == (f'error: {weights / "last.pt"}: checkpoint not saved '
+                    f'([Errno 28] No space left on device); the previous last.pt is unchanged')
     for name in ('last.pt', 'best.pt'):  # epoch 0's files, complete and resumable
         ck = load_checkpoint(weights / name)
         assert ck['epoch'] == 0 and ck['optimizer'] is not None

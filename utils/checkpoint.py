@@ -10,7 +10,10 @@ A checkpoint is a plain dict of tensors and Python values, loadable with ``torch
      'opt': dict, 'hyp': dict, 'date': str,
      # the freeze plan (utils/freeze.py FreezePlan.state_dict):
      'frozen': [prefixes], 'frozen_sha256': {name: digest}, 'frozen_bn': [BatchNorm names],
-     'freeze_bn_stats': bool, 'frozen_released': bool}
+     'freeze_bn_stats': bool, 'frozen_released': bool,
+     # only in a last.pt saved by an interruption mid-epoch (utils/trainer.py): where to go on
+     'resume_at': {'epoch': int, 'batch': batches of it done, 'ni': global iteration, 'last_step': int,
+                   'mloss': [box, obj, cls] mean so far}, 'pending_grads': {name: gradient not yet applied}}
 
 Random state is not stored: train.py reseeds every epoch from (--seed, epoch), so a resume replays it exactly.
 Final checkpoints (``strip_optimizer``) keep only the EMA: 'model', 'optimizer' and 'scaler' are None.

@@ -22,3 +22,6 @@ def run_cli(fn, opt):
             print(f'error: {one_line(e)}', file=sys.stderr)
             sys.exit(e.exit_code)
         sys.exit(f'error: {one_line(e)}')  # SystemExit carries the line (printed to stderr, exit code 1)
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (set-up, validation, detect.py ...)
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)

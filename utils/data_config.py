@@ -7,10 +7,9 @@ Usage::
 """
 from pathlib import Path
 
-import yaml
-
 from utils.class_map import check_class_map_spec
 from utils.label_formats import load_coco_json
+from utils.safe_yaml import load_yaml_file
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ('yolo', 'voc', 'coco')
@@ -24,14 +23,9 @@ HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_m
 
 # ---------------------------------------------------------------- YAML files
 def load_yaml(file, what='YAML'):
-    """Load a YAML mapping; FileNotFoundError / ValueError with one line naming the file otherwise."""
-    file = Path(file)
-    if not file.is_file():
-        raise FileNotFoundError(f'{file}: {what} file not found')
-    try:
-        d = yaml.safe_load(file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f'{file}: invalid YAML ({" ".join(str(e).split())})') from None
+    """Load a YAML mapping; FileNotFoundError / ValueError with one line naming the file otherwise (alias bombs
+    and deep nesting included, see utils/safe_yaml.py)."""
+    d = load_yaml_file(file, what)
     if not isinstance(d, dict):
         raise ValueError(f'{file}: expected a YAML mapping of keys, got {type(d).__name__}')
     return d
@@ -73,8 +67,7 @@ def check_dataset(data):
         cfg = load_yaml(yaml_file, 'data YAML')
     where = yaml_file or 'data dict'
     base = yaml_file.parent if yaml_file else Path.cwd()
-    root = Path(cfg.get('path') or base)
-    root = (root if root.is_absolute() else base / root).resolve()
+    root = _root(cfg.get('path'), base, where)
     names, nc = _names_and_nc(cfg, where)
     fmt = _format(cfg, where)
     if cfg.get('generate') == 'shapes':
@@ -99,17 +92,25 @@ def check_dataset(data):
     return out
 
 
+def _root(path, base, where):
+    """The data set's root folder: ``path:`` (absolute, or relative to the YAML's folder), else that folder."""
+    if path is not None and not isinstance(path, (str, Path)):
+        raise ValueError(f'{where}: path must be a folder, got {type(path).__name__} {path!r:.80}')
+    root = Path(path or base)
+    return (root if root.is_absolute() else base / root).resolve()
+
+
 def _names_and_nc(cfg, where):
     names, nc = cfg.get('names'), cfg.get('nc')
     if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
+        if not all(type(k) is int for k in names) or sorted(names) != list(range(len(names))):
             raise ValueError(f'{where}: names mapping must have ids 0..{len(names) - 1}')
         names = [str(names[i]) for i in range(len(names))]
     elif isinstance(names, (list, tuple)):
         names = [str(n) for n in names]
     elif names is not None:
         raise ValueError(f'{where}: names must be a list or an {{id: name}} mapping')
-    if nc is not None and (not isinstance(nc, int) or nc < 1):
+    if nc is not None and (type(nc) is not int or nc < 1):
         raise ValueError(f'{where}: nc must be a positive integer, got {nc!r}')
     if names is not None and nc is not None and len(names) != nc:
         raise ValueError(f'{where}: nc is {nc} but {len(names)} names are given')
@@ -155,6 +156,8 @@ def _annotations(cfg, out, root, where):
     ann = {}
     for split in SPLITS:
         if split in given:
+            if not isinstance(given[split], str):
+                raise ValueError(f'{where}: {split} annotations must be a JSON file path, got {given[split]!r:.80}')
             p = Path(given[split])
             p = p if p.is_absolute() else (root / p).resolve()
             if not p.is_file():

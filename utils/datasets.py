@@ -9,6 +9,7 @@ Usage::
 ``metas`` holds one :class:`ImageMeta` per image: its index into ``ds.records`` (the ground truth), image id,
 path, original (h, w) and the gain and pad that placed it in the batch (what ``scale_boxes`` needs).
 """
+import signal
 from dataclasses import dataclass, replace
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -91,6 +92,8 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
         report.add(rep)
         if verbose:
             print(f"{prefix}{src}: {rep.summary()}{' (from cache)' if cached else ''}")
+            if rep.cache_note:  # why the cache was rebuilt, or where it went (read-only data)
+                print(f'{prefix}{rep.cache_note}')
     if verbose:
         for file, reason in report.messages[:10]:
             print(f'{prefix}  skipped/fixed {file}: {reason}')
@@ -286,6 +289,8 @@ class DetectionDataset(Dataset):
 def seed_worker(worker_id):
     """Give each loader worker its own RNG stream derived from the loader's seeded base seed."""
     info = get_worker_info()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the main process
+        signal.signal(sig, signal.SIG_IGN)      # decides (utils/interrupt.py); workers end with it
     cv2.setNumThreads(0)  # workers are the parallelism; avoid oversubscribing the cores
     ds = info.dataset
     ds.rng = np.random.default_rng(info.seed)

@@ -68,10 +68,13 @@ def warmup_accumulate(ni, warmup_iters, batch_size, nbs=NOMINAL_BATCH):
 
 
 class StepState:
-    """Counters that survive across epochs: global iteration and last optimizer step."""
+    """Counters that survive across epochs: global iteration and last optimizer step. When
+    ``cfg['should_stop']`` ends an epoch early: ``stopped_after`` (batches of it done; None when it ran to the
+    end) and ``mloss`` (their mean losses), with any gradients of an unfinished accumulation left in ``.grad``."""
 
-    def __init__(self, ni=0, last_step=-1):
-        self.ni, self.last_step = ni, last_step
+    def __init__(self, ni=0, last_step=-1, mloss=None):
+        self.ni, self.last_step, self.mloss = ni, last_step, mloss
+        self.stopped_after = None
 
 
 def optimizer_step(model, optimizer, scaler, ema):
@@ -97,14 +100,19 @@ class Learner:
 
 def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
     """One pass over ``loader``. ``cfg`` holds epochs, hyp, warmup_iters, batch_size, cos_lr, amp, world_size,
-    imgsz, optionally multi_scale and on_first_batch. Returns the mean (box, obj, cls) losses and images/s."""
+    imgsz, optionally multi_scale, on_first_batch, ``skip_batches`` (a resumed epoch: batches loaded, so the data
+    order and augmentation replay, but not trained again; ``state.mloss`` holds their mean losses) and
+    ``should_stop()`` (asked after each batch; True ends the epoch there, see ``StepState``). Returns the mean
+    (box, obj, cls) losses and images/s."""
     model, optimizer, scaler, ema = learner.model, learner.optimizer, learner.scaler, learner.ema
     model.train()
-    nb = len(loader)
-    mloss = torch.zeros(3, device=device)
+    nb, skip, should_stop = len(loader), cfg.get('skip_batches', 0), cfg.get('should_stop')
+    mloss = torch.tensor(state.mloss, device=device) if skip else torch.zeros(3, device=device)
     pbar = tqdm(enumerate(loader), total=nb, disable=not show, bar_format='{l_bar}{bar:10}{r_bar}')
-    t0, n_img = time.time(), 0
+    t0, n_img, state.stopped_after = time.time(), 0, None
     for i, (imgs, targets, _, _) in pbar:
+        if i < skip:
+            continue
         ni = state.ni
         set_lr(optimizer, ni, epoch, cfg['epochs'], cfg['hyp'], cfg['warmup_iters'], cfg['cos_lr'])
         imgs = imgs.to(device, non_blocking=True).float() / 255
@@ -116,7 +124,8 @@ def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
             loss = loss * cfg['world_size']  # DDP averages gradients over processes
         scaler.scale(loss).backward()
         nbs = cfg['hyp'].get('nbs', NOMINAL_BATCH)
-        if ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size'], nbs):
+        stepped = ni - state.last_step >= warmup_accumulate(ni, cfg['warmup_iters'], cfg['batch_size'], nbs)
+        if stepped:
             optimizer_step(model, optimizer, scaler, ema)
             state.last_step = ni
         state.ni += 1
@@ -128,6 +137,9 @@ def train_one_epoch(learner, loader, device, epoch, cfg, state, show=True):
             mem = f'{torch.cuda.memory_reserved(device) / 1e9:.2f}G' if device.type == 'cuda' else 'cpu'
             pbar.set_description(f"{epoch + 1}/{cfg['epochs']} {mem} box {mloss[0]:.4f} obj {mloss[1]:.4f} "
                                  f"cls {mloss[2]:.4f} inst {targets.shape[0]} {imgs.shape[-1]}px")
+        if should_stop is not None and i < nb - 1 and should_stop():
+            state.stopped_after, state.mloss = i + 1, mloss.cpu().tolist()
+            return state.mloss, n_img / max(time.time() - t0, 1e-9)  # a partial accumulation stays in .grad
     if state.last_step != state.ni - 1:  # flush a partial accumulation: each epoch is self-contained (resume)
         optimizer_step(model, optimizer, scaler, ema)
         state.last_step = state.ni - 1

@@ -24,3 +24,12 @@ def one_line(exc):
     """The message of ``exc`` as one line (an OSError without text still says what it is)."""
     text = ' '.join(str(exc).split())
     return text or type(exc).__name__
+
+
+class Interrupted(OneLineError):
+    """Training stopped on a signal after saving a resumable ``last.pt``; the message says how to resume.
+    The CLI exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell would report it."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum

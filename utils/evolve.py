@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from utils.data_config import load_hyp
+from utils.errors import Interrupted
 from utils.evolve_report import write_outputs
 from utils.evolve_space import base_values, baseline_params, build_space, describe, suggest
 from utils.runs import increment_path
@@ -260,8 +261,12 @@ def _run_study(optuna, opt, train_trial, defaults, pruner):
         study.optimize(objective, n_trials=n_run, callbacks=[outputs, log_trial], gc_after_trial=True)
     except BaseException as e:
         write_outputs(study, save_dir, space, hyp, opt, defaults)  # the interrupted/failed trial is listed too
-        if isinstance(e, KeyboardInterrupt):
-            print(f'evolve: interrupted; continue with: python train.py --evolve --resume {save_dir}')
+        if isinstance(e, (KeyboardInterrupt, Interrupted)):
+            hint = f'continue with: python train.py --evolve --resume {save_dir}'
+            print(f'evolve: interrupted; {hint}')
+            if isinstance(e, Interrupted):  # a signal (utils/interrupt.py): the study, not the trial, resumes
+                raise Interrupted(f'{str(e).split(":")[0]}: evolve interrupted during a trial; {hint}',
+                                  e.signum) from None
         raise
     return write_outputs(study, save_dir, space, hyp, opt, defaults, final=True)
 

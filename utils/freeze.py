@@ -32,18 +32,18 @@ def _layer_prefix(i, n_layers, spec):
 
 def parse_freeze(spec, model):
     """Turn a freeze spec (int, str or list of either) into a sorted list of parameter-name prefixes."""
-    items = spec if isinstance(spec, (list, tuple)) else str(spec).replace(',', ' ').split()
-    items = [str(x).strip() for x in items if str(x).strip() != '']
+    items = spec if isinstance(spec, (list, tuple)) else [spec]
+    items = [tok for x in items for tok in str(x).replace(',', ' ').split()]  # '0 1', '0,1', ['0', '1'] alike
     n_layers = len(model.model)
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    if len(items) == 1 and items[0].isdigit():  # YOLOv5: a single N means the first N layers
+    if len(items) == 1 and _is_index(items[0]):  # YOLOv5: a single N means the first N layers
         n = int(items[0])
         if n > n_layers:
             raise ValueError(f'--freeze {n}: the model has only {n_layers} layers')
         return [f'model.{i}.' for i in range(n)]
     prefixes = []
     for item in items:
-        if item.isdigit():
+        if _is_index(item):
             prefixes.append(_layer_prefix(int(item), n_layers, item))
         elif item == 'backbone':
             prefixes += [f'model.{i}.' for i in range(model.backbone_len)]
@@ -61,8 +61,12 @@ def parse_freeze(spec, model):
     return sorted(set(prefixes), key=_natural_key)
 
 
+def _is_index(item):
+    return item.isascii() and item.isdecimal()  # '10', not '²' or '١٠'
+
+
 def _natural_key(prefix):
-    return [int(t) if t.isdigit() else t for t in prefix.split('.')]
+    return [(0, int(t), '') if _is_index(t) else (1, 0, t) for t in prefix.split('.')]  # model.2. before model.10.
 
 
 def is_frozen_name(name, prefixes):

@@ -5,10 +5,13 @@ problem; :mod:`utils.label_scan` turns them into checked, cached records. ``*_in
 and mtimes key a source's cache.
 """
 import json
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import defusedxml.ElementTree as DefusedET
 import numpy as np
+from defusedxml import DefusedXmlException
 
 IMG_FORMATS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp', '.dng', '.mpo', '.pfm')
 
@@ -86,9 +89,15 @@ def voc_ids(src):
 
 
 def read_voc_xml(xml_file, names, shape):
-    """(cls, xyxy normalised, difficult) from one VOC XML for an image of ``shape`` (h, w)."""
+    """(cls, xyxy normalised, difficult) from one VOC XML for an image of ``shape`` (h, w).
+
+    Parsed with defusedxml: entity declarations (the "billion laughs" expansion, external entities) are refused."""
     try:
-        root = ET.parse(xml_file).getroot()
+        root = DefusedET.parse(xml_file).getroot()
+    except DefusedXmlException as e:  # entity name where there is one; external references have none
+        what = f"an entity '{e.name}'" if getattr(e, 'name', None) else 'an external entity or DTD'
+        raise ValueError(f'refused: the XML declares {what}, which could expand without bound or read other '
+                         f'files') from None
     except ET.ParseError as e:
         raise ValueError(f'malformed XML ({e})') from None
     h, w = shape
@@ -116,16 +125,42 @@ def voc_inputs(src):
 
 # ---------------------------------------------------------------- COCO instances JSON
 def load_coco_json(json_file):
+    """A COCO instances file as a dict; a one-line ValueError if it is not JSON, not COCO, or its categories are
+    malformed (single bad images and annotations are skipped and counted by ``scan_coco`` instead)."""
     try:
-        with open(json_file) as f:
+        with open(json_file, encoding='utf-8') as f:
             d = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f'{json_file}: COCO annotation file not found') from None
+    except RecursionError:
+        raise ValueError(f'{json_file}: not usable JSON (nested too deeply)') from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f'{json_file}: not valid JSON ({e})') from None
+        raise ValueError(f'{json_file}: not valid JSON ({" ".join(str(e).split())[:200]})') from None
     if not isinstance(d, dict) or not {'images', 'annotations', 'categories'} <= d.keys():
         raise ValueError(f"{json_file}: not a COCO instances file (needs 'images', 'annotations', 'categories')")
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(d[key], list):
+            raise ValueError(f"{json_file}: '{key}' must be a list, got {type(d[key]).__name__}")
+    ids = [c.get('id') if isinstance(c, dict) else None for c in d['categories']]
+    for k, (c, i) in enumerate(zip(d['categories'], ids)):
+        if not _is_int(i) or not isinstance(c.get('name'), str):
+            raise ValueError(f"{json_file}: categories[{k}] needs an integer 'id' and a string 'name'")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f'{json_file}: category ids are not unique')
     return d
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_id(x):
+    return _is_int(x) or isinstance(x, str)
+
+
+def _is_number(v):
+    """A finite JSON number (not a bool, not NaN/inf, not an integer too large for a float)."""
+    return (_is_int(v) and abs(v) < 2 ** 53) or (isinstance(v, float) and math.isfinite(v))
 
 
 def coco_category_map(categories):
@@ -133,18 +168,52 @@ def coco_category_map(categories):
     return {c['id']: i for i, c in enumerate(sorted(categories, key=lambda c: c['id']))}
 
 
+def coco_images(d, json_file, report):
+    """The well-formed image entries (a dict with an int/str 'id' and a 'file_name'), sorted by file name;
+    the others are counted as corrupt images."""
+    good = []
+    for k, img in enumerate(d['images']):
+        if isinstance(img, dict) and _is_id(img.get('id')) and isinstance(img.get('file_name'), str) \
+                and img['file_name'].strip():
+            good.append(img)
+        else:
+            report.images += 1
+            report.corrupt += 1
+            report.note(json_file, f"images[{k}]: needs an 'id' and a 'file_name' (image skipped)")
+    return sorted(good, key=lambda x: x['file_name'])
+
+
+def coco_annotations(d, json_file, report):
+    """{image id: [annotation dicts]}; entries that are not a dict with an int/str image_id are dropped."""
+    anns = {}
+    for k, a in enumerate(d['annotations']):
+        if isinstance(a, dict) and _is_id(a.get('image_id')):
+            anns.setdefault(a['image_id'], []).append(a)
+        else:
+            report.dropped += 1
+            report.note(json_file, f"annotations[{k}]: not an annotation with an 'image_id' (dropped)")
+    return anns
+
+
 def coco_rows(items, cat_map, shape, report, json_file):
+    """(cls, xyxy normalised, difficult, crowd) of one image's annotations; unknown categories and malformed
+    boxes are dropped and noted."""
     h, w = shape
     cls, boxes, crowd = [], [], []
     for a in items:
-        if a.get('category_id') not in cat_map:
-            report.dropped += 1
-            report.note(json_file, f"annotation {a.get('id')}: unknown category_id {a.get('category_id')}")
+        cat, bbox = a.get('category_id'), a.get('bbox')
+        if not _is_int(cat) or cat not in cat_map:
+            reason = f'unknown category_id {cat!r:.40}'
+        elif not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            reason = 'bbox must be 4 finite numbers [x, y, w, h]'
+        else:
+            x, y, bw, bh = bbox
+            cls.append(cat_map[cat])
+            boxes.append((x / w, y / h, (x + bw) / w, (y + bh) / h))
+            crowd.append(bool(a.get('iscrowd', 0)))
             continue
-        x, y, bw, bh = a['bbox']
-        cls.append(cat_map[a['category_id']])
-        boxes.append((x / w, y / h, (x + bw) / w, (y + bh) / h))
-        crowd.append(bool(a.get('iscrowd', 0)))
+        report.dropped += 1
+        report.note(json_file, f"annotation {a.get('id')!r:.40}: {reason}")
     n = len(cls)
     return (np.array(cls, np.int64), np.array(boxes, np.float64).reshape(-1, 4), np.zeros(n, bool),
             np.array(crowd, bool))

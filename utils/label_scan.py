@@ -2,12 +2,9 @@
 
 Every image is verified once (decodable header, size, EXIF orientation, truncated JPEG) and every label row
 checked; bad items are skipped and counted with the file and the reason. Results are cached per source in a
-``.cache`` JSON file keyed by a hash of paths, sizes and mtimes. The per-format readers live in
-:mod:`utils.label_formats`.
+``.cache`` JSON file, used only while every input file keeps its size and mtime (:mod:`utils.label_cache`).
+The per-format readers live in :mod:`utils.label_formats`.
 """
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +12,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from utils.boxes import xyxy2xywh
-from utils.label_formats import (coco_category_map, coco_inputs, coco_rows, img2label_path, list_images,
-                                 load_coco_json, read_voc_xml, read_yolo_label, voc_ids, voc_inputs, yolo_inputs)
-from utils.runs import is_writable_dir
+from utils.label_formats import (coco_annotations, coco_category_map, coco_images, coco_inputs, coco_rows,
+                                 img2label_path, list_images, load_coco_json, read_voc_xml, read_yolo_label, voc_ids,
+                                 voc_inputs, yolo_inputs)
+from utils.label_cache import cache_location, input_stats, read_cache, write_cache
 
-CACHE_VERSION = 1
+COUNTS = ('images', 'found', 'missing', 'empty', 'corrupt', 'dropped')
 COORD_TOL = 0.01  # normalised coordinates may stray this far outside [0, 1] before a row counts as corrupt
 MIN_IMAGE_SIDE = 10
 
@@ -57,6 +55,7 @@ class ScanReport:
     corrupt: int = 0  # images skipped
     dropped: int = 0  # single boxes dropped (zero size, duplicates, unknown category)
     messages: list = field(default_factory=list)
+    cache_note: str = None  # why the cache was not used, or where it went (scan_source); not itself cached
 
     def add(self, other):
         for k in ('images', 'found', 'missing', 'empty', 'corrupt', 'dropped'):
@@ -232,10 +231,8 @@ def scan_coco(src, json_file, nc):
     report, records = ScanReport(), []
     d = load_coco_json(json_file)
     cat_map = coco_category_map(d['categories'])
-    anns = {}
-    for a in d['annotations']:
-        anns.setdefault(a['image_id'], []).append(a)
-    for img in sorted(d['images'], key=lambda x: x['file_name']):
+    anns = coco_annotations(d, json_file, report)
+    for img in coco_images(d, json_file, report):
         rec = verified_record(Path(src) / img['file_name'], img['id'], report)
         if rec is None:
             continue
@@ -253,49 +250,26 @@ def scan_coco(src, json_file, nc):
     return records, report
 
 
-# ---------------------------------------------------------------- cache
-def files_hash(paths, extra=''):
-    """Hash of paths with their sizes and mtimes (absent files hash as absent)."""
-    h = hashlib.sha256(extra.encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f'{p}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
-        except OSError:
-            h.update(f'{p}|-\n'.encode())
-    return h.hexdigest()
+# ---------------------------------------------------------------- cache (the file itself: utils/label_cache.py)
+def _report_json(report):
+    return {**{k: getattr(report, k) for k in COUNTS}, 'messages': report.messages}
 
 
-def load_cache(cache_file, key):
-    """Cached (records, report) when the file is readable and its key matches, else None."""
+def _from_cache(payload, nc):
+    """(records, report) from a cache payload; ValueError when its contents are malformed."""
     try:
-        d = json.loads(Path(cache_file).read_text())
-        if d.get('version') != CACHE_VERSION or d.get('hash') != key:
-            return None
-        report = ScanReport(**{k: v for k, v in d['report'].items() if k != 'messages'})
-        report.messages = [tuple(m) for m in d['report']['messages']]
-        return [Record.from_json(r) for r in d['records']], report
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def save_cache(cache_file, key, records, report):
-    """Write the cache atomically; silently skipped where the folder is read-only (e.g. shared data)."""
-    cache_file = Path(cache_file)
-    folder = cache_file.parent
-    if not is_writable_dir(folder):
-        return False
-    payload = {'version': CACHE_VERSION, 'hash': key, 'records': [r.to_json() for r in records],
-               'report': {**{k: getattr(report, k) for k in ('images', 'found', 'missing', 'empty', 'corrupt',
-                                                                 'dropped')}, 'messages': report.messages}}
-    tmp = cache_file.with_name(f'.{cache_file.name}.{os.getpid()}.tmp')
-    try:
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, cache_file)
-        return True
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        return False
+        report = ScanReport(**{k: int(payload['report'][k]) for k in COUNTS})
+        report.messages = [(str(f), str(r)) for f, r in payload['report']['messages']]
+        records = [Record.from_json(r) for r in payload['records']]
+    except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as e:
+        raise ValueError(f'malformed contents ({type(e).__name__})') from None
+    for r in records:
+        if not (isinstance(r.im_file, str) and len(r.shape) == 2 and all(type(v) is int and v > 0 for v in r.shape)
+                and np.isfinite(r.boxes).all() and ((r.boxes >= 0) & (r.boxes <= 1)).all()
+                and len(r.cls) == len(r.boxes) == len(r.difficult) == len(r.crowd)
+                and ((r.cls >= 0) & (r.cls < (nc or np.inf))).all()):
+            raise ValueError(f'malformed contents (the record of {Path(str(r.im_file)).name!r:.80})')
+    return records, report
 
 
 def cache_path(src, fmt, json_file=None):
@@ -310,7 +284,8 @@ def cache_path(src, fmt, json_file=None):
 
 
 def scan_source(src, fmt, nc, names, json_file=None, use_cache=True):
-    """(records, report, from_cache) for one source, using and refreshing its cache."""
+    """(records, report, from_cache) for one source, using and refreshing its cache. ``report.cache_note`` says
+    in one line why a cache was not used (truncated, garbage, another version, stale) or where it went."""
     if fmt == 'yolo':
         inputs, scan = yolo_inputs(src), lambda: scan_yolo(src, nc)
     elif fmt == 'voc':
@@ -319,11 +294,20 @@ def scan_source(src, fmt, nc, names, json_file=None, use_cache=True):
         if json_file is None:
             raise FileNotFoundError(f'{src}: COCO-format source has no instances JSON (set annotations: in the YAML)')
         inputs, scan = coco_inputs(src, json_file), lambda: scan_coco(src, json_file, nc)
-    key = files_hash(inputs, extra=f'{fmt}|{nc}|{list(names) if names else None}')
-    cfile = cache_path(src, fmt, json_file)
-    if use_cache and (hit := load_cache(cfile, key)) is not None:
-        return hit[0], hit[1], True
+    if not use_cache:
+        return (*scan(), False)
+    key = f'{fmt}|{nc}|{list(names) if names else None}'
+    stats = input_stats(inputs)
+    cfile, moved = cache_location(cache_path(src, fmt, json_file))
+    payload, why = read_cache(cfile, key, stats)
+    if payload is not None:
+        try:
+            return (*_from_cache(payload, nc), True)
+        except ValueError as e:
+            why = str(e)
     records, report = scan()
-    if use_cache:
-        save_cache(cfile, key, records, report)
+    saved = write_cache(cfile, key, stats, [r.to_json() for r in records], _report_json(report))
+    notes = [f'{cfile}: {why}, rescanned' if why else '', moved or '', '' if saved else f'{cfile}: not writable, '
+             f'label cache not saved (the next run scans again)']
+    report.cache_note = '; '.join(n for n in notes if n) or None
     return records, report, False

@@ -3,6 +3,7 @@
 ``train.py`` parses the command line and calls ``train(run)``; each epoch is measured by
 ``utils.evaluator.evaluate`` and logged to results.csv by column name (utils/results_csv.py).
 """
+import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 from utils.checkpoint import load_model, save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
 from utils.engine import StepState, seed_everything, train_one_epoch, warmup_iterations
+from utils.errors import Interrupted
 from utils.eval_outputs import BatchPlotter
 from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
 from utils.evaluator import EvalConfig, evaluate, official_json
+from utils.interrupt import StopOnSignal
 from utils.loggers import TensorBoardLogger
 from utils.multiscale import MultiScale
 from utils.plots import plot_images, plot_results
@@ -162,7 +165,9 @@ def begin_epoch(run, session, epoch, nb):
 
 
 def train(run, ckpt=None):
-    """Set up, run the epochs (resuming from ``ckpt`` when given), verify, validate best.pt; returns its results."""
+    """Set up, run the epochs (resuming from ``ckpt`` when given), verify, validate best.pt; returns its results.
+    A first SIGINT/SIGTERM during the epochs stops after the current batch with a last.pt that resumes exactly
+    there (``Interrupted``); a second one exits at once (utils/interrupt.py)."""
     opt = run.opt
     session = setup(run, ckpt)
     nb, hyp, start = len(session.loaders.train), session.config.hyp, session.progress.start_epoch
@@ -175,36 +180,100 @@ def train(run, ckpt=None):
         run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
-    state = StepState(ni=start * nb, last_step=start * nb - 1)
+    state = resume_step_state(session, ckpt, nb)
+    cfg['skip_batches'] = session.progress.resume_at['batch'] if session.progress.resume_at else 0
     if run.main and opt.weights and ckpt is None and not opt.noval:
         zero_shot(run, session)
     result = None
     t0 = time.time()
-    epoch = start - 1
-    for epoch in range(start, opt.epochs):
-        session = begin_epoch(run, session, epoch, nb)
-        varying = opt.rect or getattr(opt, 'multi_scale', False) or getattr(opt, 'deterministic', False)
-        with cudnn_autotune(run.device.type == 'cuda' and not varying):  # autotune pays off at fixed shapes only
-            losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
-                                        show=run.main)
-        final = epoch == opt.epochs - 1
-        stop = end_epoch(run, session, epoch, losses, final) if run.main else False
-        if run.world_size > 1:  # every process must leave the loop together
-            flag = [stop]
-            torch.distributed.broadcast_object_list(flag, 0)
-            stop = flag[0]
-        if stop and not final:
-            run.log(f'Early stopping: no improvement in {opt.patience} epochs '
-                    f'(best epoch {session.progress.best_epoch + 1})')
-            break
-        cfg.pop('on_first_batch', None)
+    with StopOnSignal(log=run.log) as stop:
+        cfg['should_stop'] = lambda: stop_agreed(run, stop)
+        session, epoch = run_epochs(run, session, cfg, state, stop)
+        if run.main:
+            run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
+            finish(run, session)
+        if stop.requested():  # the signal came after the last safe point: the weights are final already
+            raise Interrupted(f'{signal.Signals(stop.signum).name}: the run had finished its epochs, final '
+                              f'validation skipped; weights in {run.weights_dir}', stop.signum)
     if run.main:
-        run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
-        finish(run, session)
         result = final_validation(run, session)
         run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
         run.tb.close()
     return result
+
+
+def run_epochs(run, session, cfg, state, stop):
+    """The epoch loop; returns the session and the last epoch run. Raises ``Interrupted`` after saving when
+    ``stop`` was requested (between epochs, or mid-epoch after a batch)."""
+    opt, nb, start = run.opt, len(session.loaders.train), session.progress.start_epoch
+    varying = opt.rect or getattr(opt, 'multi_scale', False) or getattr(opt, 'deterministic', False)
+    autotune = run.device.type == 'cuda' and not varying  # cuDNN autotuning pays off at fixed shapes only
+    epoch = start - 1
+    for epoch in range(start, opt.epochs):
+        if stop_agreed(run, stop):  # between epochs (or before a resumed epoch's remaining batches)
+            save_interrupted(run, session, stop, epoch, cfg['skip_batches'], state)
+        session = begin_epoch(run, session, epoch, nb)
+        with cudnn_autotune(autotune):
+            losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
+                                        show=run.main)
+        cfg.pop('on_first_batch', None)
+        cfg['skip_batches'] = 0
+        if state.stopped_after is not None:
+            save_interrupted(run, session, stop, epoch, state.stopped_after, state)
+        final = epoch == opt.epochs - 1
+        stop_early = end_epoch(run, session, epoch, losses, final) if run.main else False
+        if run.world_size > 1:  # every process must leave the loop together
+            flag = [stop_early]
+            torch.distributed.broadcast_object_list(flag, 0)
+            stop_early = flag[0]
+        if stop_early and not final:
+            run.log(f'Early stopping: no improvement in {opt.patience} epochs '
+                    f'(best epoch {session.progress.best_epoch + 1})')
+            break
+    return session, epoch
+
+
+def stop_agreed(run, stop):
+    """Whether to stop now: this process's signal, or under DDP any process's (all must stop at the same step)."""
+    if run.world_size == 1:
+        return stop.requested()
+    flag = torch.tensor([float(stop.requested())], device=run.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def resume_step_state(session, ckpt, nb):
+    """The step counters to start from: at ``start_epoch``, or for a run stopped mid-epoch where it stopped, with
+    the gradients of its unfinished accumulation put back (so the resumed run continues exactly)."""
+    at, start = session.progress.resume_at, session.progress.start_epoch
+    if not at:
+        return StepState(ni=start * nb, last_step=start * nb - 1)
+    model = getattr(session.learner.model, 'module', session.learner.model)
+    pending = ckpt.get('pending_grads') or {}
+    for name, p in model.named_parameters():
+        if name in pending:
+            p.grad = pending[name].to(p.device)
+    return StepState(ni=at['ni'], last_step=at['last_step'], mloss=at['mloss'])
+
+
+def save_interrupted(run, session, stop, epoch, batch, state):
+    """Save last.pt at ``batch`` batches into ``epoch`` (a resume replays the rest exactly) and raise Interrupted.
+    Gradients of an unfinished accumulation are saved too."""
+    nb, last = len(session.loaders.train), run.weights_dir / 'last.pt' if run.main else None
+    if run.main:
+        ck = make_checkpoint(run, session, epoch - 1)  # 'epoch' is the last complete one
+        if batch:
+            ck['resume_at'] = {'epoch': epoch, 'batch': batch, 'ni': state.ni, 'last_step': state.last_step,
+                               'mloss': list(state.mloss)}
+            model = getattr(session.learner.model, 'module', session.learner.model)
+            ck['pending_grads'] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                                   if p.grad is not None}
+        save_checkpoint(ck, last)
+        run.tb.close()
+    name = signal.Signals(stop.signum or signal.SIGINT).name
+    where = f'epoch {epoch + 1}/{run.opt.epochs} after batch {batch}/{nb}' if batch else f'before epoch {epoch + 1}'
+    raise Interrupted(f'{name}: stopped {where}; saved {last}; resume with: python train.py --resume {last}',
+                      stop.signum or signal.SIGINT)
 
 
 def multi_scale_for(session, seed):

@@ -53,10 +53,12 @@ class Loaders:
 
 @dataclass
 class Progress:
-    """Where the run stands: the first epoch to train, the best fitness so far and its epoch."""
+    """Where the run stands: the first epoch to train, the best fitness so far and its epoch, and for a run
+    interrupted mid-epoch where in ``start_epoch`` it stopped ({'epoch', 'batch', 'ni'}, see trainer.py)."""
     start_epoch: int = 0
     best_fitness: float = 0.0
     best_epoch: int = -1
+    resume_at: dict = None
 
 
 @dataclass
@@ -196,9 +198,10 @@ def resume(run, session, ckpt):
         learner.ema.updates = ckpt['ema_updates']
     if ckpt.get('scaler'):
         learner.scaler.load_state_dict(ckpt['scaler'])
-    start = ckpt['epoch'] + 1
-    progress = Progress(start, ckpt['best_fitness'], ckpt.get('best_epoch', start - 1))
-    run.log(f"Resuming {run.opt.resume} from epoch {start + 1}/{run.opt.epochs}")
+    start, at = ckpt['epoch'] + 1, ckpt.get('resume_at')
+    progress = Progress(start, ckpt['best_fitness'], ckpt.get('best_epoch', start - 1), at)
+    where = f", batch {at['batch'] + 1}" if at else ''
+    run.log(f"Resuming {run.opt.resume} from epoch {start + 1}/{run.opt.epochs}{where}")
     return replace(session, learner=learner, progress=progress)
 
 
