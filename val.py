@@ -68,10 +68,12 @@ def loader_size(backend, imgsz, task):
 
 def class_mapping(model, data, weights, single_cls):
     """A ``ClassMap`` when the checkpoint's classes are not the data's (another count, or a ``class_map:`` in the
-    data YAML): predictions are then evaluated through it (zero-shot). None when they are the same classes."""
+    data YAML): predictions are then evaluated through it (zero-shot). None when they are the same classes (a
+    model fine-tuned on the data: its names are the data's, whatever ``class_map:`` says)."""
     spec = data.get('class_map')
     model_nc = model.nc
-    if single_cls or (model_nc == data['nc'] and not isinstance(spec, dict)):
+    same_names = [str(n) for n in model.names] == [str(n) for n in data['names']]
+    if single_cls or same_names or (model_nc == data['nc'] and not isinstance(spec, dict)):
         return None
     differ = f'{weights}: model has {model_nc} classes but the data has {data["nc"]}'
     if spec == 'none':
