@@ -93,6 +93,11 @@ def test_pretrained_training_records_its_zero_shot_start(grouped_yaml, tmp_path,
     assert rows[0]['metrics/mAP_0.5'] == pytest.approx(zs.map50, abs=0.02)
     assert rows[0]['x/lr0'] != rows[0]['x/lr0']  # NaN: no step yet
     assert (tmp_path / 'runs' / 'ft' / 'results.png').is_file()
+    # the fine-tuned model has the data's classes: val.py evaluates it directly, though the YAML has a class_map
+    tuned = val.run(data=str(grouped_yaml), weights=str(tmp_path / 'runs' / 'ft' / 'weights' / 'last.pt'),
+                    imgsz=IMGSZ, batch_size=16, workers=0, device='cpu', plots=False, project=str(tmp_path), name='t')
+    assert 'Zero-shot through a class mapping' not in capsys.readouterr().out
+    assert tuned.map50 == pytest.approx(rows[1]['metrics/mAP_0.5'], abs=0.02)
     try:  # with tensorboard installed, the same start is logged as baseline/*
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
