@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models.yolo import Model, layer_table
+from models.summary import layer_table
+from models.yolo import Model
 
 # Parameter counts (nc=80). s and m of both families and v6 n are the official figures
 # (v3.1 yolov5s 7,468,157; v6/v7 n 1,872,157, s 7,235,389, m 21,190,557); v3-family n/m pinned from our build.
