@@ -100,16 +100,16 @@ class Detect(nn.Module):
         return (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i], (y[..., 2:4] * 2) ** 2 * anchor_wh
 
     def decode_into(self, maps):
-        """``decode`` of every level written straight into one (B, N, no) tensor: the same numbers without the
-        per-level copies and the concatenation (inference only: it writes over the sigmoid's output)."""
+        """``decode`` of every level written into one (B, N, no) tensor: the same numbers, one level's copy at a
+        time instead of all of them and their concatenation (inference only: it writes over the sigmoid's output)."""
         bs = maps[0].shape[0]
         out = maps[0].new_empty(bs, sum(p[0].numel() // self.no for p in maps), self.no)
         start = 0
         for i, p in enumerate(maps):
             n = p[0].numel() // self.no
-            y = out[:, start:start + n].view(p.shape)
-            torch.sigmoid(p, out=y)
+            y = p.sigmoid()  # on the contiguous map, so the same kernel (and rounding) as ``decode``
             y[..., 0:2], y[..., 2:4] = self.decode_boxes(y, i)
+            out[:, start:start + n] = y.view(bs, n, self.no)
             start += n
         return out
 

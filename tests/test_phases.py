@@ -106,3 +106,41 @@ def test_best_pt_is_linked_and_the_final_val_is_what_val_py_measures(tiny_run, t
         assert (r.p, r.r, r.map50, r.map, r.seen) == (returned.p, returned.r, returned.map50, returned.map,
                                                      returned.seen)
     assert any(reused)  # the last epoch was the best in at least one run: its validation was the final one
+
+
+def test_inference_decode_equals_the_differentiable_one_bit_for_bit():
+    import torch
+    from models.yolo import Model
+    torch.manual_seed(0)
+    model = Model('v6/yolov5n.yaml', nc=7).eval()
+    for shape in ((2, 3, 128, 96), (3, 3, 64, 160)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            fast, raw = model(x)  # decode_into
+        slow = model(x)[0].detach()  # with autograd: per-level decode and concatenation
+        assert fast.shape == slow.shape == (shape[0], sum(r[0].numel() // 12 for r in raw), 12)
+        assert torch.equal(fast, slow)
+
+
+def test_class_aware_nms_equals_torchvision_batched_nms():
+    import torch
+    import torchvision
+    from utils.boxes import class_aware_nms
+    g = torch.Generator().manual_seed(0)
+    for n in (0, 7, 900, 1001, 4000):  # both sides of the 4000-coordinate switch
+        boxes = torch.rand(n, 4, generator=g) * 500
+        boxes[:, 2:] += boxes[:, :2] * 0.3 + 1
+        scores, classes = torch.rand(n, generator=g), torch.randint(0, 20, (n,), generator=g)
+        assert torch.equal(class_aware_nms(boxes, scores, classes, 0.5),
+                           torchvision.ops.batched_nms(boxes, scores, classes, 0.5))
+
+
+def test_scripts_do_not_import_torchvision():
+    """Its package import costs seconds (torch._dynamo); only the NMS kernel is needed, loaded on its own."""
+    code = ('import sys, torch, train, val, detect\n'
+            'from utils.boxes import non_max_suppression\n'
+            'non_max_suppression(torch.rand(1, 50, 9), 0.1, 0.5)\n'
+            'print(sorted(m for m in ("torchvision", "torch._dynamo") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == '[]'
