@@ -83,10 +83,22 @@ def upstream_model_yaml(cfg, out):
 
 
 def upstream_data_yaml(data, out):
-    """A data YAML whose ``path`` is absolute (upstream resolves relative paths against its own package)."""
+    """A data YAML for upstream whose images and labels are links in a folder beside ``out``: upstream resolves
+    relative paths against its own package, and writes its label cache beside the labels folder, which must not
+    be ``../shared`` (read-only data)."""
     path = Path(data).resolve()
     d = yaml.safe_load(path.read_text())
-    d['path'] = str((path.parent / d.get('path', '.')).resolve())
+    root = (path.parent / d.get('path', '.')).resolve()
+    mirror = out.with_suffix('')
+    for sub in ('images', 'labels'):  # real folders of file links: upstream resolves folder paths, not files
+        for folder in (root / sub).rglob('*') if (root / sub).is_dir() else ():
+            if folder.is_dir():
+                (mirror / folder.relative_to(root)).mkdir(parents=True, exist_ok=True)
+                for f in folder.iterdir():
+                    link = mirror / f.relative_to(root)
+                    if f.is_file() and not link.is_symlink():
+                        link.symlink_to(f)
+    d['path'] = str(mirror)
     for k in ('generate', 'format', 'annotations', 'eval'):
         d.pop(k, None)
     out.write_text(yaml.safe_dump(d, sort_keys=False))
