@@ -29,6 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from utils.runs import is_writable_dir  # noqa: E402
 
 PINS = ['yolov5==7.0.*', 'numpy<2', 'pillow<10', 'setuptools<81']
 ACTIVATIONS = {'silu': 'nn.SiLU()', 'leakyrelu': 'nn.LeakyReLU(0.1)', 'hardswish': 'nn.Hardswish()',
@@ -83,22 +84,20 @@ def upstream_model_yaml(cfg, out):
 
 
 def upstream_data_yaml(data, out):
-    """A data YAML for upstream whose images and labels are links in a folder beside ``out``: upstream resolves
-    relative paths against its own package, and writes its label cache beside the labels folder, which must not
-    be ``../shared`` (read-only data)."""
+    """A data YAML whose ``path`` is absolute (upstream resolves relative paths against its own package).
+
+    Upstream writes ``labels/*.cache`` beside the labels of any folder ``os.access`` calls writable, which a
+    read-only share is to root: a data set in a folder without write permission bits is copied beside ``out``
+    first, so upstream never writes into it (and pays the same one-time label scan as ours)."""
     path = Path(data).resolve()
     d = yaml.safe_load(path.read_text())
     root = (path.parent / d.get('path', '.')).resolve()
-    mirror = out.with_suffix('')
-    for sub in ('images', 'labels'):  # real folders of file links: upstream resolves folder paths, not files
-        for folder in (root / sub).rglob('*') if (root / sub).is_dir() else ():
-            if folder.is_dir():
-                (mirror / folder.relative_to(root)).mkdir(parents=True, exist_ok=True)
-                for f in folder.iterdir():
-                    link = mirror / f.relative_to(root)
-                    if f.is_file() and not link.is_symlink():
-                        link.symlink_to(f)
-    d['path'] = str(mirror)
+    if not is_writable_dir(root / 'labels' if (root / 'labels').is_dir() else root):
+        copy = out.parent / f'{root.name}-copy'
+        if not copy.is_dir():
+            shutil.copytree(root, copy, ignore=shutil.ignore_patterns('*.cache'))
+        root = copy
+    d['path'] = str(root)
     for k in ('generate', 'format', 'annotations', 'eval'):
         d.pop(k, None)
     out.write_text(yaml.safe_dump(d, sort_keys=False))

@@ -171,7 +171,7 @@ def parse_model(d, ch):
             f, n, name, args = row
             check_from(f, i)
             m_, c2 = build_layer(d, i, f, n, name, list(args), ch)
-        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError, RuntimeError) as e:  # torch: bad sizes
             raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {str(row)[:200]}: {e}") from None
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
@@ -195,6 +195,8 @@ def build_layer(d, i, f, n, name, args, ch):
     kwargs = {}
     if m in CHANNEL_BLOCKS:
         c1, c2 = ch[f], args[0]
+        if type(c2) is not int or c2 < 1:
+            raise ValueError(f'output channels {c2!r:.40} must be a positive integer')
         c2 = make_divisible(c2 * gw, 8) if c2 != no else c2
         args = [c1, c2, *args[1:]]
         if m in REPEAT_BLOCKS:
@@ -211,6 +213,8 @@ def build_layer(d, i, f, n, name, args, ch):
         args.append([ch[x] for x in f])
         if isinstance(args[1], int):
             raise ValueError('Detect needs explicit anchors')
+        if not isinstance(f, list) or len(f) != len(args[1]):
+            raise ValueError(f'Detect reads {f} but the YAML has {len(args[1])} anchor levels')
         kwargs['anchor_grid_buffer'] = bool(d.get('anchor_grid_buffer', False))
         kwargs['class_rows'], kwargs['class_reduce'] = d.get('class_rows'), d.get('class_reduce', 'max')
         c2 = None

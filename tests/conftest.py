@@ -37,6 +37,18 @@ def private_cache_home(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+    """A 24-image shapes data YAML (16 train, 8 val at 128 px), shared by the in-process training tests."""
+    from utils.shapes import ensure_shapes
+    root = tmp_path_factory.mktemp('tiny')
+    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
+    yaml_file = root / 'tiny.yaml'
+    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
+                         'names: [circle, square, triangle, star]\n')
+    return yaml_file
+
+
+@pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory):
     """A 12-image shapes data YAML (8 train, 4 val at 128 px) for short training runs in subprocesses."""
     from utils.shapes import ensure_shapes

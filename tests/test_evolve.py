@@ -12,22 +12,11 @@ import train
 from utils.data_config import load_hyp
 from utils.evolve import make_pruner, run_evolve
 from utils.evolve_space import HYP_RANGES, build_space, recipe, suggest
-from utils.shapes import ensure_shapes
 
 optuna = pytest.importorskip('optuna', reason='optuna is an optional dependency (requirements-extra.txt)')
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--cfg', 'v6/yolov5n.yaml', '--imgsz', '64', '--batch-size', '8', '--workers', '0', '--noautoanchor']
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('evolve')
-    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
-    yaml_file = root / 'tiny.yaml'
-    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
-                         'names: [circle, square, triangle, star]\n')
-    return yaml_file
 
 
 def options(*argv):

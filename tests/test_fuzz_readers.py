@@ -191,7 +191,8 @@ def coco_json_bytes(draw):
         items = d[section] if isinstance(d[section], list) else []
         if items and isinstance(items[0], dict):
             item = items[draw(st.integers(0, len(items) - 1))]
-            key = draw(st.sampled_from(sorted(item)) | st.text(max_size=3)) if isinstance(item, dict) else None
+            keys = st.sampled_from(sorted(item)) | st.text(max_size=3) if item else st.text(max_size=3)
+            key = draw(keys) if isinstance(item, dict) else None  # an emptied item: only new keys
             if key is not None and draw(st.integers(0, 3)) == 0:
                 item.pop(key, None)
             elif key is not None:

@@ -160,6 +160,18 @@ def test_bad_model_yaml_errors(tmp_path):
         Model(d)
 
 
+def test_model_yaml_fuzz_findings_are_one_line_errors():
+    """Found at 2,000 hypothesis examples: torch's own RuntimeErrors escaped from these two."""
+    d = yaml.safe_load(open('models/v6/yolov5n.yaml'))
+    d['head'][0] = [-1, 1, 'Conv', [-1, -2]]  # negative channels: torch refused the tensor size
+    with pytest.raises(ValueError, match='layer 10 .*output channels -1 must be a positive integer'):
+        Model(d)
+    d = yaml.safe_load(open('models/v6/yolov5n.yaml'))
+    d['anchors'] = d['anchors'][:2]  # three Detect inputs, two anchor levels: a shape mismatch in Detect
+    with pytest.raises(ValueError, match=r'layer 24 .*Detect reads \[17, 20, 23\] but the YAML has 2 anchor levels'):
+        Model(d)
+
+
 def test_layer_table_and_cli(capsys):
     from models.yolo import main
     main(['--cfg', 'v6/yolov5s.yaml'])

@@ -14,21 +14,10 @@ import torch
 import train
 from utils.checkpoint import load_checkpoint
 from utils.results_csv import COLUMNS, read_rows
-from utils.shapes import ensure_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
 FAST = dict(cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True, exist_ok=False)
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('tiny')
-    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
-    yaml_file = root / 'tiny.yaml'
-    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
-                         'names: [circle, square, triangle, star]\n')
-    return yaml_file
 
 
 def run_train(tmp_path, data, name, **kw):

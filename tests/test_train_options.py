@@ -10,21 +10,10 @@ import train
 from utils.checkpoint import load_checkpoint
 from utils.multiscale import MultiScale
 from utils.results_csv import read_rows
-from utils.shapes import ensure_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
 FAST = dict(cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True, noautoanchor=True)
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('tiny')
-    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
-    yaml_file = root / 'tiny.yaml'
-    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
-                         'names: [circle, square, triangle, star]\n')
-    return yaml_file
 
 
 def run_train(tmp_path, data, name, **kw):
@@ -113,8 +102,11 @@ def test_autobatch_refused_on_cpu_before_anything_is_built(tiny_data, tmp_path):
 
 def test_cache_disk_writes_npy_beside_writable_images(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
-    images = tiny_data.parent / 'shapes' / 'images'
-    run_train(tmp_path, tiny_data, 'disk', epochs=1, cache='disk', noval=True)
+    shutil.copytree(tiny_data.parent / 'shapes', tmp_path / 'shapes')  # a copy: the shared set stays .npy-free
+    data = tmp_path / 'tiny.yaml'
+    data.write_text(tiny_data.read_text())
+    images = tmp_path / 'shapes' / 'images'
+    run_train(tmp_path, data, 'disk', epochs=1, cache='disk', noval=True)
     for split in ('train', 'val'):
         pngs = sorted(p.name for p in (images / split).glob('*.*') if p.suffix != '.npy')
         assert sorted(p.stem for p in (images / split).glob('*.npy')) == pngs  # a.png -> a.png.npy
