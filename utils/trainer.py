@@ -6,7 +6,6 @@
 import os
 import signal
 import time
-from copy import deepcopy
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,11 +68,9 @@ def report_validation(run, session, result, config, verbose, plots):
         save_plots(result, names, run.save_dir)
 
 
-def validate_epoch(run, session, final, epoch):
+def validate_epoch(run, session, final):
     """The EMA model on the val split (an ``EvalResult``), or None with --noval before the last epoch."""
-    if final:
-        return validate_final_epoch(run, session, epoch)
-    if run.opt.noval:
+    if run.opt.noval and not final:
         return None
     plots = final and not run.opt.noplots
     learner = session.learner
@@ -82,23 +79,6 @@ def validate_epoch(run, session, final, epoch):
     result = evaluate(learner.ema.ema, session.loaders.val, config, compute_loss=learner.compute_loss,
                       observers=observers)
     report_validation(run, session, result, config, verbose=final, plots=plots)
-    return result
-
-
-def validate_final_epoch(run, session, epoch):
-    """The last epoch's EMA fused and validated exactly as ``final_validation`` validates best.pt (val.py's way),
-    with the plots. When this epoch is the best one, best.pt holds these very weights and the final validation
-    reuses this result instead of running again (``progress.final_val``)."""
-    plots = not run.opt.noplots
-    learner = session.learner
-    model = deepcopy(learner.ema.ema)
-    model.set_frozen_fast_path(None)  # as load_model builds it
-    config = eval_config(run, session, plots, progress=HEADER)
-    observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
-    result = evaluate(model.fuse(), session.loaders.val, config, compute_loss=learner.compute_loss,
-                      observers=observers)
-    report_validation(run, session, result, config, verbose=True, plots=plots)
-    session.progress.final_val = (epoch, result)
     return result
 
 
@@ -122,7 +102,7 @@ def zero_shot(run, session):
 def end_epoch(run, session, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
     with run.phases.phase('val', epoch):
-        result = validate_epoch(run, session, final, epoch)
+        result = validate_epoch(run, session, final)
     with run.phases.phase('checkpoint and plots', epoch):
         stop = log_and_save(run, session, epoch, losses, result, final)
     if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
@@ -327,23 +307,16 @@ def multi_scale_for(session, seed):
 
 
 def final_validation(run, session):
-    """best.pt (fused, as val.py loads it) on the val split, reported in full; its ``EvalResult`` or None.
-    When best.pt is the last epoch's checkpoint, that epoch's validation (``validate_final_epoch``, the same
-    computation on the same weights) is the result."""
+    """best.pt (fused, as val.py loads it) on the val split, reported in full; its ``EvalResult`` or None."""
     best = run.weights_dir / 'best.pt'
     if not best.exists():
         return None
-    progress = session.progress
-    if progress.final_val and progress.final_val[0] == progress.best_epoch:
-        result = progress.final_val[1]
-        run.log(f'Validating {best}: the last epoch\'s weights, validated above the same way (fused)')
-    else:
-        plots = not run.opt.noplots
-        config = eval_config(run, session, plots, progress=HEADER)
-        model = load_model(best, run.device, fuse=True)
-        observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
-        result = evaluate(model, session.loaders.val, config, observers=observers)
-        report_validation(run, session, result, config, verbose=True, plots=plots)
+    plots = not run.opt.noplots
+    config = eval_config(run, session, plots, progress=HEADER)
+    model = load_model(best, run.device, fuse=True)
+    observers = [BatchPlotter(run.save_dir, session.config.names)] if plots else ()
+    result = evaluate(model, session.loaders.val, config, observers=observers)
+    report_validation(run, session, result, config, verbose=True, plots=plots)
     print_speed(result, session.loaders.imgsz)
     run.log(f'Results saved to {run.save_dir}: mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}')
     return result

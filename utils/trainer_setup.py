@@ -54,13 +54,11 @@ class Loaders:
 @dataclass
 class Progress:
     """Where the run stands: the first epoch to train, the best fitness so far and its epoch, and for a run
-    interrupted mid-epoch where in ``start_epoch`` it stopped ({'epoch', 'batch', 'ni'}, see trainer.py).
-    ``final_val``: (epoch, EvalResult) of the last epoch, validated as val.py loads best.pt (trainer.py)."""
+    interrupted mid-epoch where in ``start_epoch`` it stopped ({'epoch', 'batch', 'ni'}, see trainer.py)."""
     start_epoch: int = 0
     best_fitness: float = 0.0
     best_epoch: int = -1
     resume_at: dict = None
-    final_val: tuple = None
 
 
 @dataclass
