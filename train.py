@@ -17,6 +17,7 @@ from utils.autobatch import NEEDS_CUDA
 from utils.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
 from utils.evolve import is_evolve_dir, run_evolve
+from utils.phases import PhaseTimer
 from utils.runs import configure_determinism, init_distributed
 from utils.trainer import Run, prepare_run_dir, train
 from utils.upstream_defaults import format_differences, upstream_differences
@@ -153,9 +154,10 @@ def run(**kwargs):
     return main(opt)
 
 
-def main(opt, on_epoch_end=None):
+def main(opt, on_epoch_end=None, phases=None):
     """One training run (``on_epoch_end(epoch, fitness)`` is called after each validated epoch), or with
-    ``opt.evolve`` a study of such runs."""
+    ``opt.evolve`` a study of such runs. A single run ends with a one-line breakdown of its wall time by phase
+    (``phases``: a ``utils.phases.PhaseTimer``, filled in; default: a new one, from now)."""
     note = format_differences(upstream_differences(opt)) if not opt.resume else None
     if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
         print(note)
@@ -170,18 +172,21 @@ def main(opt, on_epoch_end=None):
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size, device)
     configure_determinism(getattr(opt, 'deterministic', False))  # a resumed run keeps its setting
-    r = Run(opt, device, rank, world_size)
+    r = Run(opt, device, rank, world_size, phases)
     r.on_epoch_end = on_epoch_end
     prepare_run_dir(r)
     try:
-        return train(r, ckpt)
+        result = train(r, ckpt)
+        r.log(r.phases.summary())
+        return result
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
 
 
 def cli(argv=None):
-    run_cli(lambda **kw: main(argparse.Namespace(**kw)), parse_opt(argv))
+    phases = PhaseTimer.since_process_start()  # the time until here is the 'imports' phase
+    run_cli(lambda **kw: main(argparse.Namespace(**kw), phases=phases), parse_opt(argv))
 
 
 if __name__ == '__main__':

@@ -2,7 +2,8 @@
 
     python benchmarks/upstream.py                  # both tables: training step, and whole processes
     python benchmarks/upstream.py --only step      # benchmarks/freeze.py's step, ours vs upstream, freeze 0/10/all
-    python benchmarks/upstream.py --only runs      # 2-epoch training (freeze 0/10), val.py, detect.py
+    python benchmarks/upstream.py --only runs      # 2-epoch training and 20-epoch fine-tune (freeze 0/10), val.py,
+                                                   # detect.py
     python benchmarks/upstream.py --tiny           # smoke test: tiny images, few steps, one round
 
 The first run creates ``.venv-upstream/`` (git-ignored) with ``python -m venv`` and pip-installs ``yolov5==7.0.*``
@@ -34,7 +35,7 @@ PINS = ['yolov5==7.0.*', 'numpy<2', 'pillow<10', 'setuptools<81']
 ACTIVATIONS = {'silu': 'nn.SiLU()', 'leakyrelu': 'nn.LeakyReLU(0.1)', 'hardswish': 'nn.Hardswish()',
                'relu': 'nn.ReLU()'}
 TINY = {'step_imgsz': 128, 'step_batch': 4, 'iters': 2, 'warmup': 1, 'train_images': 16, 'train_imgsz': 128,
-        'train_batch': 8, 'epochs': 1, 'val_imgsz': 160, 'rounds': 1}
+        'train_batch': 8, 'epochs': 1, 'val_imgsz': 160, 'rounds': 1, 'finetune_imgsz': 128, 'finetune_epochs': 1}
 
 
 def ensure_venv(venv):
@@ -180,6 +181,7 @@ def run_jobs(opt, py, env, work):
                          [py, '-m', 'yolov5.train', '--cfg', up_cfg, '--data', data['upstream'],
                           '--img', opt.train_imgsz, *args, '--name', f'upstream-train-f{f}']))
     weights, images = Path(opt.weights).resolve(), Path(opt.images).resolve()
+    jobs += finetune_jobs(opt, py, work, weights)
     common = ['--weights', weights, '--device', opt.device, '--project', runs, '--exist-ok']
     if Path(opt.val_data).is_file() and weights.is_file():
         up_data = upstream_data_yaml(opt.val_data, work / 'upstream-val-data.yaml')
@@ -195,6 +197,31 @@ def run_jobs(opt, py, env, work):
     return jobs
 
 
+def finetune_jobs(opt, py, work, weights):
+    """The issue's fine-tune: ``--weights`` (yolov5n) on the real images of ``--finetune-data``, freeze 0 and 10,
+    the same command for both (ours then starts from hyp.transfer.yaml, upstream from hyp.scratch-low.yaml)."""
+    if not opt.finetune_epochs or not Path(opt.finetune_data).is_file() or not weights.is_file():
+        return []
+    up_data = upstream_data_yaml(opt.finetune_data, work / 'upstream-finetune-data.yaml')
+    jobs = []
+    for f in ('0', '10'):
+        args = ['--weights', weights, '--epochs', opt.finetune_epochs, '--batch-size', opt.train_batch, '--freeze', f,
+                '--workers', opt.workers, '--device', opt.device, '--project', work / 'runs', '--exist-ok']
+        jobs.append((f'fine-tune {weights.stem} {Path(opt.finetune_data).stem} {opt.finetune_imgsz}px '
+                     f'b{opt.train_batch} {opt.finetune_epochs} ep, freeze {f}',
+                     [sys.executable, ROOT / 'train.py', '--data', Path(opt.finetune_data).resolve(), '--imgsz',
+                      opt.finetune_imgsz, *args, '--name', f'ours-finetune-f{f}'],
+                     [py, '-m', 'yolov5.train', '--data', up_data, '--img', opt.finetune_imgsz, *args,
+                      '--name', f'upstream-finetune-f{f}']))
+    return jobs
+
+
+def time_line(log):
+    """Our train.py's closing 'Time: ...' breakdown from its log, or None."""
+    lines = [ln for ln in Path(log).read_text(errors='replace').splitlines() if ln.startswith('Time: ')]
+    return lines[-1] if lines else None
+
+
 def process_rows(opt, py, env, work):
     """Whole processes, ours then upstream's, interleaved over ``rounds``; the fastest round of each is kept."""
     jobs = run_jobs(opt, py, env, work)
@@ -202,12 +229,14 @@ def process_rows(opt, py, env, work):
     for _ in range(opt.rounds):
         for i, (name, ours, up) in enumerate(jobs):
             for who, cmd, e, cwd in (('ours', ours, None, ROOT), ('upstream', up, env, work)):
-                wall, rss = timed(cmd, e, cwd, work / f'log-{i}-{who}.txt')
+                log = work / f'log-{i}-{who}.txt'
+                wall, rss = timed(cmd, e, cwd, log)
                 if (i, who) not in best or wall < best[i, who][0]:
-                    best[i, who] = (wall, rss)
+                    best[i, who] = (wall, rss, time_line(log) if who == 'ours' else None)
     return [{'what': name, 'ours_s': best[i, 'ours'][0], 'upstream_s': best[i, 'upstream'][0],
              'ratio': best[i, 'ours'][0] / best[i, 'upstream'][0], 'ours_rss_mb': best[i, 'ours'][1],
-             'upstream_rss_mb': best[i, 'upstream'][1]} for i, (name, _, _) in enumerate(jobs)]
+             'upstream_rss_mb': best[i, 'upstream'][1], 'ours_phases': best[i, 'ours'][2]}
+            for i, (name, _, _) in enumerate(jobs)]
 
 
 def print_step(rows, opt):
@@ -230,10 +259,14 @@ def print_processes(rows, opt):
     for r in rows:
         print(f"{r['what']:<58}{r['ours_s']:>8.1f}{r['upstream_s']:>12.1f}{r['ratio']:>14.2f}x"
               f"{r['ours_rss_mb']:>13.0f}{r['upstream_rss_mb']:>14.0f}")
-    train = [r for r in rows if r['what'].startswith('train')]
-    if len(train) == 2:
-        print(f"freeze 0 -> 10 speed-up: ours {train[0]['ours_s'] / train[1]['ours_s']:.2f}x, "
-              f"upstream {train[0]['upstream_s'] / train[1]['upstream_s']:.2f}x")
+    for kind in ('train', 'fine-tune'):
+        pair = [r for r in rows if r['what'].startswith(kind + ' ')]
+        if len(pair) == 2:
+            print(f"{kind}: freeze 0 -> 10 speed-up: ours {pair[0]['ours_s'] / pair[1]['ours_s']:.2f}x, "
+                  f"upstream {pair[0]['upstream_s'] / pair[1]['upstream_s']:.2f}x")
+    for r in rows:
+        if r.get('ours_phases'):
+            print(f"ours, {r['what']}: {r['ours_phases']}")
 
 
 def parse_opt(argv=None):
@@ -257,6 +290,9 @@ def parse_opt(argv=None):
     p.add_argument('--epochs', type=int, default=2, help='0: no training rows')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--weights', default=str(ROOT.parent / 'shared/weights/yolov5n.pt'))
+    p.add_argument('--finetune-data', default=str(ROOT.parent / 'shared/data/coco64dev/coco64dev.yaml'))
+    p.add_argument('--finetune-imgsz', type=int, default=320)
+    p.add_argument('--finetune-epochs', type=int, default=20, help='fine-tune of --weights; 0: no fine-tune rows')
     p.add_argument('--val-data', default=str(ROOT.parent / 'shared/data/coco64dev/coco64dev.yaml'))
     p.add_argument('--val-imgsz', type=int, default=640)
     p.add_argument('--images', default=str(ROOT.parent / 'shared/images'), help='detect.py source')

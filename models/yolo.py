@@ -58,16 +58,17 @@ class Detect(nn.Module):
 
     def forward(self, x):
         """Training: list of raw maps (B, na, ny, nx, no). Eval: (decoded (B, N, no), raw maps)."""
-        z = []
         for i in range(self.nl):
             x[i] = self.m[i](x[i])
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.nr + 5, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if self.class_rows:
                 x[i] = self.reduce_class_rows(x[i])
-            if not self.training:
-                z.append(self.decode(x[i], i).view(bs, -1, self.no))
-        return x if self.training else (torch.cat(z, 1), x)
+        if self.training:
+            return x
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return torch.cat([self.decode(p, i).view(p.shape[0], -1, self.no) for i, p in enumerate(x)], 1), x
+        return self.decode_into(x), x
 
     def reduce_class_rows(self, p):
         """(..., 5 + sum(class_rows)) -> (..., 5 + nc): each class's rows folded into one logit.
@@ -86,14 +87,31 @@ class Detect(nn.Module):
 
     def decode(self, p, i):
         """Raw level-i map -> (xywh in input pixels, objectness, class scores), all after sigmoid."""
-        _, _, ny, nx, _ = p.shape
-        yv, xv = torch.meshgrid(torch.arange(ny, device=p.device), torch.arange(nx, device=p.device), indexing='ij')
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(p.dtype)
-        anchor_wh = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(p.dtype)  # pixels
         y = p.sigmoid()
-        xy = (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i]
-        wh = (y[..., 2:4] * 2) ** 2 * anchor_wh
+        xy, wh = self.decode_boxes(y, i)
         return torch.cat((xy, wh, y[..., 4:]), -1)
+
+    def decode_boxes(self, y, i):
+        """(xy, wh) in input pixels from the level-i map ``y`` after sigmoid."""
+        _, _, ny, nx, _ = y.shape
+        yv, xv = torch.meshgrid(torch.arange(ny, device=y.device), torch.arange(nx, device=y.device), indexing='ij')
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(y.dtype)
+        anchor_wh = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(y.dtype)  # pixels
+        return (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i], (y[..., 2:4] * 2) ** 2 * anchor_wh
+
+    def decode_into(self, maps):
+        """``decode`` of every level written into one (B, N, no) tensor: the same numbers, one level's copy at a
+        time instead of all of them and their concatenation (inference only: it writes over the sigmoid's output)."""
+        bs = maps[0].shape[0]
+        out = maps[0].new_empty(bs, sum(p[0].numel() // self.no for p in maps), self.no)
+        start = 0
+        for i, p in enumerate(maps):
+            n = p[0].numel() // self.no
+            y = p.sigmoid()  # on the contiguous map, so the same kernel (and rounding) as ``decode``
+            y[..., 0:2], y[..., 2:4] = self.decode_boxes(y, i)
+            out[:, start:start + n] = y.view(bs, n, self.no)
+            start += n
+        return out
 
 
 CLASS_REDUCTIONS = ('max', 'noisy_or')

@@ -3,12 +3,13 @@
 Formats: ``xyxy`` = corners (x1, y1, x2, y2); ``xywh`` = centre and size. Functions accept torch tensors or
 numpy arrays of shape (..., 4) and return the same type.
 """
+import importlib.util
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 
 def _clone(x):
@@ -168,8 +169,53 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
             continue
         x = x[x[:, 4].argsort(descending=True)[:max_nms]]
         groups = torch.zeros_like(x[:, 5]) if agnostic else x[:, 5]
-        keep = torchvision.ops.batched_nms(x[:, :4], x[:, 4], groups.long(), iou_thres)[:max_det]
+        keep = class_aware_nms(x[:, :4], x[:, 4], groups.long(), iou_thres)[:max_det]
         output[xi] = x[keep]
         if t_end and time.time() > t_end:
             break  # time limit exceeded: return what is done
     return output
+
+
+def nms_kernel():
+    """torchvision's compiled NMS (``torch.ops.torchvision.nms``), loaded from its extension library alone.
+
+    ``import torchvision`` costs seconds (its models import ``torch._dynamo``); val.py, detect.py and train.py
+    only need this one kernel. Where the library cannot be found this way, the package is imported after all.
+    """
+    if not hasattr(torch.ops.torchvision, 'nms'):
+        spec = importlib.util.find_spec('torchvision')
+        folder = Path(spec.origin).parent if spec and spec.origin else None
+        libs = [f for f in sorted(folder.glob('_C*')) if f.suffix in ('.so', '.pyd', '.dylib')] if folder else []
+        for lib in libs:
+            try:
+                torch.ops.load_library(str(lib))
+            except OSError:
+                continue
+            if hasattr(torch.ops.torchvision, 'nms'):
+                break
+        if not hasattr(torch.ops.torchvision, 'nms'):
+            import torchvision  # noqa: F401  (registers the kernel)
+    return torch.ops.torchvision.nms
+
+
+SMALL_NMS = 4000  # box coordinates (numel) up to which classes are separated by offsets rather than looped
+
+
+def class_aware_nms(boxes, scores, classes, iou_thres):
+    """NMS within each class; indices kept, by decreasing score (as ``torchvision.ops.batched_nms`` on CPU).
+
+    Few boxes: one NMS on boxes shifted apart per class (each class gets its own coordinate range). Many: one NMS
+    per class, so large offsets never cost the coordinates precision.
+    """
+    nms = nms_kernel()
+    if not boxes.numel():
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    if boxes.numel() <= SMALL_NMS or boxes.device.type != 'cpu':
+        shift = classes.to(boxes) * (boxes.max() + 1)
+        return nms(boxes + shift[:, None], scores, iou_thres)
+    kept = torch.zeros_like(classes, dtype=torch.bool)
+    for c in torch.unique(classes):
+        members = torch.where(classes == c)[0]
+        kept[members[nms(boxes[members], scores[members], iou_thres)]] = True
+    keep = torch.where(kept)[0]
+    return keep[scores[keep].sort(descending=True)[1]]

@@ -28,6 +28,8 @@ Official YOLOv5 ``.pt`` files (a pickled model) are read through ``utils/officia
     w = read_weights('yolov5m.pt')                           # {'yaml', 'state_dict', 'names', 'source'}
 """
 import os
+import secrets
+import shutil
 import tempfile
 from copy import deepcopy
 from datetime import datetime
@@ -60,6 +62,31 @@ def save_checkpoint(ckpt, path):
     except BaseException as e:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = f'the previous {path.name} is unchanged' if path.exists() else 'no file was written'
+            raise WriteFailed(f'{path}: checkpoint not saved ({one_line(e)}); {kept}') from None
+        raise
+    return path
+
+
+def copy_checkpoint(src, path):
+    """``path`` made a copy of the complete checkpoint ``src`` (best.pt from last.pt), atomically as
+    ``save_checkpoint``: a hard link (nothing is serialized or written again; safe because every checkpoint write
+    renames a new file over its target, so a later write of ``src`` leaves ``path`` as it was), or where links are
+    not possible a byte copy, flushed and renamed into place."""
+    src, path = Path(src), Path(path)
+    tmp = path.with_name(f'{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}')
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with open(src, 'rb') as f, open(tmp, 'wb') as g:
+                shutil.copyfileobj(f, g)
+                g.flush()
+                os.fsync(g.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             kept = f'the previous {path.name} is unchanged' if path.exists() else 'no file was written'
             raise WriteFailed(f'{path}: checkpoint not saved ({one_line(e)}); {kept}') from None

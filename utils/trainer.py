@@ -3,6 +3,7 @@
 ``train.py`` parses the command line and calls ``train(run)``; each epoch is measured by
 ``utils.evaluator.evaluate`` and logged to results.csv by column name (utils/results_csv.py).
 """
+import os
 import signal
 import time
 from dataclasses import replace
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_model, save_checkpoint, strip_optimizer, training_checkpoint
+from utils.checkpoint import copy_checkpoint, load_model, save_checkpoint, strip_optimizer, training_checkpoint
 from utils.datasets import reseed_loader
 from utils.engine import StepState, seed_everything, train_one_epoch, warmup_iterations
 from utils.errors import Interrupted
@@ -20,24 +21,30 @@ from utils.evaluator import EvalConfig, evaluate, official_json
 from utils.interrupt import StopOnSignal
 from utils.loggers import TensorBoardLogger
 from utils.multiscale import MultiScale
+from utils.phases import PhaseTimer
 from utils.plots import plot_images, plot_results
 from utils.results_csv import append_row, epoch_row
 from utils.runs import cudnn_autotune, increment_path
 from utils.trainer_setup import release_layers, setup, wrap_ddp, write_options
 
 
+RESULTS_PLOT_EVERY_S = 300  # results.png: drawn at the end (or a stop) and, in between, at most this often
+
+
 class Run:
     """What a training run is given: options, device, process rank and count, output paths.
     What it builds (data, model, freeze plan, optimizer, ...) is a ``trainer_setup.Session``."""
 
-    def __init__(self, opt, device, rank, world_size):
+    def __init__(self, opt, device, rank, world_size, phases=None):
         self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
+        self.phases = phases or PhaseTimer()  # where the wall time goes (utils/phases.py)
         self.main = rank in (-1, 0)
         self.amp = device.type == 'cuda'
         self.log = print if self.main else (lambda *a, **k: None)
         self.save_dir = self.weights_dir = None  # prepare_run_dir
         self.tb = TensorBoardLogger()  # off until train() opens it in the main process
         self.on_epoch_end = None  # optional callback(epoch, fitness) after each validated epoch (--evolve)
+        self.results_plotted = time.time()  # when results.png was last drawn (see RESULTS_PLOT_EVERY_S)
 
 
 def make_checkpoint(run, session, epoch):
@@ -94,21 +101,30 @@ def zero_shot(run, session):
 
 def end_epoch(run, session, epoch, losses, final):
     """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
-    result = validate_epoch(run, session, final)
+    with run.phases.phase('val', epoch):
+        result = validate_epoch(run, session, final)
+    with run.phases.phase('checkpoint and plots', epoch):
+        stop = log_and_save(run, session, epoch, losses, result, final)
+    if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
+        run.on_epoch_end(epoch, result.fitness if result is not None else 0.0)
+    return stop
+
+
+def log_and_save(run, session, epoch, losses, result, final):
+    """results.csv, TensorBoard, results.png, best fitness, last/best.pt. Returns True when early stopping says stop."""
     fit = result.fitness if result is not None else 0.0
     row = epoch_row(epoch, losses, result, session.learner.optimizer.param_groups)
     append_row(run.save_dir / 'results.csv', row)
     run.tb.log_epoch(row)
-    if not run.opt.noplots:
-        plot_results(run.save_dir / 'results.csv')
     progress = session.progress
     improved = fit >= progress.best_fitness
     if improved:
         progress.best_fitness, progress.best_epoch = fit, epoch
     stop = epoch - progress.best_epoch >= run.opt.patience
+    if not run.opt.noplots and (final or stop or time.time() - run.results_plotted >= RESULTS_PLOT_EVERY_S):
+        plot_results(run.save_dir / 'results.csv')
+        run.results_plotted = time.time()
     save_weights(run, session, epoch, improved, force=final or stop)
-    if run.on_epoch_end is not None:  # may raise to end the run (a pruned --evolve trial)
-        run.on_epoch_end(epoch, fit)
     return stop
 
 
@@ -120,12 +136,11 @@ def save_weights(run, session, epoch, improved, force):
     periodic = not opt.nosave and period > 0 and epoch % period == 0
     if opt.nosave and not force:
         return
-    ck = make_checkpoint(run, session, epoch)
-    save_checkpoint(ck, run.weights_dir / 'last.pt')
+    last = save_checkpoint(make_checkpoint(run, session, epoch), run.weights_dir / 'last.pt')
     if improved:
-        save_checkpoint(ck, run.weights_dir / 'best.pt')
+        copy_checkpoint(last, run.weights_dir / 'best.pt')  # the same checkpoint: linked, not written twice
     if periodic:
-        save_checkpoint(ck, run.weights_dir / f'epoch{epoch}.pt')
+        copy_checkpoint(last, run.weights_dir / f'epoch{epoch}.pt')
 
 
 def verify_frozen(run, session, files=()):
@@ -138,9 +153,13 @@ def verify_frozen(run, session, files=()):
 
 def finish(run, session):
     """Strip the optimizer state from last/best and verify the frozen tensors, saved ones included."""
-    files = [run.weights_dir / n for n in ('last.pt', 'best.pt') if (run.weights_dir / n).exists()]
-    for f in files:
+    last, best = run.weights_dir / 'last.pt', run.weights_dir / 'best.pt'
+    files = [f for f in (last, best) if f.exists()]
+    same = len(files) == 2 and os.path.samefile(last, best)  # best.pt linked to last.pt's checkpoint
+    for f in files[:1] if same else files:
         strip_optimizer(f)
+    if same:
+        copy_checkpoint(last, best)  # the stripped checkpoint, linked again instead of stripped twice
     verify_frozen(run, session, files)
 
 
@@ -183,7 +202,8 @@ def train(run, ckpt=None):
     state = resume_step_state(session, ckpt, nb)
     cfg['skip_batches'] = session.progress.resume_at['batch'] if session.progress.resume_at else 0
     if run.main and opt.weights and ckpt is None and not opt.noval:
-        zero_shot(run, session)
+        with run.phases.phase('zero-shot val'):
+            zero_shot(run, session)
     result = None
     t0 = time.time()
     with StopOnSignal(log=run.log) as stop:
@@ -191,12 +211,14 @@ def train(run, ckpt=None):
         session, epoch = run_epochs(run, session, cfg, state, stop)
         if run.main:
             run.log(f'{epoch - start + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours')
-            finish(run, session)
+            with run.phases.phase('strip and verify'):
+                finish(run, session)
         if stop.requested():  # the signal came after the last safe point: the weights are final already
             raise Interrupted(f'{signal.Signals(stop.signum).name}: the run had finished its epochs, final '
                               f'validation skipped; weights in {run.weights_dir}', stop.signum)
     if run.main:
-        result = final_validation(run, session)
+        with run.phases.phase('final val'):
+            result = final_validation(run, session)
         run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
         run.tb.close()
     return result
@@ -212,8 +234,8 @@ def run_epochs(run, session, cfg, state, stop):
     for epoch in range(start, opt.epochs):
         if stop_agreed(run, stop):  # between epochs (or before a resumed epoch's remaining batches)
             save_interrupted(run, session, stop, epoch, cfg['skip_batches'], state)
-        session = begin_epoch(run, session, epoch, nb)
-        with cudnn_autotune(autotune):
+        with run.phases.phase('train', epoch), cudnn_autotune(autotune):
+            session = begin_epoch(run, session, epoch, nb)
             losses, _ = train_one_epoch(session.learner, session.loaders.train, run.device, epoch, cfg, state,
                                         show=run.main)
         cfg.pop('on_first_batch', None)
@@ -269,6 +291,8 @@ def save_interrupted(run, session, stop, epoch, batch, state):
             ck['pending_grads'] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
                                    if p.grad is not None}
         save_checkpoint(ck, last)
+        if not run.opt.noplots and (run.save_dir / 'results.csv').exists():
+            plot_results(run.save_dir / 'results.csv')
         run.tb.close()
     name = signal.Signals(stop.signum or signal.SIGINT).name
     where = f'epoch {epoch + 1}/{run.opt.epochs} after batch {batch}/{nb}' if batch else f'before epoch {epoch + 1}'

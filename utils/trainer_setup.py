@@ -124,19 +124,22 @@ def setup_loaders(run, config, model, fresh):
     gs = max(int(model.stride.max()), 32)
     imgsz = check_imgsz(opt.imgsz, gs)[0]
     batch = opt.batch_size // max(run.world_size, 1)
-    train_loader, dataset = create_dataloader(
-        config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
-        workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
-        data=config.data, prefix='train: ', image_weights=opt.image_weights)
-    if not run.main:
-        return Loaders(train_loader, dataset, None, imgsz)
-    val_loader, _ = create_dataloader(
-        config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=opt.cache,
-        workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=config.data, prefix='val: ')
+    with run.phases.phase('scans and caches'):
+        train_loader, dataset = create_dataloader(
+            config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
+            workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
+            data=config.data, prefix='train: ', image_weights=opt.image_weights)
+        if not run.main:
+            return Loaders(train_loader, dataset, None, imgsz)
+        val_loader, _ = create_dataloader(
+            config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=opt.cache,
+            workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=config.data, prefix='val: ')
     if fresh and not opt.noplots:
-        plot_labels(dataset.labels, config.names, run.save_dir)
+        with run.phases.phase('labels plot'):
+            plot_labels(dataset.labels, config.names, run.save_dir)
     if fresh and not opt.noautoanchor:
-        check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log, replace=not opt.weights)
+        with run.phases.phase('autoanchor'):
+            check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log, replace=not opt.weights)
     return Loaders(train_loader, dataset, val_loader, imgsz)
 
 
@@ -216,7 +219,8 @@ def wrap_ddp(run, model):
 def setup(run, ckpt=None):
     """Everything before the first epoch (see the module docstring); returns the Session."""
     config = load_config(run, ckpt)
-    model, plan = setup_model(run, config, ckpt)
+    with run.phases.phase('model build and transfer'):
+        model, plan = setup_model(run, config, ckpt)
     if run.opt.batch_size == -1:
         choose_batch_size(run, model)
     loaders = setup_loaders(run, config, model, fresh=ckpt is None)
