@@ -36,12 +36,10 @@ def private_cache_home(tmp_path_factory):
         os.environ['YOLOV5_FREEZE_CACHE'] = old
 
 
-@pytest.fixture(scope='session')
-def tiny_data(tmp_path_factory):
-    """A 24-image shapes data YAML (16 train, 8 val at 128 px), shared by the in-process training tests."""
+def shapes_yaml(root, n_train, n_val):
+    """A shapes data set of ``n_train`` + ``n_val`` images at 128 px under ``root``, and its data YAML."""
     from utils.shapes import ensure_shapes
-    root = tmp_path_factory.mktemp('tiny')
-    ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
+    ensure_shapes(root / 'shapes', splits={'train': n_train, 'val': n_val}, img_size=128)
     yaml_file = root / 'tiny.yaml'
     yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'
                          'names: [circle, square, triangle, star]\n')
@@ -49,15 +47,15 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+    """24 images (16 train, 8 val), shared by the in-process training tests."""
+    return shapes_yaml(tmp_path_factory.mktemp('tiny'), 16, 8)
+
+
+@pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory):
-    """A 12-image shapes data YAML (8 train, 4 val at 128 px) for short training runs in subprocesses."""
-    from utils.shapes import ensure_shapes
-    root = tmp_path_factory.mktemp('tiny_shapes')
-    ensure_shapes(root / 'shapes', splits={'train': 8, 'val': 4}, img_size=128)
-    yaml_file = root / 'tiny.yaml'
-    yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\n'
-                         'names: [circle, square, triangle, star]\n')
-    return yaml_file
+    """12 images (8 train, 4 val), for short training runs in subprocesses."""
+    return shapes_yaml(tmp_path_factory.mktemp('tiny_shapes'), 8, 4)
 
 
 @pytest.fixture(scope='session')
