@@ -189,16 +189,23 @@ def scan_labelled(items, read_labels, nc, what):
             records.append(rec)
             continue
         report.found += 1
-        try:
-            cls, xyxy, difficult, crowd = read_labels(label_file, rec.shape)
-            _finish(rec, cls, xyxy, difficult, crowd, nc, report, label_file)
-        except (ValueError, OSError, UnicodeDecodeError) as e:
-            report.corrupt += 1
-            report.note(label_file, f'{e} (image skipped)')
-            continue
-        report.empty += not len(rec.cls)
-        records.append(rec)
+        _keep_or_skip(records, report, rec, label_file, '',
+                      lambda: _finish(rec, *read_labels(label_file, rec.shape), nc, report, label_file),
+                      (ValueError, OSError, UnicodeDecodeError))
     return records, report
+
+
+def _keep_or_skip(records, report, rec, where, prefix, finish, errors=(ValueError,)):
+    """Run ``finish()`` to fill ``rec`` and keep it; if it raises one of ``errors``, count the image as corrupt
+    and note why against ``where``."""
+    try:
+        finish()
+    except errors as e:
+        report.corrupt += 1
+        report.note(where, f'{prefix}{e} (image skipped)')
+        return
+    report.empty += not len(rec.cls)
+    records.append(rec)
 
 
 def scan_yolo(src, nc, image_id_from_stem=True):
@@ -238,15 +245,9 @@ def scan_coco(src, json_file, nc):
             continue
         items = anns.get(img['id'], [])
         report.found += bool(items)
-        try:
-            _finish(rec, *coco_rows(items, cat_map, rec.shape, report, json_file), nc, report, json_file,
-                    dedupe=False)
-        except ValueError as e:
-            report.corrupt += 1
-            report.note(json_file, f"image id {img['id']}: {e} (image skipped)")
-            continue
-        report.empty += not len(rec.cls)
-        records.append(rec)
+        _keep_or_skip(records, report, rec, json_file, f"image id {img['id']}: ",
+                      lambda: _finish(rec, *coco_rows(items, cat_map, rec.shape, report, json_file), nc, report,
+                                      json_file, dedupe=False))
     return records, report
 
 
