@@ -153,7 +153,8 @@ def step_rows(opt, py, env, work):
     for _ in range(opt.rounds):
         for f in opt.freeze:
             ours = json_line([sys.executable, ROOT / 'benchmarks/freeze.py', '--worker', '--batches', batches,
-                              '--freeze', f, '--cfg', opt.step_cfg, '--imgsz', opt.step_imgsz, *common], None, ROOT)
+                              '--freeze', f, '--cfg', opt.step_cfg, '--imgsz', opt.step_imgsz,
+                              '--batch-size', opt.step_batch, *common], None, ROOT)
             up = json_line([py, ROOT / 'benchmarks/upstream_step.py', '--batches', batches, '--cfg', up_cfg,
                             '--hyp', ROOT / 'data/hyps/hyp.scratch.yaml', '--imgsz', opt.step_imgsz, '--freeze', f,
                             *common], env, work)
