@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.autobatch import autobatch, fit_batch_size
+from utils.autobatch import BATCH_LIMIT, autobatch, fit_batch_size
 from utils.disk_cache import folder_writable, npy_path, read_cached
 from utils.multiscale import MultiScale, multi_scale_sizes
 from utils.sampling import ImageWeightSampler, class_weights, image_weights
@@ -132,4 +132,4 @@ def test_autobatch_on_cuda_picks_a_batch_in_the_asked_share_of_free_memory():
     batch = autobatch(model, 128, device, fraction=0.8, log=lines.append)
     assert batch >= 16 and 'AutoBatch: batch' in lines[0]
     share = int(lines[0].split('~')[1].split('%')[0])
-    assert 60 <= share <= 90
+    assert 60 <= share <= 90 or (batch == BATCH_LIMIT and 'the most AutoBatch picks' in lines[0]), lines[0]

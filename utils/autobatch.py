@@ -12,7 +12,10 @@ PROBE_SIZES = (1, 2, 4, 8, 16)
 NEEDS_CUDA = '--batch-size -1 (AutoBatch) needs a CUDA device; give a batch size on CPU, e.g. --batch-size 16'
 
 
-def fit_batch_size(sizes, peaks, budget, limit=1024):
+BATCH_LIMIT = 1024  # the largest batch AutoBatch picks (a small model on a large GPU would fit more)
+
+
+def fit_batch_size(sizes, peaks, budget, limit=BATCH_LIMIT):
     """The largest batch with a * batch + b <= budget, from (batch, peak bytes) measurements (at least two, with
     memory growing with the batch); None when they cannot be fitted."""
     if len(sizes) < 2:
@@ -63,6 +66,7 @@ def autobatch(model, imgsz, device, fraction=0.8, log=print, sizes=PROBE_SIZES):
         log(f'AutoBatch: could not fit memory to batch size; using batch {batch}')
         return batch
     a, b = np.polyfit(measured, peaks, 1)
-    log(f'AutoBatch: batch {batch} for {imgsz} px uses ~{(a * batch + b) / free:.0%} of the {free / 2 ** 30:.1f} '
-        f'GiB free ({total / 2 ** 30:.1f} GiB total)')
+    capped = f' ({BATCH_LIMIT}: the most AutoBatch picks)' if batch == BATCH_LIMIT else ''
+    log(f'AutoBatch: batch {batch}{capped} for {imgsz} px uses ~{(a * batch + b) / free:.0%} of the '
+        f'{free / 2 ** 30:.1f} GiB free ({total / 2 ** 30:.1f} GiB total)')
     return batch
