@@ -6,9 +6,10 @@ Two probes give the same answer:
   allocate nothing, but its Python shape functions import ``torch._dynamo`` and sympy (over a second in every
   process), so this is the usual probe. Hooks refuse, before it runs, any op whose output or cost would be
   large, and check that every resizing op maps its input exactly: a stride-``s`` conv or pool gives ``h / s``,
-  an upsample ``h * scale``, Focus halves an even size. The rounding in PyTorch's size formulas does not depend
-  on ``h``, so at PROBE_SIZE (256) every shape would be the quick one with its height and width times four:
-  the grid sizes, the output-size check of ``yaml_checks`` and every shape match follow without running at 256.
+  an upsample by a whole factor ``h * f``, Focus halves an even size. Whether a conv or pool divides exactly
+  does not depend on ``h`` (its padding and kernel decide), so at PROBE_SIZE (256) every shape would be the
+  quick one with its height and width times four: the grid sizes, the output-size check of ``yaml_checks``
+  and every shape match follow without running at 256.
   When it cannot vouch for that (a guard, an error, an inexact op) it returns None and
 - ``meta_level_sizes`` runs a PROBE_SIZE image on the meta device, as before: the one that decides about
   unusual or broken YAMLs and words their errors.
@@ -145,12 +146,13 @@ def window_output(m, hw):
 
 
 def upsample_output(m, hw):
-    """Output height and width of an nn.Upsample given a scale factor; NotQuick for a fixed ``size``."""
+    """Output height and width of an nn.Upsample by whole factors; NotQuick for a fixed ``size`` or a fraction
+    (``floor(h * f)`` in floating point need not be exact at four times ``h``)."""
     factors = m.scale_factor
     if m.size is not None or factors is None:
         raise NotQuick('Upsample to a fixed size')
     factors = _pair(factors)
-    if not all(isinstance(f, (int, float)) and 0 < f < float('inf') for f in factors):
-        raise NotQuick('Upsample scale factor')
-    return tuple(int(v * f) for v, f in zip(hw, factors))
+    if not all(isinstance(f, (int, float)) and 1 <= f < float('inf') and f == int(f) for f in factors):
+        raise NotQuick('Upsample by a fraction')
+    return tuple(v * int(f) for v, f in zip(hw, factors))
 

@@ -112,6 +112,10 @@ def test_unknown_or_broken_layers_get_the_meta_probes_error():
         Model(d)
     layers, save = parse_model(v6n(), ch=[3])
     assert probe.quick_level_sizes(layers, save, 3, run_layers, blocks=set()) is None  # blocks it does not know
+    assert probe.upsample_output(torch.nn.Upsample(scale_factor=2), (8, 4)) == (16, 8)
+    for fraction_or_size in (dict(scale_factor=1.5), dict(scale_factor=0.5), dict(size=(16, 16))):
+        with pytest.raises(probe.NotQuick):  # floor(h * f) in floating point need not be exact at 4h
+            probe.upsample_output(torch.nn.Upsample(**fraction_or_size), (8, 8))
 
 
 def test_building_models_and_importing_the_scripts_does_not_import_dynamo():
