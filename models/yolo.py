@@ -284,6 +284,7 @@ class Model(nn.Module):
         self.names = [str(i) for i in range(self.yaml['nc'])]
         self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
         self.fast_path = None  # models/fastpath.py options, set by set_frozen_fast_path
+        self.prefix_memo = None  # models/prefix_memo.py: frozen layers' outputs kept across validations
         self._init_strides_and_anchors(level_sizes)
         self._initialize_biases()
         self.stride = self.model[-1].stride
@@ -299,7 +300,11 @@ class Model(nn.Module):
 
     def run_layers(self, start, x, y, stop=None):
         """Layers ``start``..``stop`` - 1 on ``x``; ``y`` holds earlier outputs (None where no later layer reads
-        them) and is extended in place."""
+        them) and is extended in place. A ``prefix_memo`` may supply the first layers' outputs."""
+        memo = self.prefix_memo
+        if memo is not None and memo.applies(self, x, start, stop):
+            x = memo.run(lambda x0, y0, cut: run_layers(self.model, self.save, x0, y0, 0, cut), self.model, x, y)
+            start = memo.cut
         return run_layers(self.model, self.save, x, y=y, start=start, stop=stop)
 
     def set_frozen_fast_path(self, fold=True, no_grad=True, channels_last=True):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from models.prefix_memo import PrefixMemo
 from models.yolo import Model
 from utils.sizes import check_imgsz
 from utils.autoanchor import check_anchors
@@ -170,6 +171,7 @@ def setup_learner(run, config, model, plan, imgsz):
     ema = ModelEMA(model) if run.main else None
     if ema:
         ema.set_frozen(plan.ema_skip)
+        ema.ema.prefix_memo = PrefixMemo.for_frozen(model, run.device)  # validation reuses frozen layers' outputs
     scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
     return Learner(model, compute_loss, optimizer, scaler, ema), weight_decay
 
@@ -185,6 +187,7 @@ def release_layers(run, session, epoch, nb):
     optimizer = replace_optimizer(learner.optimizer, groups, run.opt.optimizer, hyp['lr0'], hyp['momentum'])
     if learner.ema:
         learner.ema.set_frozen(session.plan.ema_skip)
+        learner.ema.ema.prefix_memo = None  # no frozen layers left
     run.log(f'epoch {epoch + 1}: unfroze all layers; their LR warms up over one epoch')
     return replace(learner, model=model, optimizer=optimizer)
 
