@@ -70,9 +70,7 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     if not is_writable_dir(weights.parent):
         raise ValueError(f'{weights.parent}: read-only folder; exports are written beside the weights, '
                          f'so copy {weights.name} somewhere writable first')
-    model = load_model(weights, device=device, fuse=True)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load_model(weights, device=device, fuse=True).set_frozen_fast_path(None)  # a plain graph to trace
     h, w = _image_size(imgsz)
     stride = int(model.stride.max())
     if h % stride or w % stride:

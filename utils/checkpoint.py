@@ -203,9 +203,14 @@ def model_from_weights(weights, path=''):
 
 
 def load_model(path, device='cpu', fuse=False):
-    """Load a model for inference from one of our checkpoints or an official YOLOv5 ``.pt`` (fp32, eval)."""
+    """Load a model for inference from one of our checkpoints or an official YOLOv5 ``.pt`` (fp32, eval).
+
+    ``fuse``: ready to run fast (val.py, detect.py, the trainer's final validation): BatchNorm folded into the
+    convolutions, no parameter needing a gradient, and the fast path on (models/fastpath.py), which on CPU runs all
+    layers but Detect in channels_last order (oneDNN's faster convolutions; equal to NCHW up to float rounding)."""
     model = model_from_weights(read_weights(path), path)
     if fuse:
         with torch.no_grad():  # keep the folded weights leaf tensors
             model.fuse()
+        model.requires_grad_(False).set_frozen_fast_path()
     return model.to(device).eval()
