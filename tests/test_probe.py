@@ -118,13 +118,16 @@ def test_unknown_or_broken_layers_get_the_meta_probes_error():
             probe.upsample_output(torch.nn.Upsample(**fraction_or_size), (8, 8))
 
 
-def test_building_models_and_importing_the_scripts_does_not_import_dynamo():
-    """The meta device's Python shape functions import torch._dynamo and sympy: over a second per process.
-    (train.py still imports it when it builds the optimizer: torch.optim's add_param_group asks for it.)"""
-    code = ('import sys, train, val, detect\n'
+def test_building_models_importing_the_scripts_and_nms_import_neither_dynamo_nor_torchvision():
+    """The meta device's Python shape functions import torch._dynamo and sympy, and so does torchvision's package
+    import: over a second per process each. Only torchvision's NMS kernel is needed, loaded on its own.
+    (train.py still imports dynamo when it builds the optimizer: torch.optim's add_param_group asks for it.)"""
+    code = ('import sys, torch, train, val, detect\n'
             'from models.yolo import Model\n'
+            'from utils.boxes import non_max_suppression\n'
             "Model('v6/yolov5s.yaml', nc=3); Model('yolov5n.yaml')\n"
-            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+            'non_max_suppression(torch.rand(1, 50, 9), 0.1, 0.5)\n'
+            "print(sorted(m for m in ('torch._dynamo', 'sympy', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-1000:]
     assert out.stdout.strip() == '[]'
