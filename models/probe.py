@@ -56,7 +56,7 @@ def quick_level_sizes(layers, save, ch, run_layers, blocks):
     probe must decide. ``blocks``: module classes whose forward only combines their children's outputs
     (concatenation, sums, views; Focus's even slicing) and so needs no hook of its own."""
     guard = ProbeGuard()
-    hooks, modes, threads = [], [(m, m.training) for m in layers.modules()], torch.get_num_threads()
+    hooks, modes = [], [(m, m.training) for m in layers.modules()]
     try:
         for m in layers.modules():
             if not guard.watch(m, blocks):
@@ -65,13 +65,11 @@ def quick_level_sizes(layers, save, ch, run_layers, blocks):
         for m in layers.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
-        torch.set_num_threads(1)  # ops this small gain nothing from threads; on a busy CPU they lose seconds
         with torch.no_grad():
             feats = run_layers(layers, save, torch.zeros(1, ch, QUICK_SIZE, QUICK_SIZE), check=check_quick_output)
     except (NotQuick, *PROBE_ERRORS):
         return None
     finally:
-        torch.set_num_threads(threads)
         for h in hooks:
             h.remove()
         for m, mode in modes:

@@ -59,7 +59,7 @@ def test_quick_probe_changes_nothing_the_model_holds():
     modes, threads = [m.training for m in layers.modules()], torch.get_num_threads()
     assert probe.quick_level_sizes(layers, save, 3, run_layers, set(MODULES.values())) == [32, 16, 8]
     assert all(torch.equal(v, before[k]) for k, v in layers.state_dict().items())  # BatchNorm statistics too
-    assert [m.training for m in layers.modules()] == modes and torch.get_num_threads() == threads  # run on one
+    assert [m.training for m in layers.modules()] == modes and torch.get_num_threads() == threads
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in layers.modules())
 
 
