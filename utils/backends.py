@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from utils.optional import require
+from utils.signal_stack import keep_signal_stack
 
 FORMATS = {'.pt': 'PyTorch', '.torchscript': 'TorchScript', '.onnx': 'ONNX', '.xml': 'OpenVINO'}
 
@@ -240,11 +241,16 @@ class OpenVinoBackend(Backend):
         shape = model.inputs[0].get_partial_shape()
         batch, imgsz = _fixed_dims([d.get_length() if d.is_static else None for d in shape])
         # f32: the CPU plugin otherwise picks bf16 where the CPU has it, which moves boxes by pixels
-        self.compiled = core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+        with keep_signal_stack():  # the plugin's own stack could outlive it: see utils/signal_stack.py
+            compiled = core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
+        self.request = compiled.create_infer_request()
         super().__init__(path, meta['names'], meta['stride'], imgsz, batch, device=torch.device('cpu'))
 
     def forward(self, x):
-        return torch.from_numpy(self.compiled(x.detach().cpu().float().numpy())[0])
+        # copied in and out: a zero-copy input (CompiledModel.__call__'s default) stays in the request after the
+        # call, a view of a tensor the caller may free
+        out = self.request.infer(x.detach().cpu().float().numpy(), share_inputs=False, share_outputs=False)
+        return torch.from_numpy(out[0])
 
 
 def model_format(path):
