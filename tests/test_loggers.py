@@ -68,3 +68,24 @@ def test_without_tensorboard_one_line_and_nothing_written(tmp_path, monkeypatch)
     assert not tb.log_image('train/batch0', tmp_path / 'x.png')
     tb.close()
     assert not (tmp_path / 'exp').exists()
+
+
+def test_the_writer_thread_ends_when_a_run_raises(tiny_data, tmp_path):
+    """A run that stops by an exception (Ctrl-C, a pruned --evolve trial) still closes its TensorBoard writer,
+    whose background thread would otherwise live on for the rest of the process."""
+    import threading
+
+    import train
+    pytest.importorskip('tensorboard')
+    before = set(threading.enumerate())
+    opt = train.parse_opt(['--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--imgsz', '64', '--epochs', '2',
+                           '--batch-size', '8', '--workers', '0', '--noplots', '--project', str(tmp_path)])
+
+    def stop_after_first_epoch(epoch, fitness):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.main(opt, stop_after_first_epoch)
+    assert any((tmp_path / 'exp').glob('events.out.tfevents.*'))
+    new = [t for t in set(threading.enumerate()) - before if t.name != 'tqdm_monitor']  # tqdm's own daemon
+    assert not new, new

@@ -327,5 +327,5 @@ def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=o.shuffle and sampler is None, sampler=sampler,
                         num_workers=o.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
-                        persistent_workers=False)
+                        persistent_workers=o.workers > 0 and not o.augment)  # val: no respawn per epoch
     return loader, dataset

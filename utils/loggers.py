@@ -85,5 +85,7 @@ class TensorBoardLogger:
         return True
 
     def close(self):
+        """Flush and end the writer's background thread; logging is off afterwards (closing twice is harmless)."""
         if self.enabled:
             self.writer.close()
+            self.writer = None

@@ -197,6 +197,15 @@ def train(run, ckpt=None):
         cfg['multi_scale'] = multi_scale_for(session, opt.seed)
     if run.main:
         run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
+    try:  # the writer's thread must end even when the run does not (Ctrl-C, a pruned --evolve trial, an error)
+        return run_to_the_end(run, session, cfg, start, ckpt)
+    finally:
+        run.tb.close()
+
+
+def run_to_the_end(run, session, cfg, start, ckpt):
+    """train() once set up: zero-shot val, the epochs, strip and verify, the final validation."""
+    opt, nb = run.opt, len(session.loaders.train)
     if run.main and not opt.noplots:
         cfg['on_first_batch'] = lambda imgs, targets: plot_batch(run, session, imgs, targets)
     state = resume_step_state(session, ckpt, nb)
@@ -220,7 +229,6 @@ def train(run, ckpt=None):
         with run.phases.phase('final val'):
             result = final_validation(run, session)
         run.tb.log_image('val/PR_curve', run.save_dir / 'PR_curve.png', epoch)
-        run.tb.close()
     return result
 
 
