@@ -1,8 +1,8 @@
 """Checks that keep a broken or hostile model YAML from crashing ``Model`` or exhausting memory and time.
 
 Every failure is a one-line ValueError naming the YAML file. ``models/yolo.py`` runs ``check_header`` and
-``check_from`` while parsing, then builds the layers on the meta device (nothing allocated) and runs a
-PROBE_SIZE image through them with ``check_output`` before it builds the real model.
+``check_from`` while parsing and builds the layers on the meta device (nothing allocated) for
+``check_param_count``; ``models/probe.py`` then checks the layer outputs for a PROBE_SIZE image (``output_check``).
 """
 # What a model YAML may ask for (yolov5x6: 141M parameters, largest layer output at the 256-px probe 1.3M values):
 # far beyond any real model, low enough that a hostile YAML cannot exhaust memory or time.

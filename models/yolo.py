@@ -17,11 +17,10 @@ import torch.nn as nn
 if __package__ in (None, ''):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import fastpath  # noqa: E402
+from models import fastpath, probe  # noqa: E402
 from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, Focus  # noqa: E402
 from models.summary import layer_flops, layer_table  # noqa: E402
-from models.yaml_checks import (PROBE_SIZE, check_from, check_header, check_param_count, check_repeats,  # noqa: E402
-                                output_check)
+from models.yaml_checks import PROBE_SIZE, check_from, check_header, check_param_count, check_repeats  # noqa: E402
 from utils.safe_yaml import load_yaml_file  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -241,27 +240,28 @@ def run_layers(layers, save, x, y=None, start=0, stop=None, check=None):
     return x
 
 
-def probe_layers(d, ch):
-    """Build the layers on the meta device (nothing is allocated) and push a PROBE_SIZE image through them.
-
-    Returns each detection level's grid height; a one-line ValueError when the model would be too large
+def build_checked_layers(d, ch):
+    """The layers of model dict ``d`` after the checks that need them built: (layers, save, each detection
+    level's grid height for a PROBE_SIZE image), or a one-line ValueError when the model would be too large
     (parameters, layer outputs), its last layer is not Detect, or its layers do not fit together.
+
+    The layers are first built on the meta device (nothing allocated) to count parameters, then for real and
+    probed with a small image (models/probe.py); the meta probe decides where that cannot.
     """
     where = d.get('yaml_file', 'model YAML')
     with torch.device('meta'):
-        layers, save = parse_model(d, ch=[ch])
-        check_param_count(sum(p.numel() for p in layers.parameters()), where)
-        if not isinstance(layers[-1], Detect):
-            raise ValueError(f'{where}: the last layer must be Detect')
-        try:
-            feats = run_layers(layers.train(), save, torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE),
-                               check=output_check(where))
-        except (RuntimeError, TypeError, IndexError, ArithmeticError, ValueError) as e:
-            if str(e).startswith(f'{where}: '):  # output_check: already says what is wrong
-                raise
-            msg = ' '.join(str(e).split())[:200] or type(e).__name__
-            raise ValueError(f'{where}: the layers do not fit together ({msg})') from None
-    return [f.shape[-3] for f in feats]
+        meta_layers, save = parse_model(d, ch=[ch])
+    n_params = sum(p.numel() for p in meta_layers.parameters())
+    check_param_count(n_params, where)
+    if not isinstance(meta_layers[-1], Detect):
+        raise ValueError(f'{where}: the last layer must be Detect')
+    layers = sizes = None
+    if n_params <= probe.QUICK_MAX_PARAMS:
+        layers = parse_model(d, ch=[ch])[0]
+        sizes = probe.quick_level_sizes(layers, save, ch, run_layers, blocks=set(MODULES.values()))
+    if sizes is None:
+        sizes = probe.meta_level_sizes(meta_layers, save, ch, where, run_layers)
+    return layers if layers is not None else parse_model(d, ch=[ch])[0], save, sizes
 
 
 class Model(nn.Module):
@@ -280,8 +280,7 @@ class Model(nn.Module):
         if anchors is not None:
             self.yaml['anchors'] = anchors
         self.yaml['ch'] = ch
-        level_sizes = probe_layers(self.yaml, ch)  # refuses an oversized or inconsistent YAML before allocating
-        self.model, self.save = parse_model(self.yaml, ch=[ch])
+        self.model, self.save, level_sizes = build_checked_layers(self.yaml, ch)  # one-line errors for a bad YAML
         self.names = [str(i) for i in range(self.yaml['nc'])]
         self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
         self.fast_path = None  # models/fastpath.py options, set by set_frozen_fast_path
