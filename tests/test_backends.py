@@ -78,8 +78,8 @@ def test_openvino_export_folder_and_xml(weights):
         assert (backend.names, backend.imgsz, backend.format) == (NAMES, (64, 64), 'OpenVINO')
         y = backend(x)
         assert torch.allclose(y, reference(weights, x), atol=1e-3)
-        # nothing of the caller's stays in OpenVINO's hands, nor of OpenVINO's in the result: a zero-copy input
-        # left the request holding freed memory, which it later wrote into (a segfault tests later)
+        # nothing of the caller's stays in OpenVINO's hands, nor of OpenVINO's in the result (a zero-copy input
+        # stayed in the cached request after the call, a view of a tensor the caller may free)
         assert not np.shares_memory(backend.request.get_input_tensor().data, x.numpy())
         assert not np.shares_memory(backend.request.get_output_tensor().data, y.numpy())
 

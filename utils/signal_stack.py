@@ -26,19 +26,24 @@ def _sigaltstack():
     return getattr(ctypes.CDLL(None, use_errno=True), 'sigaltstack', None)
 
 
+def _current(call):
+    """This thread's stack_t, or None where sigaltstack is missing or fails."""
+    stack = _Stack()
+    return stack if call is not None and call(None, ctypes.byref(stack)) == 0 else None
+
+
 def read_signal_stack():
     """(address, flags, size) of this thread's alternate signal stack; None where it cannot be read."""
-    call, old = _sigaltstack(), _Stack()
-    if call is None or call(None, ctypes.byref(old)) != 0:
-        return None
-    return old.ss_sp or 0, old.ss_flags, old.ss_size
+    stack = _current(_sigaltstack())
+    return None if stack is None else (stack.ss_sp or 0, stack.ss_flags, stack.ss_size)
 
 
 @contextmanager
 def keep_signal_stack():
     """Restore this thread's alternate signal stack (or its absence) when the block ends, even if it raises."""
-    call, saved = _sigaltstack(), _Stack()
-    if call is None or call(None, ctypes.byref(saved)) != 0:
+    call = _sigaltstack()
+    saved = _current(call)
+    if saved is None:
         yield
         return
     saved.ss_flags &= ~1  # SS_ONSTACK is reported, never set
