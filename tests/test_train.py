@@ -5,7 +5,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -87,22 +86,28 @@ def test_unfreeze_epoch_releases_backbone(tiny_data, tmp_path):
     assert not torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
 
 
+KILL_AT_EPOCH_END = """
+import os, signal, sys
+import train
+epoch = int(sys.argv[1])
+def kill(e, fitness):
+    if e == epoch:  # last.pt of this epoch is on disk; die as a power cut would, with no clean-up
+        os.kill(os.getpid(), signal.SIGKILL)
+train.main(train.parse_opt(sys.argv[2:]), on_epoch_end=kill)
+"""
+
+
 def kill_after_epoch(tmp_path, data, name, epoch, extra=()):
-    """Start train.py in a subprocess and SIGKILL it as soon as last.pt holds ``epoch``; returns last.pt."""
-    cmd = [sys.executable, str(ROOT / 'train.py'), '--data', str(data), '--cfg', 'v6/yolov5n.yaml',
-           '--epochs', '3', '--imgsz', '64', '--batch-size', '8', '--workers', '0', '--noplots',
-           '--project', str(tmp_path / 'runs'), '--name', name, *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Run train.py's main in a subprocess that SIGKILLs itself right after last.pt holds ``epoch``; returns
+    last.pt. Killed from the epoch-end callback, not by polling the file: a poll can lose the race to a fast epoch."""
+    args = ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '3', '--imgsz', '64', '--batch-size', '8',
+            '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', name, *extra]
+    proc = subprocess.run([sys.executable, '-c', KILL_AT_EPOCH_END, str(epoch), *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     last = tmp_path / 'runs' / name / 'weights' / 'last.pt'
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        if last.exists() and load_checkpoint(last)['epoch'] >= epoch:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)  # mid-run: during the next epoch
-    proc.wait()
     ck = load_checkpoint(last)
-    assert ck['epoch'] == epoch and ck['optimizer'] is not None, 'the run ended before it could be killed'
+    assert ck['epoch'] == epoch and ck['optimizer'] is not None
     return last
 
 
