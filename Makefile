@@ -1,18 +1,25 @@
 # make demo: train on the built-in shapes dataset.  make test: run the test suite.
-# Both create .venv first (it may reuse packages already installed on the system); demo installs
-# requirements.txt, test also requirements-extra.txt so that the optional features' tests run too.
+# Both build .venv as a fresh machine would: no system site-packages, exact versions from the locks
+# (requirements.lock for the demo, requirements-extra.lock, a superset, for the tests). The venv is kept:
+# a second run reinstalls only when a lock changed.
+# make lock: refresh both locks from the ranges in requirements*.txt (pip-tools, in .venv-lock).
+# make test-latest: the suite in .venv-latest, built from the ranges at their newest releases.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LATEST := .venv-latest
+COMPILE := .venv-lock/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
+           --no-emit-find-links --no-emit-trusted-host -c requirements-pins.txt
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-latest lock bench clean
 
-$(VENV)/.installed: requirements.txt
-	python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+$(VENV)/.installed: requirements.lock
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	rm -f $(VENV)/.installed-extra
 	touch $@
 
-$(VENV)/.installed-extra: $(VENV)/.installed requirements-extra.txt
-	$(PY) -m pip install -q -r requirements-extra.txt
+$(VENV)/.installed-extra: $(VENV)/.installed requirements-extra.lock
+	$(PY) -m pip install -q -r requirements-extra.lock
 	touch $@
 
 demo: $(VENV)/.installed
@@ -21,9 +28,24 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-extra
 	$(PY) -m pytest -q
 
+$(LATEST)/.installed: requirements.txt requirements-extra.txt
+	python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade -r requirements.txt -r requirements-extra.txt
+	$(LATEST)/bin/python -m pip freeze > $(LATEST)/freeze.txt
+	touch $@
+
+test-latest: $(LATEST)/.installed
+	$(LATEST)/bin/python -m pytest -q
+
+lock:
+	test -x .venv-lock/bin/pip-compile || (python3 -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools)
+	rm -f requirements.lock requirements-extra.lock
+	$(COMPILE) -o requirements.lock requirements.txt
+	$(COMPILE) -c requirements.lock -o requirements-extra.lock requirements.txt requirements-extra.txt
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/freeze.py
 	$(PY) benchmarks/dataloader.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) runs

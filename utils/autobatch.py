@@ -17,11 +17,14 @@ BATCH_LIMIT = 1024  # the largest batch AutoBatch picks (a small model on a larg
 
 def fit_batch_size(sizes, peaks, budget, limit=BATCH_LIMIT):
     """The largest batch with a * batch + b <= budget, from (batch, peak bytes) measurements (at least two, with
-    memory growing with the batch); None when they cannot be fitted."""
+    memory growing with the batch); None when they cannot be fitted.
+
+    Memory that grows by less than one byte per image does not grow: a least-squares fit of equal peaks returns
+    a rounding-error slope (1e-14 with numpy 2.4), which would otherwise read as "any batch fits"."""
     if len(sizes) < 2:
         return None
     a, b = np.polyfit(np.asarray(sizes, float), np.asarray(peaks, float), 1)
-    if a <= 0:
+    if not a >= 1.0:
         return None
     return int(min(max((budget - b) // a, 1), limit))
 
