@@ -26,6 +26,7 @@ demo: $(VENV)/.installed
 	$(PY) train.py
 
 test: $(VENV)/.installed-extra
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 $(LATEST)/.installed: requirements.txt requirements-extra.txt
@@ -35,6 +36,7 @@ $(LATEST)/.installed: requirements.txt requirements-extra.txt
 	touch $@
 
 test-latest: $(LATEST)/.installed
+	$(LATEST)/bin/lint-imports --no-cache
 	$(LATEST)/bin/python -m pytest -q
 
 lock:

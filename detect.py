@@ -16,13 +16,13 @@ from pathlib import Path
 
 import cv2
 
-from utils.annotate import annotate, crop_box
-from utils.backends import load_backend
+from utils.deploy.annotate import annotate, crop_box
+from utils.deploy.backends import load_backend
 from utils.boxes import yolo_label_lines
 from utils.cli import ArgumentParser, run_cli
-from utils.predict import Predictor, describe
+from utils.deploy.predict import Predictor, describe
 from utils.runs import UniqueStems, increment_path, select_device
-from utils.sources import open_source, stream_stem
+from utils.deploy.sources import open_source, stream_stem
 
 
 def check_half(half, device):

@@ -4,19 +4,19 @@
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5n', source='local')  # ./yolov5n.pt, else downloaded
     results = model('bus.jpg'); results.print()
 
-The logic lives in utils/api.py; see the README's "Python API".
+The logic lives in utils/deploy/api.py; see the README's "Python API".
 """
 dependencies = ['torch', 'torchvision', 'numpy', 'cv2', 'yaml']
 
 
 def custom(path='yolov5s.pt', autoshape=True, _verbose=True, device=None):
     """A model from any weights file: our or official .pt, .torchscript, .onnx, or an OpenVINO export folder."""
-    from utils.api import load
+    from utils.deploy.api import load
     return load(path, device=device, autoshape=autoshape)
 
 
 def _official(name, pretrained, channels, classes, autoshape, device):
-    from utils.api import official
+    from utils.deploy.api import official
     return official(name, pretrained, channels, classes, device, autoshape)
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from utils.autobatch import NEEDS_CUDA
-from utils.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
+from utils.train.autobatch import NEEDS_CUDA
+from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
-from utils.evolve import is_evolve_dir, run_evolve
-from utils.phases import PhaseTimer
+from utils.evolve.study import is_evolve_dir, run_evolve
+from utils.train.phases import PhaseTimer
 from utils.runs import configure_determinism, init_distributed
-from utils.trainer import Run, prepare_run_dir, train
-from utils.upstream_defaults import format_differences, upstream_differences
+from utils.train.trainer import Run, prepare_run_dir, train
+from utils.train.upstream_defaults import format_differences, upstream_differences
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -157,7 +157,7 @@ def run(**kwargs):
 def main(opt, on_epoch_end=None, phases=None):
     """One training run (``on_epoch_end(epoch, fitness)`` is called after each validated epoch), or with
     ``opt.evolve`` a study of such runs. A single run ends with a one-line breakdown of its wall time by phase
-    (``phases``: a ``utils.phases.PhaseTimer``, filled in; default: a new one, from now)."""
+    (``phases``: a ``utils.train.phases.PhaseTimer``, filled in; default: a new one, from now)."""
     note = format_differences(upstream_differences(opt)) if not opt.resume else None
     if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
         print(note)

@@ -6,26 +6,26 @@ Usage:
     python val.py --weights best.pt --data data/voc.yaml        # + VOC devkit AP50 (eval: voc07 / voc12)
     python val.py --weights best.pt --data data/coco128.yaml --task speed   # ms per image
     python val.py --weights yolov5n.pt --data datasets/coco64transfer/coco64transfer.yaml --imgsz 320  # zero-shot:
-        # a checkpoint of other classes is evaluated through the class mapping (utils/class_map.py)
+        # a checkpoint of other classes is evaluated through the class mapping (utils/freeze/class_map.py)
 
 From Python, ``val.run(**kwargs)`` takes the flags as keyword arguments and returns an ``EvalResult``
-(utils/evaluator.py: result.map50, result.map, result.maps, result.speed, ...). The measuring itself is
-``utils.evaluator.evaluate``, which the trainer calls directly.
+(utils/eval/evaluator.py: result.map50, result.map, result.maps, result.speed, ...). The measuring itself is
+``utils.eval.evaluator.evaluate``, which the trainer calls directly.
 """
 from pathlib import Path
 
 import torch
 
-from utils.backends import load_backend
-from utils.class_map import build_class_map, remap_detections
+from utils.deploy.backends import load_backend
+from utils.freeze.class_map import build_class_map, remap_detections
 from utils.cli import ArgumentParser, run_cli
-from utils.data_config import check_dataset
-from utils.datasets import create_dataloader
-from utils.eval_outputs import BatchPlotter, CocoJson, LabelWriter
-from utils.eval_report import HEADER, print_speed, print_table, print_voc, save_plots
-from utils.evaluator import EvalConfig, evaluate, official_json
+from utils.data.config import check_dataset
+from utils.data.datasets import create_dataloader
+from utils.eval.outputs import BatchPlotter, CocoJson, LabelWriter
+from utils.eval.report import HEADER, print_speed, print_table, print_voc, save_plots
+from utils.eval.evaluator import EvalConfig, evaluate, official_json
 from utils.runs import increment_path, select_device
-from utils.sizes import check_imgsz
+from utils.data.sizes import check_imgsz
 
 
 def resolve_data(data):

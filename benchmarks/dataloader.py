@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.datasets import check_dataset, create_dataloader  # noqa: E402
+from utils.data.datasets import check_dataset, create_dataloader  # noqa: E402
 
 
 def images_per_second(loader, batches):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def collect_batches(data, imgsz, batch_size, n, seed=0):
-    from utils.datasets import check_dataset, create_dataloader, load_hyp
+    from utils.data.datasets import check_dataset, create_dataloader, load_hyp
     d = check_dataset(data)
     hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
     loader, _ = create_dataloader(d['train'], imgsz, batch_size, 32, hyp=hyp, augment=True, workers=0,
@@ -78,11 +78,11 @@ def build_setting(opt, spec, variant, device, nc):
     """One setting ready to train: model frozen by ``spec`` with fast path ``variant``, loss, optimizer, EMA."""
     import torch
     from models.yolo import Model
-    from utils.datasets import load_hyp
-    from utils.ema import ModelEMA
-    from utils.freeze import FreezePlan, freeze_summary
-    from utils.loss import ComputeLoss, scale_loss_gains
-    from utils.optim import build_optimizer
+    from utils.data.datasets import load_hyp
+    from utils.train.ema import ModelEMA
+    from utils.freeze.plan import FreezePlan, freeze_summary
+    from utils.train.loss import ComputeLoss, scale_loss_gains
+    from utils.freeze.optim import build_optimizer
 
     torch.manual_seed(0)
     model = Model(opt.cfg, nc=nc).to(device)
@@ -103,7 +103,7 @@ def build_setting(opt, spec, variant, device, nc):
 def timed_step(s, imgs, targets, device):
     """Seconds for one training step of setting ``s``: forward, loss, backward, optimizer step, EMA update."""
     import torch
-    from utils.engine import optimizer_step
+    from utils.train.engine import optimizer_step
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
     t = time.perf_counter()

@@ -20,7 +20,7 @@ seed. Built-in settings (``--settings`` picks some, or adds ``name:train.py flag
 Per setting: the zero-shot mAP (train.py's evaluation before the first step), final and best mAP, wall time,
 seconds per training epoch, speedup against the first setting, peak RSS (peak CUDA memory on a GPU). Writes a
 Markdown table, JSON and a PNG of mAP50 per epoch (default benchmarks/results/transfer.{md,json,png}). Without
---data, the coco64 transfer set is built first (``python -m utils.transfer_set``).
+--data, the coco64 transfer set is built first (``python -m utils.freeze.transfer_set``).
 """
 import argparse
 import csv
@@ -67,7 +67,7 @@ def parse_settings(names, epochs, mapping_off_yaml):
 def mapping_off_data(data, out_dir):
     """A copy of the data YAML with ``class_map: none`` (absolute paths, so it works from anywhere)."""
     import yaml
-    from utils.datasets import check_dataset
+    from utils.data.datasets import check_dataset
     d = check_dataset(data)
     cfg = {'path': str(d['path']), 'train': d['train'], 'val': d['val'], 'nc': d['nc'], 'names': d['names'],
            'class_map': 'none'}
@@ -93,7 +93,7 @@ def worker(opt, name, flags):
     """One setting in this process: train.py's run, timed; prints one JSON line."""
     import torch
     import train
-    from utils import trainer
+    from utils.train import trainer
 
     epoch_times = []
     one_epoch = trainer.train_one_epoch
@@ -207,7 +207,7 @@ def main(argv=None):
         print(json.dumps(result))
         return
     if opt.data is None:
-        from utils.transfer_set import make_transfer_set
+        from utils.freeze.transfer_set import make_transfer_set
         opt.data = str(make_transfer_set())
     try:
         settings = parse_settings(opt.settings, opt.epochs, mapping_off_data(opt.data, opt.project))

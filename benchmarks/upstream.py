@@ -107,7 +107,7 @@ def upstream_data_yaml(data, out):
 def synthetic_data(work, n_train):
     """The shapes set with ``n_train`` training images, once for us and once for upstream (each writes its own
     label cache, under the same name)."""
-    from utils.shapes import ensure_shapes
+    from utils.data.shapes import ensure_shapes
     yamls = {}
     for who in ('ours', 'upstream'):
         root = ensure_shapes(work / f'shapes{n_train}-{who}', splits={'train': n_train, 'val': max(n_train // 4, 8)})

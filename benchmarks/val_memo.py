@@ -4,7 +4,7 @@
     python benchmarks/val_memo.py --imgsz 640 --freeze 10
 
 The trainer's validation, measured alone: the EMA of a model frozen with ``--freeze`` (fast path on, as in
-train.py) evaluates the val split with ``utils.evaluator.evaluate`` (conf 0.001, NMS, metrics, the val loss), with
+train.py) evaluates the val split with ``utils.eval.evaluator.evaluate`` (conf 0.001, NMS, metrics, the val loss), with
 and without a memo, taking turns ``--rounds`` times after one pass that fills the memo (the zero-shot val does that
 in a run). Reports the median seconds per validation, the ratio, the memo's size and whether the numbers agree.
 Prints a table and writes JSON (default benchmarks/results/val_memo.json).
@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 def val_setup(opt):
     """(val loader, evaluation config, loss function's factory) as train.py builds them for this data."""
-    from utils.data_config import check_dataset, load_hyp
-    from utils.datasets import create_dataloader
-    from utils.evaluator import EvalConfig
+    from utils.data.config import check_dataset, load_hyp
+    from utils.data.datasets import create_dataloader
+    from utils.eval.evaluator import EvalConfig
     data = check_dataset(opt.data)
     hyp = load_hyp(ROOT / 'data/hyps/hyp.transfer.yaml')
     loader, _ = create_dataloader(data['val'], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=False, rect=True,
@@ -35,9 +35,9 @@ def val_setup(opt):
 def frozen_ema(opt, spec, nc):
     """The EMA model of a ``--freeze spec`` fine-tune of ``opt.weights``, and the memo train.py would give it."""
     from models.prefix_memo import PrefixMemo
-    from utils.checkpoint import load_model
-    from utils.ema import ModelEMA
-    from utils.freeze import FreezePlan
+    from utils.weights.checkpoint import load_model
+    from utils.train.ema import ModelEMA
+    from utils.freeze.plan import FreezePlan
     model = load_model(opt.weights).train()
     assert model.model[-1].nc == nc, f'{opt.weights}: {model.model[-1].nc} classes, the data has {nc}'
     plan = FreezePlan.from_spec(spec, model).apply(model)
@@ -48,8 +48,8 @@ def frozen_ema(opt, spec, nc):
 
 
 def measure(opt, spec, loader, config, hyp, nc):
-    from utils.evaluator import evaluate
-    from utils.loss import ComputeLoss, scale_loss_gains
+    from utils.eval.evaluator import evaluate
+    from utils.train.loss import ComputeLoss, scale_loss_gains
     model, ema, memo = frozen_ema(opt, spec, nc)
     loss = ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz))
     times, results = {'plain': [], 'memo': []}, {}

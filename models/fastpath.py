@@ -1,6 +1,6 @@
 """A faster forward for frozen layers: computation-only shortcuts that never touch parameters, buffers or state_dict.
 
-    model.set_frozen_fast_path()                      # utils/freeze.py's freeze() calls this
+    model.set_frozen_fast_path()                      # utils/freeze/plan.py's freeze() calls this
     model.set_frozen_fast_path(channels_last=False)   # each idea can be switched off (benchmarks/freeze.py)
     model.set_frozen_fast_path(None)                  # back to the plain forward
 

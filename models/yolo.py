@@ -34,7 +34,7 @@ class Detect(nn.Module):
     ``anchor_grid_buffer=True`` to keep that key so their state_dicts load unchanged.
 
     ``class_rows`` (one count per class, e.g. ``[1, 8, 10]``) gives a class several output rows, for a class
-    transferred from several checkpoint classes (``utils/checkpoint.py``): the convs then have ``5 + sum(rows)``
+    transferred from several checkpoint classes (``utils/weights/checkpoint.py``): the convs then have ``5 + sum(rows)``
     outputs per anchor and a fixed rule ``class_reduce`` folds a class's rows into one logit, before the loss
     and the decode, so every consumer still sees ``5 + nc`` outputs per anchor.
     """
@@ -282,7 +282,7 @@ class Model(nn.Module):
         self.yaml['ch'] = ch
         self.model, self.save, level_sizes = build_checked_layers(self.yaml, ch)  # one-line errors for a bad YAML
         self.names = [str(i) for i in range(self.yaml['nc'])]
-        self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze.py)
+        self.frozen_bn = set()  # names of BatchNorm modules kept in eval mode (utils/freeze/plan.py)
         self.fast_path = None  # models/fastpath.py options, set by set_frozen_fast_path
         self.prefix_memo = None  # models/prefix_memo.py: frozen layers' outputs kept across validations
         self._init_strides_and_anchors(level_sizes)

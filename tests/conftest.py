@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='session', autouse=True)
 def private_cache_home(tmp_path_factory):
-    """Caches that cannot go beside read-only data (utils/label_cache.py, utils/disk_cache.py) go to a temporary
+    """Caches that cannot go beside read-only data (utils/data/label_cache.py, utils/data/disk_cache.py) go to a temporary
     folder during tests, never to the user's ~/.cache (subprocesses inherit it)."""
     import os
     old = os.environ.get('YOLOV5_FREEZE_CACHE')
@@ -38,7 +38,7 @@ def private_cache_home(tmp_path_factory):
 
 def shapes_yaml(root, n_train, n_val):
     """A shapes data set of ``n_train`` + ``n_val`` images at 128 px under ``root``, and its data YAML."""
-    from utils.shapes import ensure_shapes
+    from utils.data.shapes import ensure_shapes
     ensure_shapes(root / 'shapes', splits={'train': n_train, 'val': n_val}, img_size=128)
     yaml_file = root / 'tiny.yaml'
     yaml_file.write_text('path: shapes\ntrain: images/train\nval: images/val\nnc: 4\n'

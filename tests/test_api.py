@@ -1,4 +1,4 @@
-"""The Python API (utils/api.py, utils/detections.py) and hubconf.py: the boxes are detect.py's, offline."""
+"""The Python API (utils/deploy/api.py, utils/deploy/detections.py) and hubconf.py: the boxes are detect.py's, offline."""
 import json
 import os
 import subprocess
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import detect
-from utils.api import InferenceModel, load, official
-from utils.detections import Detections
+from utils.deploy.api import InferenceModel, load, official
+from utils.deploy.detections import Detections
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'

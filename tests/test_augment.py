@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from utils.augment import (Albumentations, augment_hsv, box_candidates, flip_lr, flip_ud, letterbox, mixup,
+from utils.data.augment import (Albumentations, augment_hsv, box_candidates, flip_lr, flip_ud, letterbox, mixup,
                            mosaic4, perspective_matrix, warp_image_and_boxes)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 
@@ -137,7 +137,7 @@ def test_full_training_pipeline_keeps_colours_inside_targets(tmp_path):
     """The same property through DetectionDataset: mosaic + perspective + flips, colour jitter off."""
     import cv2
 
-    from utils.datasets import check_dataset, create_dataloader
+    from utils.data.datasets import check_dataset, create_dataloader
     (tmp_path / 'images').mkdir()
     (tmp_path / 'labels').mkdir()
     rng = np.random.default_rng(0)
@@ -149,7 +149,7 @@ def test_full_training_pipeline_keeps_colours_inside_targets(tmp_path):
         (tmp_path / 'labels' / f'{i}.txt').write_text(''.join(f'{int(c)} {x} {y} {bw} {bh}\n'
                                                               for c, (x, y, bw, bh) in zip(lb[:, 0], norm)))
     d = check_dataset({'path': str(tmp_path), 'train': 'images', 'val': 'images', 'nc': 36})
-    hyp = {**__import__('utils.datasets', fromlist=['load_hyp']).load_hyp(), 'hsv_h': 0, 'hsv_s': 0, 'hsv_v': 0,
+    hyp = {**__import__('utils.data.datasets', fromlist=['load_hyp']).load_hyp(), 'hsv_h': 0, 'hsv_s': 0, 'hsv_v': 0,
            'degrees': 15, 'shear': 5, 'perspective': 0.0005, 'translate': 0.2, 'flipud': 0.5, 'fliplr': 0.5}
     loader, ds = create_dataloader(d['train'], 160, 4, 32, hyp=hyp, augment=True, data=d, verbose=False, seed=1)
     ds.albumentations = None  # its blur/gray/CLAHE change colours; they are tested separately above

@@ -1,4 +1,4 @@
-"""utils/backends.py and export.py's new flags on a tiny 4-class model: metadata, fixed shapes, missing packages."""
+"""utils/deploy/backends.py and export.py's new flags on a tiny 4-class model: metadata, fixed shapes, missing packages."""
 import importlib.util
 import subprocess
 import sys
@@ -10,8 +10,8 @@ import torch
 
 import export
 from models.yolo import Model
-from utils.backends import load_backend, read_metadata
-from utils.checkpoint import FORMAT, load_model, save_checkpoint
+from utils.deploy.backends import load_backend, read_metadata
+from utils.weights.checkpoint import FORMAT, load_model, save_checkpoint
 from utils.optional import MissingPackage, require
 
 HAVE = {m: importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxruntime', 'onnxslim', 'openvino')}
@@ -90,7 +90,7 @@ def test_openvino_models_freed_in_creation_order_leave_signals_working(weights):
     it had found: freeing two models first-made-first left the thread on an unmapped stack, and the next handled
     signal (here SIGUSR1; in the suite, a subprocess's SIGCHLD) killed the process. Elsewhere this passes anyway."""
     folder, = export.run(weights=weights, include=['openvino'], imgsz=64)
-    code = ("import gc, os, signal, sys; from utils.backends import load_backend; "
+    code = ("import gc, os, signal, sys; from utils.deploy.backends import load_backend; "
             "a = load_backend(sys.argv[1], 'cpu'); b = load_backend(sys.argv[1], 'cpu'); "
             "del a; gc.collect(); del b; gc.collect(); "
             "signal.signal(signal.SIGUSR1, lambda *_: print('handled')); os.kill(os.getpid(), signal.SIGUSR1)")

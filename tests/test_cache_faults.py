@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.datasets import load_records
-from utils.label_cache import CACHE_VERSION
+from utils.data.datasets import load_records
+from utils.data.label_cache import CACHE_VERSION
 
 DATA = {'nc': 3, 'names': ['a', 'b', 'c'], 'format': 'yolo'}
 
@@ -101,7 +101,7 @@ def listing(root):
 
 def test_read_only_data_set_still_trains(tmp_path, capsys, private_cache_home):
     import train
-    from utils.shapes import ensure_shapes
+    from utils.data.shapes import ensure_shapes
     ensure_shapes(tmp_path / 'ro' / 'shapes', splits={'train': 8, 'val': 4}, img_size=128)
     data = tmp_path / 'ro' / 'ro.yaml'
     data.write_text('path: shapes\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star]\n')

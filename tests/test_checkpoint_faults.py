@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from models.yolo import Model
-from utils.checkpoint import FORMAT, load_checkpoint, load_model, read_weights, save_checkpoint
+from utils.weights.checkpoint import FORMAT, load_checkpoint, load_model, read_weights, save_checkpoint
 from utils.errors import WriteFailed
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.boxes import non_max_suppression
-from utils.checkpoint import load_model, read_weights
-from utils.official import Placeholder, restricted_torch_load
+from utils.weights.checkpoint import load_model, read_weights
+from utils.weights.official import Placeholder, restricted_torch_load
 
 SHARED = Path(__file__).resolve().parents[1] / '..' / 'shared'
 YOLOV5N = SHARED / 'weights' / 'yolov5n.pt'

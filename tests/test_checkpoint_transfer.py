@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils import download
-from utils.checkpoint import FORMAT, format_transfer_report, load_model, read_weights, save_checkpoint, transfer_weights
+from utils.weights import download
+from utils.freeze.transfer import format_transfer_report, transfer_weights
+from utils.weights.checkpoint import FORMAT, load_model, read_weights, save_checkpoint
 
 
 @pytest.fixture(scope='module')

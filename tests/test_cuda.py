@@ -12,7 +12,7 @@ import train
 import val
 from test_train import FAST, assert_same_ema, kill_after_epoch, run_train  # tests/ is on sys.path (pytest rootdir)
 from utils.boxes import box_iou
-from utils.checkpoint import load_checkpoint
+from utils.weights.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'

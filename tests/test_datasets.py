@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from utils.boxes import scale_boxes, xywhn2xyxy
-from utils.datasets import check_dataset, create_dataloader, load_hyp, load_records
-from utils.label_scan import scan_source
-from utils.shapes import ensure_shapes
+from utils.data.datasets import check_dataset, create_dataloader, load_hyp, load_records
+from utils.data.label_scan import scan_source
+from utils.data.shapes import ensure_shapes
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 VOC = SHARED / 'voc_fixture' / 'VOCdevkit'
@@ -343,7 +343,7 @@ def test_shapes_yaml_generates_under_repo_datasets():
 
 
 def test_yolov5_segment_rows_become_their_bounding_box(tmp_path):
-    from utils.label_formats import read_yolo_label
+    from utils.data.label_formats import read_yolo_label
     f = tmp_path / 'seg.txt'
     f.write_text('2 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.5 0.5 0.2 0.2\n')
     cls, xyxy = read_yolo_label(f, nc=3)

@@ -8,10 +8,10 @@ import torch
 
 import detect
 from models.yolo import Model
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.boxes import Placement, non_max_suppression, scale_boxes, xywhn2xyxy
-from utils.checkpoint import FORMAT, load_model, save_checkpoint
-from utils.sources import open_source
+from utils.weights.checkpoint import FORMAT, load_model, save_checkpoint
+from utils.deploy.sources import open_source
 
 NAMES = ['cat', 'dog', 'bus']
 BOX = 16  # planted box width in pixels (height 16 * 90 / 116 for the stride-32 anchor 116x90)
@@ -200,7 +200,7 @@ class FakeCamera:
 
 
 def test_webcam_present_and_absent(weights, tmp_path, monkeypatch):
-    monkeypatch.setattr('utils.sources.cv2.VideoCapture', FakeCamera)
+    monkeypatch.setattr('utils.deploy.sources.cv2.VideoCapture', FakeCamera)
     with pytest.raises(ValueError, match=r'^webcam 0: no camera found at this index'):
         open_source('0')
     monkeypatch.setattr(FakeCamera, 'clip', write_video(tmp_path / 'cam.avi', 'MJPG', n=3))

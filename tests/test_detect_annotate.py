@@ -1,8 +1,8 @@
-"""utils/annotate.py: palette colours, readable label text, drawing and crops."""
+"""utils/deploy/annotate.py: palette colours, readable label text, drawing and crops."""
 import numpy as np
 import torch
 
-from utils.annotate import (BLACK, PALETTE_HEX, WHITE, annotate, box_label, class_colour, contrast_ratio, crop_box,
+from utils.deploy.annotate import (BLACK, PALETTE_HEX, WHITE, annotate, box_label, class_colour, contrast_ratio, crop_box,
                             default_line_width, text_colour)
 
 

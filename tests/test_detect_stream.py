@@ -9,7 +9,7 @@ import cv2
 import pytest
 
 import detect
-from utils.sources import open_source, redact_url, stream_stem
+from utils.deploy.sources import open_source, redact_url, stream_stem
 from test_detect import planted_model, save_model, write_video  # tests/ is on sys.path (pytest rootdir)
 
 ffmpeg = pytest.mark.skipif('FFMPEG:                      YES' not in cv2.getBuildInformation(),

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.engine import lr_factor, set_lr, warmup_accumulate
-from utils.freeze import FreezePlan, freeze
-from utils.optim import build_optimizer, replace_optimizer
+from utils.train.engine import lr_factor, set_lr, warmup_accumulate
+from utils.freeze.plan import FreezePlan, freeze
+from utils.freeze.optim import build_optimizer, replace_optimizer
 
 HYP = {'lr0': 0.01, 'lrf': 0.01, 'momentum': 0.937, 'warmup_momentum': 0.8, 'warmup_bias_lr': 0.1}
 

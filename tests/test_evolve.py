@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 import train
-from utils.data_config import load_hyp
-from utils.evolve import make_pruner, run_evolve
-from utils.evolve_space import HYP_RANGES, build_space, recipe, suggest
+from utils.data.config import load_hyp
+from utils.evolve.study import make_pruner, run_evolve
+from utils.evolve.space import HYP_RANGES, build_space, recipe, suggest
 
 optuna = pytest.importorskip('optuna', reason='optuna is an optional dependency (requirements-extra.txt)')
 

@@ -8,7 +8,7 @@ import torch
 
 import export
 from models.yolo import Model
-from utils.checkpoint import FORMAT, load_model, save_checkpoint
+from utils.weights.checkpoint import FORMAT, load_model, save_checkpoint
 
 
 def make_weights(tmp_path, class_rows=None):

@@ -16,11 +16,11 @@ import torch
 import detect
 import export
 import val
-from utils.backends import load_backend
+from utils.deploy.backends import load_backend
 from utils.boxes import box_iou
-from utils.data_config import check_dataset
-from utils.evaluator import EvalConfig, evaluate
-from utils.predict import Predictor
+from utils.data.config import check_dataset
+from utils.eval.evaluator import EvalConfig, evaluate
+from utils.deploy.predict import Predictor
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 WEIGHTS = SHARED / 'weights' / 'yolov5n.pt'

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.ema import ModelEMA
-from utils.freeze import changed_frozen, freeze, frozen_names, snapshot_frozen, unfreeze
+from utils.train.ema import ModelEMA
+from utils.freeze.plan import changed_frozen, freeze, frozen_names, snapshot_frozen, unfreeze
 
 FAST = dict(fold=True, no_grad=True, channels_last=True)
 

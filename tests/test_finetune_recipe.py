@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from models.yolo import Model
-from utils.autoanchor import check_anchors
-from utils.engine import warmup_iterations
+from utils.train.autoanchor import check_anchors
+from utils.train.engine import warmup_iterations
 
 HYP = {'warmup_epochs': 3.0}
 

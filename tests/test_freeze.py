@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from models.yolo import Model
-from utils.freeze import (
+from utils.freeze.plan import (
     FreezePlan,
     changed_frozen,
     freeze,
@@ -14,7 +14,7 @@ from utils.freeze import (
     snapshot_frozen,
     unfreeze,
 )
-from utils.optim import optimizer_param_groups
+from utils.freeze.optim import optimizer_param_groups
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ hypothesis = pytest.importorskip('hypothesis', reason='hypothesis is a dev-only 
 from hypothesis import given, note  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from utils.data_config import check_dataset  # noqa: E402
+from utils.data.config import check_dataset  # noqa: E402
 from utils.errors import ONE_LINE_ERRORS  # noqa: E402
-from utils.label_formats import load_coco_json  # noqa: E402
-from utils.label_scan import scan_coco, scan_voc, scan_yolo  # noqa: E402
+from utils.data.label_formats import load_coco_json  # noqa: E402
+from utils.data.label_scan import scan_coco, scan_voc, scan_yolo  # noqa: E402
 
 NAMES = ['cat', 'dog', 'bird']
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,7 +362,7 @@ def small_model():
 
 @given(spec=st.one_of(FREEZE_TOKENS, st.lists(FREEZE_TOKENS, max_size=5)))
 def test_fuzz_freeze_specs(small_model, spec):
-    from utils.freeze import freeze, unfreeze
+    from utils.freeze.plan import freeze, unfreeze
     try:
         prefixes = one_line_or_value(freeze, small_model, spec, names=['--freeze'])
         if not isinstance(prefixes, Exception):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.datasets import load_hyp
+from utils.data.datasets import load_hyp
 
 HYPS = Path(__file__).resolve().parents[1] / 'data' / 'hyps'
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import train
-from utils.checkpoint import load_checkpoint
+from utils.weights.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SLOWED_TRAIN = '''
 import os, sys, time
 from pathlib import Path
-import utils.loss
-real_call = utils.loss.ComputeLoss.__call__
+import utils.train.loss
+real_call = utils.train.loss.ComputeLoss.__call__
 def slow_call(self, *args, **kwargs):
     Path(os.environ['STEP_FILE']).touch()
     time.sleep(float(os.environ['SLOW_STEP']))
     return real_call(self, *args, **kwargs)
-utils.loss.ComputeLoss.__call__ = slow_call
+utils.train.loss.ComputeLoss.__call__ = slow_call
 import train
 train.cli(sys.argv[1:])
 '''

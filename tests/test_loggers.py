@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.loggers import TensorBoardLogger
+from utils.train.loggers import TensorBoardLogger
 
 
 def read_events(log_dir):

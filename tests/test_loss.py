@@ -5,10 +5,10 @@ import numpy as np
 import torch
 
 from models.yolo import Model
-from utils.autoanchor import anchor_metrics, check_anchors, kmean_anchors
-from utils.ema import ModelEMA
-from utils.freeze import freeze, frozen_names
-from utils.loss import LEVEL_BALANCE, ComputeLoss, FocalBCE, bbox_ciou, scale_loss_gains
+from utils.train.autoanchor import anchor_metrics, check_anchors, kmean_anchors
+from utils.train.ema import ModelEMA
+from utils.freeze.plan import freeze, frozen_names
+from utils.train.loss import LEVEL_BALANCE, ComputeLoss, FocalBCE, bbox_ciou, scale_loss_gains
 
 HYP = {'box': 0.05, 'obj': 1.0, 'cls': 0.5, 'cls_pw': 1.0, 'obj_pw': 1.0, 'anchor_t': 4.0}
 

@@ -1,10 +1,10 @@
-"""Hand-computed cases for utils/metrics.py and utils/voc_eval.py."""
+"""Hand-computed cases for utils/eval/metrics.py and utils/eval/voc_eval.py."""
 import numpy as np
 import pytest
 
-from utils.metrics import (ConfusionMatrix, DetectionEvaluator, GroundTruth, ap_per_class, coco_iou, compute_ap,
+from utils.eval.metrics import (ConfusionMatrix, DetectionEvaluator, GroundTruth, ap_per_class, coco_iou, compute_ap,
                            fitness, match_detections, rank_within_class)
-from utils.voc_eval import voc_ap, voc_iou, voc_match
+from utils.eval.voc_eval import voc_ap, voc_iou, voc_match
 
 BOX_A = [10., 10., 50., 50.]
 BOX_B = [100., 100., 160., 140.]

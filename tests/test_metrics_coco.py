@@ -1,4 +1,4 @@
-"""Our COCO-rule evaluation against pycocotools on the same predictions (utils/coco.py, utils/metrics.py)."""
+"""Our COCO-rule evaluation against pycocotools on the same predictions (utils/eval/coco.py, utils/eval/metrics.py)."""
 import json
 from pathlib import Path
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from utils.boxes import xywhn2xyxy
-from utils.coco import (category_ids_for, coco80_to_coco91, detections_to_results, ground_truth_from_coco,
+from utils.eval.coco import (category_ids_for, coco80_to_coco91, detections_to_results, ground_truth_from_coco,
                         ground_truth_to_coco, run_cocoeval, write_json)
-from utils.label_scan import image_id_from_path
-from utils.metrics import DetectionEvaluator, GroundTruth
+from utils.data.label_scan import image_id_from_path
+from utils.eval.metrics import DetectionEvaluator, GroundTruth
 
 COCO64 = Path(__file__).resolve().parents[1] / '../shared/data/coco64dev'
 ANNO = COCO64 / 'annotations/instances_train2017.json'

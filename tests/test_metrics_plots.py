@@ -1,9 +1,9 @@
-"""utils/plots.py: curve and confusion-matrix figures, labelled image grids."""
+"""utils/eval/plots.py: curve and confusion-matrix figures, labelled image grids."""
 import numpy as np
 import torch
 
-from utils.metrics import ConfusionMatrix, ap_per_class
-from utils.plots import class_color, plot_ap_curves, plot_confusion_matrix, plot_images
+from utils.eval.metrics import ConfusionMatrix, ap_per_class
+from utils.eval.plots import class_color, plot_ap_curves, plot_confusion_matrix, plot_images
 
 
 def test_plot_images_draws_labels_and_predictions(tmp_path):

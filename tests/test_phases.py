@@ -1,4 +1,4 @@
-"""Where a run's time goes (utils/phases.py) and the cuts to what is not training (utils/trainer.py)."""
+"""Where a run's time goes (utils/train/phases.py) and the cuts to what is not training (utils/train/trainer.py)."""
 import os
 import re
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import val
-from utils.phases import PhaseTimer, seconds_since_process_start
+from utils.train.phases import PhaseTimer, seconds_since_process_start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_process_start_is_read_on_linux():
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
     """One 2-epoch CLI run with plots (its stdout), on 64 px shapes."""
-    from utils.shapes import ensure_shapes
+    from utils.data.shapes import ensure_shapes
     root = tmp_path_factory.mktemp('phases')
     ensure_shapes(root / 'shapes', splits={'train': 16, 'val': 8}, img_size=128)
     data = root / 'tiny.yaml'

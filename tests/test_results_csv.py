@@ -1,12 +1,12 @@
-"""results.csv: one fixed header, cells by column name, read back by name (utils/results_csv.py, plot_results)."""
+"""results.csv: one fixed header, cells by column name, read back by name (utils/eval/results_csv.py, plot_results)."""
 import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from utils.plots import plot_results
-from utils.results_csv import COLUMNS, append_row, epoch_row, read_rows
+from utils.eval.plots import plot_results
+from utils.eval.results_csv import COLUMNS, append_row, epoch_row, read_rows
 
 
 def groups(*names):

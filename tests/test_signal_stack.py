@@ -1,11 +1,11 @@
-"""utils/signal_stack.py: a native call that swaps the thread's alternate signal stack is undone (Linux)."""
+"""utils/deploy/signal_stack.py: a native call that swaps the thread's alternate signal stack is undone (Linux)."""
 import ctypes
 import sys
 import threading
 
 import pytest
 
-from utils.signal_stack import _Stack, _sigaltstack, keep_signal_stack, read_signal_stack
+from utils.deploy.signal_stack import _Stack, _sigaltstack, keep_signal_stack, read_signal_stack
 
 pytestmark = pytest.mark.skipif(_sigaltstack() is None, reason='sigaltstack is a Linux call here')
 SS_DISABLE = 2

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import train
-from utils.checkpoint import load_checkpoint
-from utils.results_csv import COLUMNS, read_rows
+from utils.weights.checkpoint import load_checkpoint
+from utils.eval.results_csv import COLUMNS, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import train
-from utils.checkpoint import load_checkpoint
-from utils.multiscale import MultiScale
-from utils.results_csv import read_rows
+from utils.weights.checkpoint import load_checkpoint
+from utils.data.multiscale import MultiScale
+from utils.eval.results_csv import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
@@ -115,7 +115,7 @@ def test_cache_disk_writes_npy_beside_writable_images(tiny_data, tmp_path, monke
 
 @pytest.mark.skipif(not (SHARED / 'data' / 'coco64dev').is_dir(), reason='../shared/data/coco64dev not present')
 def test_cache_disk_never_writes_into_the_read_only_share(tmp_path, monkeypatch):
-    from utils.datasets import check_dataset, create_dataloader
+    from utils.data.datasets import check_dataset, create_dataloader
     monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
     data = check_dataset(next((SHARED / 'data' / 'coco64dev').glob('*.yaml')))
     before = sorted(str(p) for p in (SHARED / 'data').rglob('*'))

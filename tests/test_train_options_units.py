@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.autobatch import BATCH_LIMIT, autobatch, fit_batch_size
-from utils.disk_cache import folder_writable, npy_path, read_cached
-from utils.multiscale import MultiScale, multi_scale_sizes
-from utils.sampling import ImageWeightSampler, class_weights, image_weights
+from utils.train.autobatch import BATCH_LIMIT, autobatch, fit_batch_size
+from utils.data.disk_cache import folder_writable, npy_path, read_cached
+from utils.data.multiscale import MultiScale, multi_scale_sizes
+from utils.data.sampling import ImageWeightSampler, class_weights, image_weights
 
 
 # ---------------------------------------------------------------- --multi-scale

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.checkpoint import FORMAT, load_model, read_weights, save_checkpoint
-from utils.class_map import build_class_map
-from utils.transfer import class_rows_for, format_transfer_report, transfer_weights
+from utils.weights.checkpoint import FORMAT, load_model, read_weights, save_checkpoint
+from utils.freeze.class_map import build_class_map
+from utils.freeze.transfer import class_rows_for, format_transfer_report, transfer_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
 COCO64 = SHARED / 'data' / 'coco64dev'
@@ -123,8 +123,8 @@ def test_grouped_model_saves_rebuilds_and_transfers_again(tmp_path, source):
 
 @pytest.mark.skipif(not COCO64.is_dir(), reason='../shared/data/coco64dev not present')
 def test_transfer_sets_are_built_once_split_and_mapped(tmp_path):
-    from utils.datasets import check_dataset
-    from utils.transfer_set import make_transfer_set
+    from utils.data.datasets import check_dataset
+    from utils.freeze.transfer_set import make_transfer_set
     path = make_transfer_set('grouped', tmp_path / 'g', COCO64)
     data = check_dataset(path)
     assert data['names'] == ['person', 'vehicle', 'animal'] and data['class_map']['vehicle'][0] == 'bicycle'

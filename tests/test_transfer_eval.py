@@ -11,13 +11,13 @@ import yaml
 import train
 import val
 from models.yolo import Model
-from utils.checkpoint import load_model
-from utils.data_config import check_dataset
-from utils.datasets import create_dataloader
-from utils.evaluator import EvalConfig, evaluate
-from utils.results_csv import read_rows
-from utils.trainer_setup import build_model
-from utils.transfer_set import make_transfer_set
+from utils.weights.checkpoint import load_model
+from utils.data.config import check_dataset
+from utils.data.datasets import create_dataloader
+from utils.eval.evaluator import EvalConfig, evaluate
+from utils.eval.results_csv import read_rows
+from utils.train.setup import build_model
+from utils.freeze.transfer_set import make_transfer_set
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
 WEIGHTS = SHARED / 'weights' / 'yolov5n.pt'

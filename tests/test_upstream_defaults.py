@@ -2,7 +2,7 @@
 import pytest
 
 import train
-from utils.upstream_defaults import format_differences, upstream_differences
+from utils.train.upstream_defaults import format_differences, upstream_differences
 
 
 def notes(argv):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.boxes import (Placement, box_iou, non_max_suppression, scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh,
                          xyxy2xywhn)
-from utils.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
+from utils.weights.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from utils.runs import increment_path, select_device
 
 
@@ -129,7 +129,7 @@ def test_checkpoint_roundtrip_atomic_and_safe(tmp_path):
 
 
 def test_garbage_weights_file_is_named_in_one_line(tmp_path):
-    from utils.checkpoint import read_weights
+    from utils.weights.checkpoint import read_weights
     bad = tmp_path / 'garbage.pt'
     bad.write_text('not a checkpoint at all\n')
     with pytest.raises(ValueError, match='garbage.pt: not a readable checkpoint'):

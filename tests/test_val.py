@@ -8,12 +8,12 @@ import torch
 
 import val
 from models.yolo import Model
-from utils.checkpoint import FORMAT, save_checkpoint
-from utils.coco import coco80_to_coco91
-from utils.data_config import check_dataset, load_hyp
-from utils.datasets import create_dataloader
-from utils.evaluator import EvalConfig, evaluate, ground_truth
-from utils.loss import ComputeLoss
+from utils.weights.checkpoint import FORMAT, save_checkpoint
+from utils.eval.coco import coco80_to_coco91
+from utils.data.config import check_dataset, load_hyp
+from utils.data.datasets import create_dataloader
+from utils.eval.evaluator import EvalConfig, evaluate, ground_truth
+from utils.train.loss import ComputeLoss
 
 SHARED = Path(__file__).resolve().parents[1] / '../shared/data'
 COCO64_YAML = SHARED / 'coco64dev/coco64dev.yaml'

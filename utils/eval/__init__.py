@@ -1,0 +1,7 @@
+"""The evaluation wing: predictions against ground truth.
+
+Owns ``evaluate(model, loader, config) -> EvalResult`` (``evaluator``), AP, P/R and the confusion matrix
+(``metrics``), the pycocotools bridge (``coco``), the VOC devkit rule (``voc_eval``), val's printed table and speed
+lines (``report``), --save-txt/--save-json and batch plots (``outputs``), every figure (``plots``) and
+``results.csv`` by column name (``results_csv``).
+"""
