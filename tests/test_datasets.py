@@ -274,8 +274,9 @@ def test_train_batches_have_yolov5_layout_and_are_reproducible(shapes_data):
     assert len(paths) == len(shapes) == 4
     again = first_batch(0)
     assert torch.equal(imgs, again[0]) and torch.equal(targets, again[1])
-    w1, w2 = first_batch(1), first_batch(1)
-    assert torch.equal(w1[0], w2[0]) and torch.equal(w1[1], w2[1])
+    w1, w2 = first_batch(1), first_batch(2)  # the same batch whichever process loads each image
+    assert torch.equal(w1[0], imgs) and torch.equal(w1[1], targets)
+    assert torch.equal(w2[0], imgs) and torch.equal(w2[1], targets)
 
 
 def test_close_mosaic_switch_gives_letterboxed_train_images(shapes_data):

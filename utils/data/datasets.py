@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from utils.data.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4,
                            random_perspective)
@@ -116,7 +116,9 @@ def _json_for(src, data):
 class DetectionDataset(Dataset):
     """Images + labels of one split, with YOLOv5 training augmentation or val letterboxing.
 
-    ``mosaic`` may be switched off between epochs (``--close-mosaic``); each worker has its own seeded RNG.
+    ``mosaic`` may be switched off between epochs (``--close-mosaic``). Indexed by the loader with
+    ``(index, key)`` (see :class:`SeededDraws`), an image's augmentation is drawn from an RNG seeded by ``key``;
+    indexed with a plain ``index``, from the dataset's own RNG.
     """
 
     def __init__(self, path, img_size=640, batch_size=16, stride=32, data=None, options=None):
@@ -249,6 +251,9 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index):
         """(CHW RGB uint8 image, labels (n, 6) [0, cls, cx, cy, w, h] normalised, path, ImageMeta)."""
+        if isinstance(index, tuple):
+            index, key = index
+            self.seed_draw(key)
         if self.augment and self.mosaic and self.rng.random() < self.hyp['mosaic']:
             im, labels = self.load_mosaic(index)
             meta = self.meta(index, self.records[index].shape)
@@ -266,6 +271,13 @@ class DetectionDataset(Dataset):
         out[:, 1:] = torch.from_numpy(labels)
         im = np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
         return torch.from_numpy(im), out, self.records[index].im_file, meta
+
+    def seed_draw(self, key):
+        """The RNGs of one draw (numpy and albumentations), from its ``(seed, draw)`` key alone: not from a stream
+        that depends on which worker loads the image or what it loaded before."""
+        self.rng = np.random.default_rng(key)
+        if self.albumentations is not None:
+            self.albumentations.set_seed(int(self.rng.integers(2 ** 32)))
 
     def _colour_and_flips(self, im, labels):
         h = self.hyp
@@ -286,28 +298,45 @@ class DetectionDataset(Dataset):
         return torch.stack(ims, 0), torch.cat(labels, 0), paths, metas
 
 
+class SeededDraws(Sampler):
+    """Wraps the loader's sampler to yield ``(index, (seed, draw))``, ``draw`` counting the images drawn since the
+    last ``reseed``. Counted here, in the main process, so an image's augmentation (``DetectionDataset.seed_draw``)
+    depends on the seed and its place in the epoch only, not on --workers: with per-worker RNG streams a run
+    resumed with another worker count (``--resume`` keeps the new call's --workers) trained on other images."""
+
+    def __init__(self, sampler, seed):
+        self.sampler, self.seed, self.draws = sampler, seed, 0
+
+    def reseed(self, seed):
+        self.seed, self.draws = seed, 0
+
+    def set_epoch(self, epoch):
+        if hasattr(self.sampler, 'set_epoch'):  # DistributedSampler, ImageWeightSampler
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for index in self.sampler:
+            self.draws += 1
+            yield index, (self.seed, self.draws)
+
+
 def seed_worker(worker_id):
-    """Give each loader worker its own RNG stream derived from the loader's seeded base seed."""
-    info = get_worker_info()
+    """Loader worker set-up: signals and threads (its images' RNGs come with their indices, see SeededDraws)."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the main process
         signal.signal(sig, signal.SIG_IGN)      # decides (utils/train/interrupt.py); workers end with it
     cv2.setNumThreads(0)  # workers are the parallelism; avoid oversubscribing the cores
-    ds = info.dataset
-    ds.rng = np.random.default_rng(info.seed)
-    if ds.albumentations is not None:
-        ds.albumentations.set_seed(info.seed % 2 ** 32)
 
 
 def reseed_loader(loader, seed):
-    """Restart a loader's randomness (shuffling, worker seeds, in-process augmentation) from ``seed``.
+    """Restart a loader's randomness (shuffling, worker seeds, the draws' augmentation) from ``seed``.
 
     train.py calls it at every epoch with a seed derived from the epoch, so a resumed run replays the same batches.
     """
     loader.generator.manual_seed(seed)
-    ds = loader.dataset
-    ds.rng = np.random.default_rng(seed)
-    if ds.albumentations is not None:
-        ds.albumentations.set_seed(seed % 2 ** 32)
+    loader.sampler.reseed(seed)
 
 
 def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
@@ -319,13 +348,21 @@ def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
         o = replace(o, shuffle=False)
     dataset = DetectionDataset(path, imgsz, batch_size, stride, data, o)
     batch_size = min(batch_size, len(dataset))
-    sampler = None if o.rank == -1 else DistributedSampler(dataset, shuffle=o.shuffle, seed=o.seed)
-    if o.image_weights:
-        sampler = ImageWeightSampler(dataset.labels, dataset.nc or 1, o.seed)
     generator = torch.Generator()
     generator.manual_seed(o.seed + max(o.rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=o.shuffle and sampler is None, sampler=sampler,
+    sampler = SeededDraws(_order_sampler(dataset, o, generator), o.seed + max(o.rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                         num_workers=o.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
                         persistent_workers=o.workers > 0 and not o.augment)  # val: no respawn per epoch
     return loader, dataset
+
+
+def _order_sampler(dataset, o, generator):
+    """The image order: drawn by --image-weights, split between DDP processes, shuffled (as DataLoader's
+    shuffle=True would, from ``generator``) or as listed."""
+    if o.image_weights:
+        return ImageWeightSampler(dataset.labels, dataset.nc or 1, o.seed)
+    if o.rank != -1:
+        return DistributedSampler(dataset, shuffle=o.shuffle, seed=o.seed)
+    return RandomSampler(dataset, generator=generator) if o.shuffle else SequentialSampler(dataset)
