@@ -39,3 +39,13 @@ def test_plot_results_reads_columns_by_name(tmp_path):
     out = plot_results(path)
     assert out is not None and out.is_file()
     assert [r['epoch'] for r in read_rows(path)] == [0, 1, 2] and read_rows(path)[2]['extra'] == pytest.approx(0.3)
+
+
+def test_voc_data_rows_carry_the_devkit_ap50_and_other_data_leave_it_empty(tmp_path):
+    path = tmp_path / 'results.csv'
+    voc = SimpleNamespace(p=0.5, r=0.25, map50=0.4, map=0.2, losses=(0.1, 0.2, 0.3), voc_map=0.375)
+    coco = SimpleNamespace(p=0.5, r=0.25, map50=0.4, map=0.2, losses=(0.1, 0.2, 0.3), voc_map=None)
+    append_row(path, epoch_row(-1, [0.0, 0.0, 0.0], voc, groups('decay')))
+    append_row(path, epoch_row(0, [1.0, 2.0, 3.0], coco, groups('decay')))
+    rows = read_rows(path)
+    assert rows[0]['metrics/voc_mAP_0.5'] == 0.375 and math.isnan(rows[1]['metrics/voc_mAP_0.5'])

@@ -3,13 +3,14 @@
 The header never depends on the optimizer: ``x/lr0``, ``x/lr1``, ``x/lr2`` are the learning rates of the three
 YOLOv5 parameter kinds (weights with decay, BatchNorm weights, biases). A kind with no trainable parameters
 (e.g. BatchNorm weights while every BN layer is frozen) leaves its cell empty; read back it is NaN.
+``metrics/voc_mAP_0.5`` is the VOC devkit AP50 of data with ``eval: voc07|voc12`` (empty for other data).
 """
 import csv
 import math
 
 COLUMNS = ('epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
            'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss',
-           'x/lr0', 'x/lr1', 'x/lr2')
+           'x/lr0', 'x/lr1', 'x/lr2', 'metrics/voc_mAP_0.5')
 PLOTTED = COLUMNS[1:11]  # losses and metrics; results.png has one panel for each
 LR_COLUMNS = {'decay': 'x/lr0', 'bn': 'x/lr1', 'bias': 'x/lr2'}  # param_group['name'] -> column
 
@@ -21,6 +22,8 @@ def epoch_row(epoch, train_losses, result, param_groups):
     row.update(zip(('train/box_loss', 'train/obj_loss', 'train/cls_loss'), train_losses))
     metrics = (result.p, result.r, result.map50, result.map, *result.losses) if result else (0.0,) * 7
     row.update(zip(COLUMNS[4:11], metrics))
+    if getattr(result, 'voc_map', None) is not None:
+        row['metrics/voc_mAP_0.5'] = float(result.voc_map)
     for g in param_groups:
         column = LR_COLUMNS.get(g.get('name'))
         if column and column not in row:
