@@ -8,6 +8,7 @@ Usage::
 from pathlib import Path
 
 from utils.freeze.class_map import check_class_map_spec
+from utils.data.download import ensure_dataset, parse_download, upstream_note
 from utils.data.label_formats import load_coco_json
 from utils.safe_yaml import load_yaml_file
 
@@ -70,6 +71,7 @@ def check_dataset(data):
     root = _root(cfg.get('path'), base, where)
     names, nc = _names_and_nc(cfg, where)
     fmt = _format(cfg, where)
+    archives = parse_download(cfg.get('download'), root, where)  # checked even when the data are on disk
     if cfg.get('generate') == 'shapes':
         from utils.data.shapes import ensure_shapes  # only the demo set needs it
         ensure_shapes(root)
@@ -80,9 +82,10 @@ def check_dataset(data):
         out[split] = _sources(cfg.get(split), root, where, split)
     if not out['train'] and not out['val']:
         raise ValueError(f"{where}: needs 'train' and 'val' entries")
+    ensure_dataset(archives, root, where, out['train'] + out['val'])  # first use: download and unpack
     for p in out['val']:
         if not Path(p).exists():
-            raise FileNotFoundError(f'{where}: val source {p} not found')
+            raise FileNotFoundError(f"{where}: val source {p} not found{upstream_note(cfg.get('download'))}")
     out['test'] = [p for p in out['test'] if Path(p).exists()]
     out['annotations'] = _annotations(cfg, out, root, where)
     out['eval'] = _eval_kind(cfg, out, where)
