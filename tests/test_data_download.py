@@ -1,5 +1,5 @@
 """Data sets downloaded on first use (utils/data/download.py over utils/fetch.py), against an HTTP server on
-127.0.0.1 that this file starts: resume, refusals, atomic unpack, one-line errors."""
+127.0.0.1 that this file starts: resume, refusals, atomic unpack, one-line errors; and data YAML names."""
 import hashlib
 import io
 import os
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from utils.data import download
-from utils.data.config import check_dataset
+from utils.data.config import check_dataset, find_data_yaml
 from utils.fetch import fetch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,6 +341,22 @@ def test_upstream_download_script_is_never_run(tmp_path):
     yml = data_yaml(tmp_path, 'https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip')
     msg = one_line_error(FileNotFoundError, check_dataset, yml)
     assert 'val source' in msg and 'never run here' in msg
+
+
+# ---------------------------------------------------------------- data YAML names
+def test_data_yaml_names_resolve_to_ours_case_insensitively(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing of these names in the working folder
+    data = ROOT / 'data'
+    for name, ours in [('VOC.yaml', 'voc.yaml'), ('voc', 'voc.yaml'), ('Coco.yaml', 'coco.yaml'),
+                       ('coco128.yaml', 'coco128.yaml'), ('COCO128', 'coco128.yaml'), ('shapes.yml', 'shapes.yaml')]:
+        assert find_data_yaml(name) == data / ours, name
+    with pytest.raises(FileNotFoundError) as e:
+        check_dataset('Argoverse.yaml')
+    assert "upstream YOLOv5's Argoverse.yaml is not shipped" in str(e.value) and 'did you mean one of' in str(e.value)
+    with pytest.raises(FileNotFoundError, match=r'coco128-seg.yaml: .*did you mean coco128.yaml\?$'):
+        find_data_yaml('coco128-seg.yaml')
+    with pytest.raises(FileNotFoundError, match=r"^VisDrone: upstream .*voc.yaml\?$"):
+        find_data_yaml('VisDrone')
 
 
 # ---------------------------------------------------------------- the command line
