@@ -343,6 +343,23 @@ def test_upstream_download_script_is_never_run(tmp_path):
     assert 'val source' in msg and 'never run here' in msg
 
 
+def test_repo_yamls_list_the_official_archives():
+    voc = download.parse_download(yaml.safe_load((ROOT / 'data/voc.yaml').read_text())['download'], Path('/d/VOC'),
+                                  'voc.yaml')
+    assert [(a.name, a.size, a.md5, a.dest) for a in voc] == [
+        ('VOCtrainval_06-Nov-2007.tar', 460032000, 'c52e279531787c972589f7e41ab4ae64', Path('/d/VOC')),
+        ('VOCtest_06-Nov-2007.tar', 451020800, 'b6e924de25625d8de591ea690078ad9f', Path('/d/VOC')),
+        ('VOCtrainval_11-May-2012.tar', 1999639040, '6cd6e144f989b92b3379bac3b3de84fd', Path('/d/VOC'))]
+    assert all(a.url.startswith('http://host.robots.ox.ac.uk/pascal/VOC/') for a in voc)
+    coco = download.parse_download(yaml.safe_load((ROOT / 'data/coco.yaml').read_text())['download'],
+                                   Path('/d/coco'), 'coco.yaml')
+    assert [a.name for a in coco] == ['coco2017labels.zip', 'train2017.zip', 'val2017.zip', 'test2017.zip',
+                                      'annotations_trainval2017.zip']
+    labels, *rest = coco
+    assert labels.size is None and labels.md5 is None and labels.strip == 1  # unverified: see coco.yaml
+    assert all(a.size and a.md5 for a in rest) and {a.dest for a in rest[:3]} == {Path('/d/coco/images')}
+
+
 # ---------------------------------------------------------------- data YAML names
 def test_data_yaml_names_resolve_to_ours_case_insensitively(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing of these names in the working folder
