@@ -3,11 +3,14 @@
 Usage::
 
     data = check_dataset('data/shapes.yaml')   # resolves paths, generates the demo set, finds instances JSONs
+    data = check_dataset('VOC.yaml')           # a name of ours in data/, any case: downloads VOC on first use
     hyp = load_hyp('data/hyps/hyp.scratch.yaml')
 """
+import difflib
 from pathlib import Path
 
 from utils.freeze.class_map import check_class_map_spec
+from utils.data.download import ensure_dataset, parse_download, upstream_note
 from utils.data.label_formats import load_coco_json
 from utils.safe_yaml import load_yaml_file
 
@@ -19,6 +22,10 @@ HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_m
             'box', 'cls', 'cls_pw', 'obj', 'obj_pw', 'iou_t', 'anchor_t', 'fl_gamma', 'hsv_h', 'hsv_s', 'hsv_v',
             'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup',
             'copy_paste')
+# The data YAMLs upstream YOLOv5 ships (v7.0 and later): named in the error for one we do not have
+UPSTREAM_DATA = ('Argoverse.yaml', 'GlobalWheat2020.yaml', 'ImageNet.yaml', 'ImageNet10.yaml', 'ImageNet100.yaml',
+                 'ImageNet1000.yaml', 'Objects365.yaml', 'SKU-110K.yaml', 'VOC.yaml', 'VisDrone.yaml', 'coco.yaml',
+                 'coco128-seg.yaml', 'coco128.yaml', 'xView.yaml')
 
 
 # ---------------------------------------------------------------- YAML files
@@ -45,11 +52,29 @@ def load_hyp(hyp=None):
 
 
 def find_data_yaml(data):
-    """A data YAML path as given, or a bare name like 'shapes.yaml' found in the repo's data/ folder."""
+    """A data YAML path as given, else one of ours in the repo's data/ folder: 'shapes.yaml', and for a bare name
+    any case with or without '.yaml' ('VOC.yaml', 'Coco', 'voc' -> data/voc.yaml, data/coco.yaml).
+
+    A bare name found nowhere is a one-line FileNotFoundError naming our closest YAMLs (upstream names included:
+    'Argoverse.yaml' is upstream's, not ours). A path with folders is returned as is for the caller to report.
+    """
     p = Path(data)
-    if not p.exists() and not p.is_absolute() and (REPO / 'data' / p).is_file():
+    if p.exists() or p.is_absolute():
+        return p
+    if (REPO / 'data' / p).is_file():
         return REPO / 'data' / p
-    return p
+    if len(p.parts) != 1:
+        return p
+    ours = {f.stem.lower(): f for f in sorted((REPO / 'data').glob('*.yaml'))}
+    stem = (p.stem if p.suffix.lower() in ('.yaml', '.yml') else p.name).lower()
+    if stem in ours:
+        return ours[stem]
+    close = [ours[c].name for c in difflib.get_close_matches(stem, list(ours), n=3)]
+    upstream = next((u for u in UPSTREAM_DATA if u.lower() == f'{stem}.yaml'), None)
+    what = (f"upstream YOLOv5's {upstream} is not shipped with yolov5-freeze" if upstream
+            else 'no such file, and no data YAML of ours in data/ has that name')
+    mean = ' or '.join(close) if close else f"one of {', '.join(f.name for f in ours.values())}"
+    raise FileNotFoundError(f'{data}: {what}; did you mean {mean}?')
 
 
 # ---------------------------------------------------------------- check_dataset
@@ -70,6 +95,7 @@ def check_dataset(data):
     root = _root(cfg.get('path'), base, where)
     names, nc = _names_and_nc(cfg, where)
     fmt = _format(cfg, where)
+    archives = parse_download(cfg.get('download'), root, where)  # checked even when the data are on disk
     if cfg.get('generate') == 'shapes':
         from utils.data.shapes import ensure_shapes  # only the demo set needs it
         ensure_shapes(root)
@@ -80,9 +106,10 @@ def check_dataset(data):
         out[split] = _sources(cfg.get(split), root, where, split)
     if not out['train'] and not out['val']:
         raise ValueError(f"{where}: needs 'train' and 'val' entries")
+    ensure_dataset(archives, root, where, out['train'] + out['val'])  # first use: download and unpack
     for p in out['val']:
         if not Path(p).exists():
-            raise FileNotFoundError(f'{where}: val source {p} not found')
+            raise FileNotFoundError(f"{where}: val source {p} not found{upstream_note(cfg.get('download'))}")
     out['test'] = [p for p in out['test'] if Path(p).exists()]
     out['annotations'] = _annotations(cfg, out, root, where)
     out['eval'] = _eval_kind(cfg, out, where)

@@ -3,13 +3,13 @@
     resolve_weights('runs/train/exp/weights/best.pt')   # exists -> returned as is
     resolve_weights('yolov5s.pt')                       # missing official name -> downloaded (v7.0 assets)
 
-Downloads happen only here, only for the official names, and only when the caller asks for such a file.
+Weights are downloaded only here, only for the official names, and only when the caller asks for such a file
+(through ``utils/fetch.py``, the HTTP download the data sets use too; a failed one leaves no partial file).
 """
-import os
 import re
-import sys
-import urllib.request
 from pathlib import Path
+
+from utils.fetch import fetch  # the one HTTP download (progress bar, atomic rename); a module name tests replace
 
 RELEASE_URL = 'https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}'
 OFFICIAL_NAME = re.compile(r'yolov5[nsmlx]6?\.pt')  # yolov5n.pt ... yolov5x6.pt
@@ -17,27 +17,6 @@ OFFICIAL_NAME = re.compile(r'yolov5[nsmlx]6?\.pt')  # yolov5n.pt ... yolov5x6.pt
 
 def is_official_name(name):
     return bool(OFFICIAL_NAME.fullmatch(Path(name).name))
-
-
-def fetch(url, dest, timeout=30, chunk=1 << 20):
-    """Download ``url`` to ``dest`` (atomically) with a one-line progress indicator on stderr."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + '.part')
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, 'wb') as f:
-            total, done = int(r.headers.get('Content-Length') or 0), 0
-            while block := r.read(chunk):
-                f.write(block)
-                done += len(block)
-                pct = f' {100 * done / total:.0f}%' if total else ''
-                print(f'\rDownloading {url} -> {dest}: {done / 1e6:.1f} MB{pct}', end='', file=sys.stderr)
-        print(file=sys.stderr)
-        if done == 0:
-            raise OSError('empty response')
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
 
 
 def resolve_weights(name_or_path):
