@@ -4,8 +4,13 @@ Usage::
 
     data = check_dataset('data/shapes.yaml')   # resolves paths, generates the demo set, finds instances JSONs
     hyp = load_hyp('data/hyps/hyp.scratch.yaml')
+
+``YOLOV5_FREEZE_DATASETS``: when set, a data YAML in the repo's data/ folder whose ``path:`` starts with
+``../datasets/`` (e.g. data/voc.yaml's ``../datasets/VOC``) finds its data under ``$YOLOV5_FREEZE_DATASETS/``
+(``$YOLOV5_FREEZE_DATASETS/VOC``) instead of <repo>/datasets/; other YAMLs and paths are left as written.
 """
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 from utils.freeze.class_map import check_class_map_spec
 from utils.data.label_formats import load_coco_json
@@ -67,7 +72,7 @@ def check_dataset(data):
         cfg = load_yaml(yaml_file, 'data YAML')
     where = yaml_file or 'data dict'
     base = yaml_file.parent if yaml_file else Path.cwd()
-    root = _root(cfg.get('path'), base, where)
+    root = _root(datasets_override(cfg.get('path'), yaml_file), base, where)
     names, nc = _names_and_nc(cfg, where)
     fmt = _format(cfg, where)
     if cfg.get('generate') == 'shapes':
@@ -90,6 +95,18 @@ def check_dataset(data):
         out['names'], out['nc'] = _names_from_json(out, where)
     out['class_map'] = check_class_map_spec(cfg.get('class_map'), out['names'], where)
     return out
+
+
+def datasets_override(path, yaml_file):
+    """``path:`` of a built-in data YAML (data/*.yaml) under ``../datasets/`` re-rooted at $YOLOV5_FREEZE_DATASETS
+    when that is set (module docstring); any other ``path:`` as given."""
+    env = os.environ.get('YOLOV5_FREEZE_DATASETS')
+    if not env or not isinstance(path, str) or yaml_file is None or Path(yaml_file).resolve().parent != REPO / 'data':
+        return path
+    parts = PurePosixPath(path.replace('\\', '/')).parts
+    if parts[:2] != ('..', 'datasets'):
+        return path
+    return Path(env).expanduser().absolute().joinpath(*parts[2:])
 
 
 def _root(path, base, where):
