@@ -18,9 +18,14 @@ seed. Built-in settings (``--settings`` picks some, or adds ``name:train.py flag
                        unless named in --settings)
 
 Per setting: the zero-shot mAP (train.py's evaluation before the first step), final and best mAP, wall time,
-seconds per training epoch, speedup against the first setting, peak RSS (peak CUDA memory on a GPU). Writes a
+seconds per training epoch, speedup against the first setting, peak RSS (and peak CUDA memory on a GPU). Writes a
 Markdown table, JSON and a PNG of mAP50 per epoch (default benchmarks/results/transfer.{md,json,png}). Without
 --data, the coco64 transfer set is built first (``python -m utils.freeze.transfer_set``).
+
+Data with a VOC rule (``eval: voc07|voc12``, e.g. data/voc.yaml) fill results.csv's ``metrics/voc_mAP_0.5`` every
+epoch, zero-shot row included; the study then reports the VOC devkit AP50 instead of mAP50: zero-shot, final,
+best (with its epoch) and lowest over the epochs, the final's change against zero-shot, next to zero-shot, final
+and best mAP50-95; the PNG draws devkit AP50 per epoch.
 """
 import argparse
 import csv
@@ -47,7 +52,7 @@ SETTINGS = {
     'scratch-hyp': '--freeze 0 --hyp data/hyps/hyp.scratch-low.yaml',
 }
 DEFAULT_SETTINGS = list(SETTINGS)[:6]
-MAP50, MAP = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95'
+MAP50, MAP, VOC50 = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'metrics/voc_mAP_0.5'
 
 
 def parse_settings(names, epochs, mapping_off_yaml):
@@ -87,6 +92,36 @@ def read_curve(csv_path):
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     return [(int(float(r['epoch'])), float(r[MAP50]), float(r[MAP])) for r in rows]
+
+
+def read_voc_curve(csv_path):
+    """[(epoch, VOC devkit AP50)] from a results.csv, or None when the run had no VOC rule (the column is empty
+    or, in an older results.csv, absent)."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not all(r.get(VOC50) for r in rows):
+        return None
+    return [(int(float(r['epoch'])), float(r[VOC50])) for r in rows]
+
+
+def summarise(curve, voc_curve=None):
+    """A setting's figures from its curves (epoch -1: the zero-shot row, never a candidate for best or lowest)."""
+    start = [c for c in curve if c[0] < 0]
+    trained = [c for c in curve if c[0] >= 0]
+    best = max(trained, key=lambda c: c[1])
+    out = dict(zero_shot_map50=start[0][1] if start else None, zero_shot_map=start[0][2] if start else None,
+               final_map50=trained[-1][1], final_map=trained[-1][2], best_map50=best[1], best_epoch=best[0],
+               curve=curve)
+    if voc_curve:
+        best_map = max(trained, key=lambda c: c[2])
+        zero = [v for e, v in voc_curve if e < 0]
+        voc = [(e, v) for e, v in voc_curve if e >= 0]
+        vbest = max(voc, key=lambda c: c[1])
+        out.update(best_map_epoch=best_map[0], best_map_value=best_map[2], voc_curve=voc_curve,
+                   zero_shot_voc=zero[0] if zero else None, final_voc=voc[-1][1], best_voc=vbest[1],
+                   best_voc_epoch=vbest[0], lowest_voc=min(v for _, v in voc),
+                   voc_change=voc[-1][1] - zero[0] if zero else None)
+    return out
 
 
 def worker(opt, name, flags):
@@ -133,32 +168,51 @@ def run_setting(opt, name, flags):
     if out.returncode:
         sys.exit(f'error: setting {name} failed (exit {out.returncode}); see {log}')
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    curve = read_curve(Path(opt.project) / name / 'results.csv')
-    start = [c for c in curve if c[0] < 0]
-    trained = [c for c in curve if c[0] >= 0]
-    best = max(trained, key=lambda c: c[1])
-    r.update(zero_shot_map50=start[0][1] if start else None, zero_shot_map=start[0][2] if start else None,
-             final_map50=trained[-1][1], final_map=trained[-1][2], best_map50=best[1], best_epoch=best[0],
-             curve=curve)
+    results = Path(opt.project) / name / 'results.csv'
+    r.update(summarise(read_curve(results), read_voc_curve(results)))
     return r
 
 
+def fmt(value, spec='.3f', epoch=None):
+    """A table cell: '-' for a missing value; epochs shown 1-based (the zero-shot row is epoch 0)."""
+    if value is None:
+        return '-'
+    return f'{value:{spec}}' + (f' ({epoch + 1})' if epoch is not None else '')
+
+
 def markdown_table(rows, opt):
+    """The study table. With every setting's devkit AP50 (VOC data), its columns replace mAP50's."""
     base = rows[0]['s_per_epoch']
     gpu = any(r['peak_cuda_mb'] is not None for r in rows)
-    head = ['setting', 'zero-shot mAP50', 'zero-shot mAP50-95', 'final mAP50', 'final mAP50-95',
-            'best mAP50 (epoch)', 'wall s', 's/epoch', 'speedup', 'peak CUDA MB' if gpu else 'peak RSS MB']
+    voc = all(r.get('voc_curve') for r in rows)
+    if voc:
+        head = ['setting', 'zero-shot AP50', 'zero-shot mAP50-95', 'final AP50', 'final mAP50-95',
+                'best AP50 (epoch)', 'best mAP50-95 (epoch)', 'lowest AP50', 'final - zero-shot AP50']
+    else:
+        head = ['setting', 'zero-shot mAP50', 'zero-shot mAP50-95', 'final mAP50', 'final mAP50-95',
+                'best mAP50 (epoch)']
+    head += ['wall s', 's/epoch', 'speedup', 'peak RSS MB'] + (['peak CUDA MB'] if gpu else [])
     lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     for r in rows:
-        zs = [f'{r[k]:.3f}' if r[k] is not None else '-' for k in ('zero_shot_map50', 'zero_shot_map')]
-        mem = r['peak_cuda_mb'] if gpu else r['peak_rss_mb']
-        lines.append(f"| {r['setting']} | {zs[0]} | {zs[1]} | {r['final_map50']:.3f} | {r['final_map']:.3f} | "
-                     f"{r['best_map50']:.3f} ({r['best_epoch'] + 1}) | {r['wall_s']:.0f} | {r['s_per_epoch']:.1f} | "
-                     f"{base / r['s_per_epoch']:.2f}x | {mem:,.0f} |")
+        if voc:
+            cells = [fmt(r['zero_shot_voc']), fmt(r['zero_shot_map']), fmt(r['final_voc']), fmt(r['final_map']),
+                     fmt(r['best_voc'], epoch=r['best_voc_epoch']), fmt(r['best_map_value'], epoch=r['best_map_epoch']),
+                     fmt(r['lowest_voc']), fmt(r['voc_change'], '+.3f')]
+        else:
+            cells = [fmt(r['zero_shot_map50']), fmt(r['zero_shot_map']), fmt(r['final_map50']), fmt(r['final_map']),
+                     fmt(r['best_map50'], epoch=r['best_epoch'])]
+        cells += [f"{r['wall_s']:.0f}", f"{r['s_per_epoch']:.1f}", f"{base / r['s_per_epoch']:.2f}x",
+                  f"{r['peak_rss_mb']:,.0f}"] + ([fmt(r['peak_cuda_mb'], ',.0f')] if gpu else [])
+        lines.append(f"| {r['setting']} | " + ' | '.join(cells) + ' |')
     title = (f"{Path(opt.weights).name} on {Path(opt.data).name}: {opt.epochs} epochs, {opt.imgsz} px, batch "
              f"{opt.batch_size}, seed {opt.seed}, {'hyp ' + Path(opt.hyp).name if opt.hyp else 'default hyp'}, "
              f"device {opt.device or 'auto'}" + (f', {opt.jobs} settings at a time (times only indicative)'
                                                   if opt.jobs > 1 else ''))
+    if voc:
+        title += ('\n\nAP50: the VOC devkit AP50 (metrics/voc_mAP_0.5 of results.csv: difficult objects ignored; '
+                  '11-point for eval: voc07, all-point for voc12); mAP50-95: the COCO 101-point rule, difficult '
+                  'objects ignored too. Epochs '
+                  'are 1-based; zero-shot is the evaluation before the first step.')
     return title + '\n\n' + '\n'.join(lines) + '\n'
 
 
@@ -166,10 +220,13 @@ def plot_curves(rows, path):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 5), tight_layout=True)
     ax = fig.subplots()
+    voc = all(r.get('voc_curve') for r in rows)
+    metric = 'VOC devkit AP50' if voc else 'mAP50'
     for r in rows:
-        ep = [c[0] + 1 for c in r['curve']]  # the zero-shot row (epoch -1) is drawn at 0: before any step
-        ax.plot(ep, [c[1] for c in r['curve']], marker='.', label=r['setting'])
-    ax.set(xlabel='epoch (0 = zero-shot, before the first step)', ylabel='mAP50', title='mAP50 per epoch')
+        points = r['voc_curve'] if voc else [c[:2] for c in r['curve']]
+        ep = [c[0] + 1 for c in points]  # the zero-shot row (epoch -1) is drawn at 0: before any step
+        ax.plot(ep, [c[1] for c in points], marker='.', label=r['setting'])
+    ax.set(xlabel='epoch (0 = zero-shot, before the first step)', ylabel=metric, title=f'{metric} per epoch')
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=120)

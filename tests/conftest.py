@@ -36,6 +36,24 @@ def private_cache_home(tmp_path_factory):
         os.environ['YOLOV5_FREEZE_CACHE'] = old
 
 
+@pytest.fixture(scope='session', autouse=True)
+def no_internet():
+    """Tests never reach the internet: urllib (weights and dataset downloads, in this process and in the
+    subprocesses that inherit the environment) goes through a proxy address where nothing listens, so a download
+    a test did not mean to start fails at once; the tests' own servers on 127.0.0.1 are reached directly."""
+    import os
+    keys = ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY')
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: 'http://127.0.0.1:9' for k in keys[:4]})
+    os.environ.update(no_proxy='127.0.0.1,localhost', NO_PROXY='127.0.0.1,localhost')
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def shapes_yaml(root, n_train, n_val):
     """A shapes data set of ``n_train`` + ``n_val`` images at 128 px under ``root``, and its data YAML."""
     from utils.data.shapes import ensure_shapes

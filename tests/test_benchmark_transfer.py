@@ -39,3 +39,72 @@ def test_curve_and_table(tmp_path):
     assert table.startswith('yolov5n.pt on set.yaml: 3 epochs, 320 px, batch 16')
     assert '| freeze10 | 0.560 | 0.370 | 0.570 | 0.390 | 0.580 (2) | 100 | 5.0 | 2.00x | 1,500 |' in table
     assert study.plot_curves([row], tmp_path / 'c.png').is_file()
+
+
+def voc_csv(path, rows):
+    for epoch, m50, m, voc in rows:
+        append_row(path, {'epoch': epoch, 'metrics/mAP_0.5': m50, 'metrics/mAP_0.5:0.95': m,
+                          'metrics/voc_mAP_0.5': voc})
+    return path
+
+
+def test_voc_curve_summary_table_and_plot(tmp_path):
+    """With the devkit AP50 column filled, the study reports it (zero-shot, final, best, lowest, change) next to
+    mAP50-95, and plots it; without it (the CSV of test_curve_and_table) nothing changes."""
+    csv = voc_csv(tmp_path / 'results.csv', ((-1, 0.74, 0.48, 0.72), (0, 0.70, 0.45, 0.69), (1, 0.75, 0.50, 0.76),
+                                            (2, 0.76, 0.49, 0.74)))
+    voc_curve = study.read_voc_curve(csv)
+    assert voc_curve == [(-1, 0.72), (0, 0.69), (1, 0.76), (2, 0.74)]
+    s = study.summarise(study.read_curve(csv), voc_curve)
+    assert (s['zero_shot_voc'], s['final_voc'], s['best_voc'], s['best_voc_epoch'], s['lowest_voc']) == \
+        (0.72, 0.74, 0.76, 1, 0.69)  # the zero-shot row is never the best or the lowest
+    assert s['voc_change'] == pytest.approx(0.02) and (s['best_map_value'], s['best_map_epoch']) == (0.50, 1)
+    assert (s['best_map50'], s['best_epoch'], s['final_map']) == (0.76, 2, 0.49)  # mAP50's own figures stay
+    row = {'setting': 'freeze10', 'wall_s': 100.0, 's_per_epoch': 5.0, 'peak_rss_mb': 1500.0, 'peak_cuda_mb': 800.0,
+           **s}
+    opt = SimpleNamespace(weights='w/yolov5s.pt', data='data/voc.yaml', epochs=3, imgsz=640, batch_size=16, seed=0,
+                          hyp=None, device='0', jobs=1)
+    table = study.markdown_table([{**row, 's_per_epoch': 10.0, 'setting': 'freeze0'}, row], opt)
+    assert '| setting | zero-shot AP50 | zero-shot mAP50-95 | final AP50 | final mAP50-95 | best AP50 (epoch) | ' \
+           'best mAP50-95 (epoch) | lowest AP50 | final - zero-shot AP50 | wall s | s/epoch | speedup | ' \
+           'peak RSS MB | peak CUDA MB |' in table and 'VOC devkit AP50' in table
+    assert '| freeze10 | 0.720 | 0.480 | 0.740 | 0.490 | 0.760 (2) | 0.500 (2) | 0.690 | +0.020 | 100 | 5.0 | ' \
+           '2.00x | 1,500 | 800 |' in table
+    assert study.plot_curves([row], tmp_path / 'voc.png').is_file()
+    plain = voc_csv(tmp_path / 'plain.csv', ((-1, 0.5, 0.3, ''), (0, 0.5, 0.3, '')))
+    assert study.read_voc_curve(plain) is None and 'voc_curve' not in study.summarise(study.read_curve(plain))
+
+
+SHARED = ROOT.parent / 'shared'
+VOC07 = SHARED / 'data' / 'voc07mini' / 'VOCdevkit' / 'VOC2007'
+
+
+@pytest.mark.skipif(not (VOC07.is_dir() and (SHARED / 'weights' / 'yolov5n.pt').is_file()),
+                    reason='needs ../shared/data/voc07mini and ../shared/weights/yolov5n.pt')
+def test_tiny_voc_study_end_to_end(tmp_path, monkeypatch):
+    """One setting, one epoch at 96 px on 8 + 4 VOC2007 images: the worker's results.csv reaches the VOC table,
+    the JSON and the PNG."""
+    import json
+    import os
+    year = tmp_path / 'voc' / 'VOCdevkit' / 'VOC2007'
+    (year / 'ImageSets' / 'Main').mkdir(parents=True)
+    for d in ('JPEGImages', 'Annotations'):
+        os.symlink(VOC07 / d, year / d)
+    for split, n in (('trainval', 8), ('test', 4)):
+        ids = (VOC07 / 'ImageSets' / 'Main' / f'{split}.txt').read_text().split()[:n]
+        (year / 'ImageSets' / 'Main' / f'{split}.txt').write_text(''.join(f'{i}\n' for i in ids))
+    names = (SHARED / 'data' / 'voc07mini' / 'voc07mini.yaml').read_text().split('names:')[1].strip()
+    data = tmp_path / 'voc' / 'tiny_voc.yaml'
+    data.write_text('path: .\nformat: voc\neval: voc07\ntrain: VOCdevkit/VOC2007/ImageSets/Main/trainval.txt\n'
+                    f'val: VOCdevkit/VOC2007/ImageSets/Main/test.txt\nnc: 20\nnames: {names}\n')
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the worker process: no spin-waiting threads on a busy machine
+    out = tmp_path / 'out' / 'transfer'
+    study.main(['--data', str(data), '--weights', str(SHARED / 'weights' / 'yolov5n.pt'), '--epochs', '1',
+                '--imgsz', '96', '--batch-size', '4', '--workers', '0', '--device', 'cpu', '--settings', 'freeze10',
+                '--project', str(tmp_path / 'runs'), '--out', str(out)])
+    table = out.with_suffix('.md').read_text()
+    assert 'zero-shot AP50' in table and '| freeze10 | ' in table and '1.00x' in table
+    row = json.loads(out.with_suffix('.json').read_text())['results'][0]
+    assert [e for e, _ in row['voc_curve']] == [-1, 0] and 0 <= row['zero_shot_voc'] <= 1
+    assert row['best_voc_epoch'] == 0 and row['voc_change'] == pytest.approx(row['final_voc'] - row['zero_shot_voc'])
+    assert out.with_suffix('.png').is_file()

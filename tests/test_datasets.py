@@ -71,6 +71,34 @@ def test_missing_yaml_file(tmp_path):
         check_dataset(tmp_path / 'nope.yaml')
 
 
+def test_datasets_env_reroots_built_in_yamls_only(tmp_path, monkeypatch, capsys):
+    """$YOLOV5_FREEZE_DATASETS moves data/*.yaml's ``../datasets/...`` roots, bare names included; nothing else."""
+    from utils.data.config import REPO, datasets_override
+    main = tmp_path / 'ds' / 'VOC' / 'VOCdevkit' / 'VOC2007' / 'ImageSets' / 'Main'
+    main.mkdir(parents=True)
+    (main / 'test.txt').write_text('000001\n')
+    (main / 'trainval.txt').write_text('000002\n')  # every source present: voc.yaml's download: stays unused
+    main12 = tmp_path / 'ds' / 'VOC' / 'VOCdevkit' / 'VOC2012' / 'ImageSets' / 'Main'
+    main12.mkdir(parents=True)
+    (main12 / 'trainval.txt').write_text('2008_000001\n')
+    monkeypatch.setenv('YOLOV5_FREEZE_DATASETS', str(tmp_path / 'ds'))
+    for name in ('voc.yaml', REPO / 'data' / 'voc.yaml'):
+        d = check_dataset(name)
+        assert d['path'] == tmp_path / 'ds' / 'VOC' and d['eval'] == 'voc07'
+        assert d['val'] == [str(main / 'test.txt')] and d['train'][1].endswith('VOC2012/ImageSets/Main/trainval.txt')
+    assert capsys.readouterr().out == ''  # says nothing extra
+    own = tmp_path / 'own' / 'd.yaml'
+    assert datasets_override('../datasets/x', own) == '../datasets/x'  # not a built-in YAML: as written
+    built_in = REPO / 'data' / 'coco.yaml'
+    assert datasets_override('../datasets/coco', built_in) == tmp_path / 'ds' / 'coco'
+    assert datasets_override('../other/coco', built_in) == '../other/coco'  # only ../datasets/ moves
+    assert datasets_override('/abs/coco', built_in) == '/abs/coco'
+    monkeypatch.setenv('YOLOV5_FREEZE_DATASETS', 'rel')  # relative to the working directory, not to data/
+    assert datasets_override('../datasets/VOC', built_in) == Path.cwd() / 'rel' / 'VOC'
+    monkeypatch.delenv('YOLOV5_FREEZE_DATASETS')
+    assert datasets_override('../datasets/VOC', built_in) == '../datasets/VOC'
+
+
 def test_hyp_files_have_yolov5_keys_and_defaults():
     scratch, finetune = load_hyp('data/hyps/hyp.scratch.yaml'), load_hyp('data/hyps/hyp.finetune.yaml')
     assert (scratch['lr0'], scratch['momentum'], scratch['box'], scratch['anchor_t'], scratch['mosaic']) == \

@@ -4,7 +4,7 @@ import pytest
 
 from utils.eval.metrics import (ConfusionMatrix, DetectionEvaluator, GroundTruth, ap_per_class, coco_iou, compute_ap,
                            fitness, match_detections, rank_within_class)
-from utils.eval.voc_eval import voc_ap, voc_iou, voc_match
+from utils.eval.voc_eval import DEVKIT_RECALLS_07, voc_ap, voc_iou, voc_match
 
 BOX_A = [10., 10., 50., 50.]
 BOX_B = [100., 100., 160., 140.]
@@ -108,6 +108,21 @@ def test_class_mismatch_is_never_a_match():
     assert not tp.any()
 
 
+# MATLAB's 0:0.1:1, element by element as MATLAB's colon operator makes it (symmetric about 0.5: the first half
+# counts up from 0, the second down from 1)
+MATLAB_0_01_1 = [0.0, 0.1, 0.2, 0.1 * 3, 0.4, 0.5, 1 - 0.4, 1 - 0.1 * 3, 0.8, 0.9, 1.0]
+
+
+def test_voc07_recall_levels_are_matlabs():
+    """A recall of exactly 3/5 reaches VOCap.m's level 0.6 (1 - 0.4 in MATLAB), though it falls short of
+    np.linspace's 0.6000000000000001; a recall of exactly 3/10 falls short of MATLAB's 0.30000000000000004 too."""
+    assert list(DEVKIT_RECALLS_07) == MATLAB_0_01_1 and 3 / 5 < np.linspace(0, 1, 11)[6]
+    recall, precision = np.array([0.2, 0.4, 0.6, 0.6]), np.array([1.0, 1.0, 0.75, 0.6])  # 5 positives
+    assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx((5 * 1 + 2 * 0.75) / 11)  # 0.5 and 0.6
+    recall, precision = np.array([0.1, 0.2, 0.3]), np.array([1.0, 1.0, 1.0])  # 10 positives, 3 found
+    assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx(3 / 11)  # 0, 0.1, 0.2: not 0.3
+
+
 def devkit_reference(images, nc, use_07):
     """Straight loop translation of VOCevaldet.m + VOCap.m (1-based loops replaced, same decisions)."""
     aps = []
@@ -147,7 +162,7 @@ def devkit_reference(images, nc, use_07):
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         rec, prec = tp / npos, tp / np.maximum(tp + fp, np.finfo(float).eps)
         if use_07:
-            aps.append(sum(max([p for p, r in zip(prec, rec) if r >= t], default=0) for t in np.arange(11) / 10) / 11)
+            aps.append(sum(max([p for p, r in zip(prec, rec) if r >= t], default=0) for t in MATLAB_0_01_1) / 11)
         else:
             mrec, mpre = [0, *rec, 1], [0, *prec, 0]
             for k in range(len(mpre) - 2, -1, -1):

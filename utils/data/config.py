@@ -5,9 +5,14 @@ Usage::
     data = check_dataset('data/shapes.yaml')   # resolves paths, generates the demo set, finds instances JSONs
     data = check_dataset('VOC.yaml')           # a name of ours in data/, any case: downloads VOC on first use
     hyp = load_hyp('data/hyps/hyp.scratch.yaml')
+
+``YOLOV5_FREEZE_DATASETS``: when set, a data YAML in the repo's data/ folder whose ``path:`` starts with
+``../datasets/`` (e.g. data/voc.yaml's ``../datasets/VOC``) finds its data under ``$YOLOV5_FREEZE_DATASETS/``
+(``$YOLOV5_FREEZE_DATASETS/VOC``) instead of <repo>/datasets/; other YAMLs and paths are left as written.
 """
 import difflib
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 from utils.freeze.class_map import check_class_map_spec
 from utils.data.download import ensure_dataset, parse_download, upstream_note
@@ -92,7 +97,7 @@ def check_dataset(data):
         cfg = load_yaml(yaml_file, 'data YAML')
     where = yaml_file or 'data dict'
     base = yaml_file.parent if yaml_file else Path.cwd()
-    root = _root(cfg.get('path'), base, where)
+    root = _root(datasets_override(cfg.get('path'), yaml_file), base, where)
     names, nc = _names_and_nc(cfg, where)
     fmt = _format(cfg, where)
     archives = parse_download(cfg.get('download'), root, where)  # checked even when the data are on disk
@@ -117,6 +122,18 @@ def check_dataset(data):
         out['names'], out['nc'] = _names_from_json(out, where)
     out['class_map'] = check_class_map_spec(cfg.get('class_map'), out['names'], where)
     return out
+
+
+def datasets_override(path, yaml_file):
+    """``path:`` of a built-in data YAML (data/*.yaml) under ``../datasets/`` re-rooted at $YOLOV5_FREEZE_DATASETS
+    when that is set (module docstring); any other ``path:`` as given."""
+    env = os.environ.get('YOLOV5_FREEZE_DATASETS')
+    if not env or not isinstance(path, str) or yaml_file is None or Path(yaml_file).resolve().parent != REPO / 'data':
+        return path
+    parts = PurePosixPath(path.replace('\\', '/')).parts
+    if parts[:2] != ('..', 'datasets'):
+        return path
+    return Path(env).expanduser().absolute().joinpath(*parts[2:])
 
 
 def _root(path, base, where):

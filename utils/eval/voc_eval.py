@@ -11,6 +11,12 @@ The devkit measures boxes in 1-based inclusive pixels and adds 1 to widths; our 
 """
 import numpy as np
 
+# VOCap.m's 11 recall levels are MATLAB's ``0:0.1:1``, which MATLAB builds symmetrically: k * 0.1 for the first
+# half, 1 - (10 - k) * 0.1 for the second. So 0.3 is 0.30000000000000004 but 0.6 and 0.7 are the doubles nearest
+# 0.6 and 0.7, and a recall of exactly 3/5 or 7/10 reaches them. (np.linspace(0, 1, 11) and the Python ports'
+# np.arange(0, 1.1, 0.1) give 0.6000000000000001 and 0.7000000000000001, which such a recall misses.)
+DEVKIT_RECALLS_07 = tuple(k * 0.1 if 2 * k < 10 else 1 - (10 - k) * 0.1 for k in range(11))
+
 
 def voc_iou(det_xyxy, gt_xyxy, pixel_offset=0.0):
     """(n, m) IoU with the devkit's optional +1 pixel convention."""
@@ -51,7 +57,7 @@ def voc_ap(recall, precision, use_07_metric=False):
     """VOCap: 11-point (VOC2007) or all-point area under the precision envelope (VOC2010+)."""
     recall, precision = np.asarray(recall, float), np.asarray(precision, float)
     if use_07_metric:
-        points = [precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.linspace(0, 1, 11)]
+        points = [precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in DEVKIT_RECALLS_07]
         return float(np.sum(points) / 11)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
