@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.data import download
+from utils.data import archives, download
 from utils.data.config import check_dataset, find_data_yaml
 from utils.fetch import fetch
 
@@ -268,7 +268,7 @@ def test_offline_names_the_url_and_where_to_put_the_files(tmp_path):
 
 def test_failure_mid_unpack_leaves_nothing_and_the_next_run_redoes_it(tmp_path, server, monkeypatch):
     entry = archive(server, 'voc.tar', make_tar(FILES))
-    real, calls = download._write_member, []
+    real, calls = archives._write_member, []
 
     def disk_full(src, target):
         calls.append(target)
@@ -276,32 +276,32 @@ def test_failure_mid_unpack_leaves_nothing_and_the_next_run_redoes_it(tmp_path, 
             raise OSError(28, 'No space left on device')
         real(src, target)
 
-    monkeypatch.setattr(download, '_write_member', disk_full)
+    monkeypatch.setattr(archives, '_write_member', disk_full)
     yml = data_yaml(tmp_path, [entry])
     msg = one_line_error(OSError, check_dataset, yml)
     assert 'unpacking voc.tar failed' in msg and 'No space left' in msg
     assert not (tmp_path / 'ds').exists()  # no half-unpacked data set
     assert sorted(p.name for p in staging(tmp_path).iterdir()) == ['.lock', 'voc.tar']  # kept, not refused
-    monkeypatch.setattr(download, '_write_member', real)
+    monkeypatch.setattr(archives, '_write_member', real)
     check_dataset(yml)
     assert (tmp_path / 'ds' / VAL).is_file() and len(server.requests) == 1  # unpacked from the kept archive
 
 
 def test_failure_while_moving_into_place_is_redone_next_run(tmp_path, server, monkeypatch, capsys):
     entry = archive(server, 'voc.tar', make_tar(FILES))
-    real = download._move
+    real = archives._move
 
     def move_then_crash(src, dst):
         real(src, dst)
         raise OSError(5, 'Input/output error')
 
-    monkeypatch.setattr(download, '_move', move_then_crash)
+    monkeypatch.setattr(archives, '_move', move_then_crash)
     yml = data_yaml(tmp_path, [entry])
     one_line_error(OSError, check_dataset, yml)
     assert (tmp_path / 'ds' / VAL).is_file()  # the sources are there, but the marker says the unpack is unfinished
     assert (staging(tmp_path) / 'voc.tar.merging').is_file()
     assert download.incomplete([str(tmp_path / 'ds' / VAL)], tmp_path / 'ds')
-    monkeypatch.setattr(download, '_move', real)
+    monkeypatch.setattr(archives, '_move', real)
     check_dataset(yml)
     assert 'an earlier unpack was cut short' in capsys.readouterr().out
     assert not staging(tmp_path).exists() and len(server.requests) == 1
