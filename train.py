@@ -66,8 +66,9 @@ def parse_opt(argv=None):
     p.add_argument('--patience', type=int, default=100, help='stop after this many epochs without improvement')
     p.add_argument('--freeze', nargs='+', default=['0'],
                    help="layers to freeze: N (first N), indices '0 1 2', 'backbone', 'all', or prefixes 'model.24.'")
-    p.add_argument('--freeze-bn-stats', default=None, choices=['true', 'false'],
-                   help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour)')
+    p.add_argument('--freeze-bn-stats', default=None, choices=['true', 'false', 'all'],
+                   help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour; all: '
+                        'every BatchNorm layer keeps its loaded statistics, trainable ones too)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--deterministic', action='store_true',

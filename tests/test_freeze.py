@@ -203,3 +203,28 @@ def test_freeze_plan_verify_catches_a_changed_tensor(model):
     ema['model.2.cv1.bn.running_var'] += 1
     with pytest.raises(RuntimeError, match='1 frozen tensors changed during training: EMA:model.2.cv1.bn.running_var'):
         plan.verify(model, ema, log=lambda s: None)
+
+
+def test_freeze_plan_all_bn_stats_fixes_every_batchnorm_while_weights_train(model):
+    from utils.freeze.plan import bn_stats_option
+    plan = FreezePlan.from_spec('2', model, bn_stats=bn_stats_option('all')).apply(model)
+    all_bn = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert model.frozen_bn == all_bn and plan.bn_names == ['model.0.bn', 'model.1.bn']
+    assert 'model.5.bn.running_mean' in plan.digests and 'model.5.conv.weight' not in plan.digests
+    model.train()
+    assert not any(m.training for n, m in model.named_modules() if n in all_bn)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(optimizer_param_groups(model), lr=0.1)
+    sum(o.sum() for o in model(torch.rand(2, 3, 64, 64))).backward()
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after if 'running_' in k or 'num_batches' in k)
+    assert not torch.equal(before['model.5.conv.weight'], after['model.5.conv.weight'])  # trainable: moved
+    assert torch.equal(before['model.0.conv.weight'], after['model.0.conv.weight'])  # frozen: not
+    assert plan.verify(model, log=lambda s: None) == len(plan.digests)
+    assert '--freeze-bn-stats all' in plan.report(model, 64)
+    plan.release(model, opt, 5e-4, start_iter=0, ramp_iters=1)
+    assert model.frozen_bn == all_bn  # released weights train; the statistics stay as loaded
+    again = FreezePlan.from_checkpoint({**plan.state_dict(), 'opt': {}, 'epoch': 3})
+    assert again.bn_stats == 'all' and again == plan
+    assert FreezePlan.from_checkpoint({'opt': {'freeze_bn_stats': 'all'}}).bn_stats == 'all'

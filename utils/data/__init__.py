@@ -1,7 +1,7 @@
 """The data wing: from a data YAML to loader batches.
 
-Owns data YAMLs and hyp files (``config``), their ``download:`` archives (``download``, ``archives``), a YAML's ``download:`` archives fetched and unpacked on first use
-(``download``), the label readers for YOLO txt, VOC XML and COCO JSON
+Owns data YAMLs and hyp files (``config``), their ``download:`` archives fetched and unpacked on first use
+(``download``, ``archives``), the label readers for YOLO txt, VOC XML and COCO JSON
 (``label_formats``), the scan that checks and caches them (``label_scan``, ``label_cache``), the dataset and loader
 (``datasets``), augmentation (``augment``), the built-in shapes set (``shapes``), ``--image-weights``
 (``sampling``), ``--multi-scale`` (``multiscale``), ``--cache disk`` (``disk_cache``) and the ``--imgsz`` check

@@ -171,12 +171,19 @@ def freeze_report(model, img_size=640):
     return '\n'.join(lines)
 
 
+def bn_stats_option(value):
+    """``--freeze-bn-stats`` as a plan's ``bn_stats``: 'true' -> True, 'false' -> False, 'all' -> 'all'."""
+    return {'true': True, 'false': False, 'all': 'all'}[str(value)]
+
+
 @dataclass
 class FreezePlan:
     """Everything a training run knows about freezing, in one place.
 
     ``prefixes``: the frozen parameter-name prefixes; ``bn_stats``: whether their BatchNorm layers stay in eval
-    mode (``--freeze-bn-stats``; False is upstream YOLOv5's behaviour); ``bn_names``: those BatchNorm modules;
+    mode (``--freeze-bn-stats``; False is upstream YOLOv5's behaviour; ``'all'``: every BatchNorm layer keeps the
+    statistics it was loaded with, frozen or not, while the weights of trainable layers still train, released
+    ones too); ``bn_names``: the BatchNorm modules of frozen parameters;
     ``digests``: SHA-256 of every frozen tensor when it was first frozen; ``released``: ``release`` has run.
     """
     prefixes: list = field(default_factory=list)
@@ -196,6 +203,7 @@ class FreezePlan:
         freeze(model, self.prefixes)
         self.bn_names = batchnorm_names(model, self.prefixes)
         model.frozen_bn = set(self.bn_names) if self.bn_stats else set()
+        self._fix_every_bn(model)
         model.train(model.training)  # released BatchNorms (bn_stats False) back to the model's mode
         if not self.digests:
             self.digests = tensor_digests(model, frozen_names(model))
@@ -211,8 +219,15 @@ class FreezePlan:
         warm up from LR 0 over ``ramp_iters`` iterations from ``start_iter`` (``utils.freeze.optim.replace_optimizer``
         turns them into an optimizer that keeps ``optimizer``'s state)."""
         unfreeze(model)
+        self._fix_every_bn(model)
         self.released = True
         return ramped_param_groups(model, optimizer, weight_decay, start_iter, ramp_iters)
+
+    def _fix_every_bn(self, model):
+        """With ``bn_stats == 'all'``: every BatchNorm layer in eval mode (statistics as loaded)."""
+        if self.bn_stats == 'all':
+            model.frozen_bn = set(batchnorm_names(model, ['']))
+            model.train(model.training)
 
     def verify(self, model, ema=None, files=(), log=print):
         """Every frozen tensor in ``model``, ``ema`` (a model or state_dict) and the EMA saved in each checkpoint
@@ -234,7 +249,10 @@ class FreezePlan:
     def report(self, model, img_size=640):
         """``freeze_report`` of the model, plus a line when frozen BatchNorm statistics keep updating."""
         text = freeze_report(model, img_size)
-        if self.bn_names and not self.bn_stats:
+        if self.bn_stats == 'all':
+            text += (f'\n--freeze-bn-stats all: every BatchNorm layer ({len(model.frozen_bn)}) keeps the statistics '
+                     f'it was loaded with; the weights of trainable layers still train')
+        elif self.bn_names and not self.bn_stats:
             text += (f'\n--freeze-bn-stats false: the {len(self.bn_names)} BatchNorm layers of frozen parameters '
                      f'keep updating their statistics (upstream YOLOv5)')
         return text
@@ -251,6 +269,6 @@ class FreezePlan:
         unfreeze_epoch = opt.get('unfreeze_epoch', -1)
         released = ckpt.get('frozen_released', 0 <= unfreeze_epoch <= ckpt.get('epoch', -1))
         return cls(prefixes=list(ckpt.get('frozen', [])),
-                   bn_stats=ckpt.get('freeze_bn_stats', str(opt.get('freeze_bn_stats', 'true')) == 'true'),
+                   bn_stats=ckpt.get('freeze_bn_stats', bn_stats_option(opt.get('freeze_bn_stats', 'true'))),
                    bn_names=list(ckpt.get('frozen_bn', [])), digests=dict(ckpt.get('frozen_sha256', {})),
                    released=released)

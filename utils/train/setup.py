@@ -27,7 +27,7 @@ from utils.data.datasets import create_dataloader
 from utils.weights.download import resolve_weights
 from utils.train.ema import ModelEMA
 from utils.train.engine import NOMINAL_BATCH, Learner, accumulate_steps, seed_everything
-from utils.freeze.plan import FreezePlan
+from utils.freeze.plan import FreezePlan, bn_stats_option
 from utils.train.loss import ComputeLoss, scale_loss_gains
 from utils.freeze.optim import build_optimizer, replace_optimizer
 from utils.eval.plots import plot_labels
@@ -113,7 +113,7 @@ def setup_model(run, config, ckpt=None):
         plan = FreezePlan.from_checkpoint(ckpt)
     else:
         model = build_model(run, config)
-        plan = FreezePlan.from_spec(run.opt.freeze, model, bn_stats=run.opt.freeze_bn_stats == 'true')
+        plan = FreezePlan.from_spec(run.opt.freeze, model, bn_stats=bn_stats_option(run.opt.freeze_bn_stats))
     plan.apply(model)
     run.log(plan.report(model, run.opt.imgsz))
     return model, plan
