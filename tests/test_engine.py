@@ -75,3 +75,21 @@ def test_momentum_reaches_its_target_after_warmup(model):
     assert all(g['momentum'] < 0.937 for g in opt.param_groups)
     set_lr(opt, 100, 1, 10, HYP, warmup_iters=100)
     assert all(g['momentum'] == 0.937 for g in opt.param_groups)
+
+
+def test_backbone_lr_scales_only_the_backbone_groups_through_warm_up_and_schedule():
+    from utils.freeze.optim import make_optimizer, optimizer_param_groups, scale_lr
+    from utils.freeze.plan import parse_freeze
+    model = Model('v6/yolov5n.yaml', nc=2)
+    assert scale_lr(optimizer_param_groups(model), model, ['model.0.'], 1.0) == optimizer_param_groups(model)
+    groups = scale_lr(optimizer_param_groups(model), model, parse_freeze('backbone', model), 0.1)
+    opt = make_optimizer(groups, 'SGD', 0.01, 0.937)
+    assert [g['name'] for g in opt.param_groups] == ['decay', 'decay', 'bn', 'bn', 'bias', 'bias']
+    backbone = {id(p) for n, p in model.named_parameters() if int(n.split('.')[1]) < 10}
+    for g in opt.param_groups:
+        assert all((id(p) in backbone) == ('lr_scale' in g) for p in g['params'])
+    hyp = {'lrf': 0.1, 'warmup_bias_lr': 0.1, 'warmup_momentum': 0.8, 'momentum': 0.937}
+    for ni in (5, 50):  # in the warm-up and after it
+        set_lr(opt, ni, 0, 10, hyp, warmup_iters=10)
+        lrs = [g['lr'] for g in opt.param_groups]
+        assert lrs[1] == pytest.approx(0.1 * lrs[0]) and lrs[5] == pytest.approx(0.1 * lrs[4]) and lrs[0] > 0

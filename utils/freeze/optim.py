@@ -31,6 +31,21 @@ def optimizer_param_groups(model, weight_decay=5e-4):
             {'params': biases, 'weight_decay': 0.0, 'name': 'bias'}]
 
 
+def scale_lr(groups, model, prefixes, scale):
+    """``groups`` with the parameters under ``prefixes`` split off into groups of their own whose LR is ``scale``
+    times the rest (``group['lr_scale']``, read by ``utils.train.engine.set_lr``); other keys (name, ramp) are
+    kept, the unscaled group of each kind comes first. ``scale`` 1: ``groups`` unchanged."""
+    if scale == 1:
+        return groups
+    under = {id(p) for n, p in model.named_parameters() if any((n + '.').startswith(q) for q in prefixes)}
+    out = []
+    for g in groups:
+        base = {k: v for k, v in g.items() if k != 'params'}
+        out.append({**base, 'params': [p for p in g['params'] if id(p) not in under]})
+        out.append({**base, 'params': [p for p in g['params'] if id(p) in under], 'lr_scale': scale})
+    return [g for g in out if g['params']]
+
+
 def make_optimizer(groups, name='SGD', lr=0.01, momentum=0.937):
     """A torch optimizer over ``groups`` (empty ones dropped); every group starts from ``initial_lr`` = lr."""
     groups = [g for g in groups if g['params']]

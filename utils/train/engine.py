@@ -51,6 +51,7 @@ def set_lr(optimizer, ni, epoch, epochs, hyp, warmup_iters, cos=False):
         if 'ramp' in g:  # newly unfrozen parameters warm up on their own
             start_iter, length = g['ramp']
             g['lr'] *= min(1.0, max(0.0, (ni - start_iter) / max(length, 1)))
+        g['lr'] *= g.get('lr_scale', 1.0)  # hyp backbone_lr: the backbone's share of the LR
 
 
 def warmup_iterations(hyp, nb, epochs):

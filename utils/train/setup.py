@@ -27,9 +27,9 @@ from utils.data.datasets import create_dataloader
 from utils.weights.download import resolve_weights
 from utils.train.ema import ModelEMA
 from utils.train.engine import NOMINAL_BATCH, Learner, accumulate_steps, seed_everything
-from utils.freeze.plan import FreezePlan, bn_stats_option
+from utils.freeze.plan import FreezePlan, bn_stats_option, parse_freeze
 from utils.train.loss import ComputeLoss, scale_loss_gains
-from utils.freeze.optim import build_optimizer, replace_optimizer
+from utils.freeze.optim import make_optimizer, optimizer_param_groups, replace_optimizer, scale_lr
 from utils.eval.plots import plot_labels
 from utils.freeze.transfer import class_rows_for, format_transfer_report, transfer_weights
 
@@ -167,13 +167,23 @@ def setup_learner(run, config, model, plan, imgsz):
                                opt.label_smoothing)
     nbs = hyp.get('nbs', NOMINAL_BATCH)
     weight_decay = hyp['weight_decay'] * opt.batch_size * accumulate_steps(opt.batch_size, nbs) / nbs
-    optimizer = build_optimizer(model, opt.optimizer, hyp['lr0'], hyp['momentum'], weight_decay)
+    groups = backbone_scaled(optimizer_param_groups(model, weight_decay), model, hyp)
+    optimizer = make_optimizer(groups, opt.optimizer, hyp['lr0'], hyp['momentum'])
+    if any('lr_scale' in g for g in groups):
+        run.log(f"backbone_lr {hyp['backbone_lr']}: the backbone's trainable parameters train at "
+                f"{hyp['backbone_lr']}x the LR")
     ema = ModelEMA(model) if run.main else None
     if ema:
         ema.set_frozen(plan.ema_skip)
         ema.ema.prefix_memo = PrefixMemo.for_frozen(model, run.device)  # validation reuses frozen layers' outputs
     scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
     return Learner(model, compute_loss, optimizer, scaler, ema), weight_decay
+
+
+def backbone_scaled(groups, model, hyp):
+    """Optimizer groups in which the backbone (the model YAML's backbone section) trains at ``hyp['backbone_lr']``
+    times the LR (optional hyp key, default 1: one LR for all)."""
+    return scale_lr(groups, model, parse_freeze('backbone', model), hyp.get('backbone_lr', 1.0))
 
 
 def release_layers(run, session, epoch, nb):
@@ -184,6 +194,7 @@ def release_layers(run, session, epoch, nb):
     model = getattr(learner.model, 'module', learner.model)
     groups = session.plan.release(model, learner.optimizer, session.weight_decay, start_iter=epoch * nb,
                                   ramp_iters=nb)
+    groups = backbone_scaled(groups, model, hyp)
     optimizer = replace_optimizer(learner.optimizer, groups, run.opt.optimizer, hyp['lr0'], hyp['momentum'])
     if learner.ema:
         learner.ema.set_frozen(session.plan.ema_skip)
