@@ -39,13 +39,13 @@ def test_train_writes_run_folder(tiny_data, tmp_path):
 
 def test_results_csv_has_one_header_when_unfreezing_changes_the_optimizer_groups(tiny_data, tmp_path):
     """--freeze all trains only the Detect head (no BatchNorm weights, so two optimizer groups); unfreezing at
-    epoch 1 adds the others. Rows used to grow from 13 to 14 cells and results.png crashed reading them."""
+    epoch 1 adds the others. Rows used to grow by a cell and results.png crashed reading them."""
     w = run_train(tmp_path, tiny_data, 'all', epochs=2, freeze=['all'], unfreeze_epoch=1, noplots=False,
                   noautoanchor=True)
     lines = (w.parent / 'results.csv').read_text().splitlines()
     assert lines[0].split(',') == list(COLUMNS) and len(lines) == 3
     rows = read_rows(w.parent / 'results.csv')
-    assert [r['epoch'] for r in rows] == [0, 1] and all(len(line.split(',')) == 14 for line in lines)
+    assert [r['epoch'] for r in rows] == [0, 1] and all(len(line.split(',')) == len(COLUMNS) for line in lines)
     assert math.isnan(rows[0]['x/lr1']) and rows[1]['x/lr1'] >= 0  # BN weights: frozen, then trained
     assert rows[0]['x/lr0'] > 0 and rows[0]['x/lr2'] > 0 and rows[1]['metrics/mAP_0.5'] >= 0
     assert (w.parent / 'results.png').is_file() and (w / 'best.pt').is_file()
