@@ -177,8 +177,10 @@ class Albumentations:
     """
 
     def __init__(self, p=0.01, seed=None):
+        import os
         import warnings
 
+        os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # its import asks the internet for a newer release
         import albumentations as A  # heavy import, only when augmenting
         with warnings.catch_warnings():  # all transforms are pixel-level, so A warns the bbox processor is idle
             warnings.simplefilter('ignore', UserWarning)
