@@ -68,7 +68,8 @@ def parse_opt(argv=None):
                    help="layers to freeze: N (first N), indices '0 1 2', 'backbone', 'all', or prefixes 'model.24.'")
     p.add_argument('--freeze-bn-stats', default=None, choices=['true', 'false', 'all'],
                    help='keep frozen layers\' BatchNorm statistics fixed (false: upstream YOLOv5 behaviour; all: '
-                        'every BatchNorm layer keeps its loaded statistics, trainable ones too)')
+                        'every BatchNorm layer keeps its loaded statistics, trainable ones too; default: all with '
+                        '--weights, else true)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--deterministic', action='store_true',
@@ -96,6 +97,8 @@ def fill_defaults(opt):
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)
+    if opt.freeze_bn_stats is None and opt.weights and not opt.resume:
+        opt.freeze_bn_stats = 'all'  # a pretrained start keeps every BatchNorm's statistics (hyp.transfer.yaml)
     for k, v in FILLED.items():
         if getattr(opt, k) is None:
             setattr(opt, k, v)

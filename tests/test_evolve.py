@@ -40,7 +40,7 @@ def test_default_space_has_upstream_ranges_and_freezing():
     assert (space['lr0'].low, space['lr0'].high, space['lr0'].log) == (1e-5, 1e-1, True)
     assert set(HYP_RANGES) <= set(space) and space['mosaic'].kind == 'float'
     assert set(space['freeze'].choices) == {'0', 'backbone', '10', 'all'}
-    assert space['freeze_bn_stats'].choices == ('true', 'false')
+    assert space['freeze_bn_stats'].choices == ('true', 'false', 'all')
     assert (space['unfreeze_epoch'].low, space['unfreeze_epoch'].high) == (-1, 9)
     scratch = space_for(weights='')  # from scratch: freezing is not searched unless asked
     assert scratch['freeze'].kind == 'fixed' and scratch['freeze'].value == '0'
@@ -77,7 +77,7 @@ def test_search_only_fixes_the_rest_at_the_base_recipe():
 
 @pytest.mark.parametrize('item, message', [
     ('lr=0.1', "unknown key 'lr'"), ('lr0=0.1:0.01', 'low is above high'),
-    ('unfreeze_epoch=12', 'unfreeze_epoch 12'), ('freeze_bn_stats=maybe', 'expected true or false'),
+    ('unfreeze_epoch=12', 'unfreeze_epoch 12'), ('freeze_bn_stats=maybe', 'expected true, false or all'),
     ('mosaic=lots', 'expected a number'), ('freeze=0:10', 'takes choices'), ('missing.yaml', 'no such file'), ('search=lr0,nope', 'unknown key')])
 def test_bad_narrowing_is_one_clear_line(item, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message) as e:

@@ -54,7 +54,8 @@ def test_results_csv_has_one_header_when_unfreezing_changes_the_optimizer_groups
 def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, tmp_path):
     src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
     start = load_checkpoint(src)['ema']
-    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], noautoanchor=True)
+    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], freeze_bn_stats='true',
+                  noautoanchor=True)
     end = load_checkpoint(w / 'last.pt')['ema']
     assert set(start) == set(end)
     changed_trainable = 0
@@ -65,6 +66,17 @@ def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, tmp_path):
             changed_trainable += not torch.equal(v, end[k])
     n_trainable = sum(1 for k in start if int(k.split('.')[1]) >= 10 and k.endswith(('.weight', 'running_mean')))
     assert changed_trainable == n_trainable
+
+
+def test_pretrained_start_keeps_every_batchnorm_statistic_by_default(tiny_data, tmp_path):
+    """The VOC recipe: from --weights, trainable layers train their weights but keep the loaded BN statistics."""
+    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+    start = load_checkpoint(src)['ema']
+    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], noautoanchor=True)
+    end = load_checkpoint(w / 'last.pt')['ema']
+    stats = [k for k in start if k.endswith(('running_mean', 'running_var'))]
+    assert stats and all(torch.equal(start[k], end[k]) for k in stats)
+    assert not torch.equal(start['model.13.cv1.conv.weight'], end['model.13.cv1.conv.weight'])
 
 
 def test_upstream_bn_behaviour_is_opt_in(tiny_data, tmp_path):

@@ -18,7 +18,8 @@ def test_tutorial_command_without_weights_is_told_it_trains_from_scratch():
 
 def test_explicit_choices_matching_upstream_say_nothing():
     assert notes(['--data', 'coco128.yaml', '--weights', '']) == []
-    assert notes(['--data', 'coco128.yaml', '--weights', 'yolov5s.pt', '--hyp', 'hyp.scratch-low.yaml']) == []
+    assert notes(['--data', 'coco128.yaml', '--weights', 'yolov5s.pt', '--hyp', 'hyp.scratch-low.yaml',
+                  '--freeze-bn-stats', 'false']) == []
     assert notes(['--data', 'x.yaml', '--weights', 'a.pt', '--freeze', '10', '--freeze-bn-stats', 'true',
                   '--hyp', 'hyp.scratch-low.yaml']) == []
     assert format_differences([]) is None
@@ -37,6 +38,11 @@ def test_defaults_filled_after_the_note():
     assert (opt.epochs, opt.imgsz, opt.batch_size, opt.optimizer) == (100, 640, 16, 'SGD')  # upstream's
     assert train.fill_defaults(train.parse_opt(['--data', 'x.yaml', '--weights', 'a.pt'])).hyp.endswith(
         'hyp.transfer.yaml')  # a pretrained start: the fine-tune recipe
+    pretrained = train.fill_defaults(train.parse_opt(['--data', 'x.yaml', '--weights', 'a.pt']))
+    assert pretrained.freeze_bn_stats == 'all'  # ... which keeps every BatchNorm's statistics as loaded
+    assert train.fill_defaults(train.parse_opt(['--data', 'x.yaml', '--weights', 'a.pt', '--freeze-bn-stats',
+                                                'true'])).freeze_bn_stats == 'true'
+    assert "keeps every BatchNorm layer's statistics" in ' '.join(notes(['--data', 'x.yaml', '--weights', 'a.pt']))
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -26,7 +26,7 @@ HYP_RANGES = {
 LOG_SCALE = {'lr0'}
 FREEZE_CHOICES = ('0', 'backbone', '10', 'all')  # none, backbone, YOLOv5's first 10 layers, all but Detect
 FREEZE_KEYS = ('freeze', 'freeze_bn_stats', 'unfreeze_epoch')  # training options rather than hyp keys
-CONDITIONAL = ('freeze_bn_stats', 'unfreeze_epoch')  # only meaningful when something is frozen
+CONDITIONAL = ('unfreeze_epoch',)  # only meaningful when something is frozen
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def default_space(hyp, opt):
     base_freeze = freeze_value(opt.freeze)
     if opt.weights:
         space['freeze'] = Param('freeze', 'choice', choices=tuple(dict.fromkeys(FREEZE_CHOICES + (base_freeze,))))
-        space['freeze_bn_stats'] = Param('freeze_bn_stats', 'choice', choices=('true', 'false'))
+        space['freeze_bn_stats'] = Param('freeze_bn_stats', 'choice', choices=('true', 'false', 'all'))
         space['unfreeze_epoch'] = Param('unfreeze_epoch', 'int', -1, opt.epochs - 1)
     else:
         space['freeze'] = Param('freeze', 'fixed', value=base_freeze)
@@ -196,8 +196,8 @@ def build_space(hyp, opt, items=None):
     space = apply_overrides(default_space(hyp, opt), read_overrides(items), opt.epochs)
     space = fill_fixed(space, base_values(hyp, opt))
     for v in _values(space['freeze_bn_stats']):
-        if v not in ('true', 'false'):
-            raise ValueError(f"--evolve-space: freeze_bn_stats={v}: expected true or false")
+        if v not in ('true', 'false', 'all'):
+            raise ValueError(f"--evolve-space: freeze_bn_stats={v}: expected true, false or all")
     return space
 
 
@@ -206,11 +206,14 @@ def _values(p):
 
 
 def suggest(space, trial):
-    """Sample one recipe: {hyp key: value, 'freeze': spec, 'freeze_bn_stats': 'true'|'false', 'unfreeze_epoch': n}.
-    The BatchNorm choice and the unfreeze epoch are only sampled when the trial freezes something."""
+    """Sample one recipe: {hyp key: value, 'freeze': spec, 'freeze_bn_stats': 'true'|'false'|'all',
+    'unfreeze_epoch': n}. The unfreeze epoch is only sampled when the trial freezes something; with nothing frozen
+    'true' and 'false' are the same recipe, written 'true'."""
     values = {k: p.suggest(trial) for k, p in space.items() if k not in CONDITIONAL}
     if values['freeze'] in ('0', ''):
-        values.update(freeze='0', freeze_bn_stats='true', unfreeze_epoch=-1)
+        values.update(freeze='0', unfreeze_epoch=-1)
+        if values['freeze_bn_stats'] == 'false':
+            values['freeze_bn_stats'] = 'true'
     else:
         values.update({k: space[k].suggest(trial) for k in CONDITIONAL})
     return values

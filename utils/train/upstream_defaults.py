@@ -17,7 +17,10 @@ def upstream_differences(opt):
     if opt.weights and opt.hyp is None and not opt.resume:
         notes.append('a pretrained start uses the fine-tune recipe data/hyps/hyp.transfer.yaml (upstream: '
                      'hyp.scratch-low.yaml: --hyp hyp.scratch-low.yaml)')
-    if [str(f) for f in opt.freeze] != ['0'] and opt.freeze_bn_stats is None:
+    if opt.weights and not opt.resume and opt.freeze_bn_stats is None:
+        notes.append("a pretrained start keeps every BatchNorm layer's statistics as loaded (upstream updates "
+                     "them: --freeze-bn-stats false)")
+    elif [str(f) for f in opt.freeze] != ['0'] and opt.freeze_bn_stats is None:
         notes.append("frozen layers keep their BatchNorm statistics (upstream lets them drift: "
                      "--freeze-bn-stats false)")
     if opt.image_weights:
