@@ -274,10 +274,18 @@ def main(argv=None):
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(opt.jobs) as pool:
             rows = list(pool.map(lambda s: run_setting(opt, *s), settings))
-    else:
-        rows = [run_setting(opt, name, flags) for name, flags in settings]
+    else:  # the files are rewritten after each setting, so a long study stopped early keeps what it measured
+        rows = []
+        for name, flags in settings:
+            rows.append(run_setting(opt, name, flags))
+            if len(rows) < len(settings):
+                write_outputs(rows, opt, quiet=True)
+    write_outputs(rows, opt)
+
+
+def write_outputs(rows, opt, quiet=False):
+    """The study's table (printed unless ``quiet``), JSON and per-epoch PNG at ``opt.out``."""
     table = markdown_table(rows, opt)
-    print(table)
     out = Path(opt.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix('.md').write_text(table)
@@ -285,7 +293,9 @@ def main(argv=None):
     out.with_suffix('.json').write_text(json.dumps({'config': config, 'machine': platform.platform(),
                                                     'results': rows}, indent=2))
     plot_curves(rows, out.with_suffix('.png'))
-    print(f'wrote {out}.md, {out}.json, {out}.png')
+    if not quiet:
+        print(table)
+        print(f'wrote {out}.md, {out}.json, {out}.png')
 
 
 if __name__ == '__main__':

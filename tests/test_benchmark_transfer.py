@@ -99,11 +99,18 @@ def test_tiny_voc_study_end_to_end(tmp_path, monkeypatch):
                     f'val: VOCdevkit/VOC2007/ImageSets/Main/test.txt\nnc: 20\nnames: {names}\n')
     monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the worker process: no spin-waiting threads on a busy machine
     out = tmp_path / 'out' / 'transfer'
+    written, write = [], study.write_outputs  # the files after each setting: a stopped study keeps its rows
+    monkeypatch.setattr(study, 'write_outputs', lambda rows, opt, quiet=False: (
+        written.append((len(rows), quiet, json.loads(out.with_suffix('.json').read_text())['results']
+                        if out.with_suffix('.json').exists() else None)), write(rows, opt, quiet)))
     study.main(['--data', str(data), '--weights', str(SHARED / 'weights' / 'yolov5n.pt'), '--epochs', '1',
                 '--imgsz', '96', '--batch-size', '4', '--workers', '0', '--device', 'cpu', '--settings', 'freeze10',
-                '--project', str(tmp_path / 'runs'), '--out', str(out)])
+                'all-but-detect', '--project', str(tmp_path / 'runs'), '--out', str(out)])
+    assert [(n, quiet) for n, quiet, _ in written] == [(1, True), (2, False)] and written[0][2] is None
+    assert len(written[1][2]) == 1  # what the first write left on disk: freeze10's row
     table = out.with_suffix('.md').read_text()
-    assert 'zero-shot AP50' in table and '| freeze10 | ' in table and '1.00x' in table
+    assert 'zero-shot AP50' in table and '| freeze10 | ' in table and '| all-but-detect | ' in table
+    assert '1.00x' in table
     row = json.loads(out.with_suffix('.json').read_text())['results'][0]
     assert [e for e, _ in row['voc_curve']] == [-1, 0] and 0 <= row['zero_shot_voc'] <= 1
     assert row['best_voc_epoch'] == 0 and row['voc_change'] == pytest.approx(row['final_voc'] - row['zero_shot_voc'])
