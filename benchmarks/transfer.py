@@ -23,9 +23,10 @@ Markdown table, JSON and a PNG of mAP50 per epoch (default benchmarks/results/tr
 --data, the coco64 transfer set is built first (``python -m utils.freeze.transfer_set``).
 
 Data with a VOC rule (``eval: voc07|voc12``, e.g. data/voc.yaml) fill results.csv's ``metrics/voc_mAP_0.5`` every
-epoch, zero-shot row included; the study then reports the VOC devkit AP50 instead of mAP50: zero-shot, final,
-best (with its epoch) and lowest over the epochs, the final's change against zero-shot, next to zero-shot, final
-and best mAP50-95; the PNG draws devkit AP50 per epoch.
+validated epoch, zero-shot row included; the study then reports the VOC devkit AP50 instead of mAP50: zero-shot,
+final, best (with its epoch) and lowest over the epochs, the final's change against zero-shot, next to zero-shot,
+final and best mAP50-95; the PNG draws devkit AP50 per epoch. Epochs that train.py's --val-every skipped (empty
+metric cells) are left out of the curves.
 """
 import argparse
 import csv
@@ -87,18 +88,21 @@ def mapping_off_data(data, out_dir):
     return path
 
 
-def read_curve(csv_path):
-    """[(epoch, mAP50, mAP50-95)] from a results.csv, by column name."""
+def validated_rows(csv_path):
+    """The rows of a results.csv with metrics (an epoch that --val-every skipped has empty metric cells)."""
     with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    return [(int(float(r['epoch'])), float(r[MAP50]), float(r[MAP])) for r in rows]
+        return [r for r in csv.DictReader(f) if r.get(MAP50)]
+
+
+def read_curve(csv_path):
+    """[(epoch, mAP50, mAP50-95)] of the validated epochs of a results.csv, by column name."""
+    return [(int(float(r['epoch'])), float(r[MAP50]), float(r[MAP])) for r in validated_rows(csv_path)]
 
 
 def read_voc_curve(csv_path):
-    """[(epoch, VOC devkit AP50)] from a results.csv, or None when the run had no VOC rule (the column is empty
-    or, in an older results.csv, absent)."""
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
+    """[(epoch, VOC devkit AP50)] of the validated epochs of a results.csv, or None when the run had no VOC rule
+    (the column is empty or, in an older results.csv, absent)."""
+    rows = validated_rows(csv_path)
     if not rows or not all(r.get(VOC50) for r in rows):
         return None
     return [(int(float(r['epoch'])), float(r[VOC50])) for r in rows]

@@ -41,6 +41,19 @@ def test_curve_and_table(tmp_path):
     assert study.plot_curves([row], tmp_path / 'c.png').is_file()
 
 
+def test_curves_leave_out_the_epochs_val_every_skipped(tmp_path):
+    """A --val-every 2 run: epoch 0 has train losses but empty metric cells; it is in neither curve."""
+    csv = tmp_path / 'results.csv'
+    append_row(csv, {'epoch': -1, 'metrics/mAP_0.5': 0.5, 'metrics/mAP_0.5:0.95': 0.3, 'metrics/voc_mAP_0.5': 0.45})
+    append_row(csv, {'epoch': 0, 'train/box_loss': 0.1, 'x/lr0': 0.01})
+    append_row(csv, {'epoch': 1, 'train/box_loss': 0.09, 'metrics/mAP_0.5': 0.6, 'metrics/mAP_0.5:0.95': 0.4,
+                     'metrics/voc_mAP_0.5': 0.55})
+    assert study.read_curve(csv) == [(-1, 0.5, 0.3), (1, 0.6, 0.4)]
+    assert study.read_voc_curve(csv) == [(-1, 0.45), (1, 0.55)]
+    s = study.summarise(study.read_curve(csv), study.read_voc_curve(csv))
+    assert (s['final_map50'], s['best_epoch'], s['final_voc']) == (0.6, 1, 0.55)
+
+
 def voc_csv(path, rows):
     for epoch, m50, m, voc in rows:
         append_row(path, {'epoch': epoch, 'metrics/mAP_0.5': m50, 'metrics/mAP_0.5:0.95': m,

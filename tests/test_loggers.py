@@ -1,11 +1,13 @@
 """TensorBoard logger: scalars and images read back from the events file; off in one line without the package."""
 import math
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
+from utils.eval.results_csv import epoch_row
 from utils.train.loggers import TensorBoardLogger
 
 
@@ -55,6 +57,21 @@ def test_baseline_from_an_object_with_attributes(tmp_path):
     tb.log_baseline(Result())
     tb.close()
     assert round(read_events(tmp_path).Scalars('baseline/mAP_0.5')[0].value, 5) == 0.7
+
+
+def test_epochs_val_every_skipped_log_train_losses_and_no_metrics(tmp_path):
+    """The metric curves get a point at validated epochs only (a skipped epoch's row has no metric cells)."""
+    pytest.importorskip('torch.utils.tensorboard', reason='tensorboard not installed')
+    result = SimpleNamespace(p=0.5, r=0.25, map50=0.4, map=0.2, losses=(0.1, 0.2, 0.3))
+    tb = TensorBoardLogger.open(tmp_path, log=lambda *a: None)
+    for epoch in range(3):
+        tb.log_epoch(epoch_row(epoch, (1.0, 2.0, 3.0), result, [{'name': 'decay', 'lr': 0.01}],
+                               validated=epoch % 2 == 1))
+    tb.close()
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Scalars('metrics/mAP_0.5')] == [1]
+    assert [e.step for e in acc.Scalars('val/box_loss')] == [1]
+    assert [e.step for e in acc.Scalars('train/box_loss')] == [0, 1, 2]
 
 
 def test_without_tensorboard_one_line_and_nothing_written(tmp_path, monkeypatch):

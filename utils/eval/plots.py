@@ -163,22 +163,31 @@ def _draw_boxes(tile, rows, size, scale, names, conf_thres):
 
 def plot_results(csv_path):
     """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch, columns read by name."""
-    from utils.eval.results_csv import PLOTTED, read_rows
+    from utils.eval.results_csv import read_rows
     csv_path = Path(csv_path)
     rows = read_rows(csv_path)
     if not rows:
         return None
+    return _save(results_figure(rows), csv_path.with_name('results.png'))
+
+
+def results_figure(rows):
+    """The figure of results.png from results.csv rows ({column: float}): one panel per plotted column, each
+    drawing the epochs whose cell is filled (an epoch --val-every skipped has empty metric cells)."""
+    from utils.eval.results_csv import PLOTTED
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 6), tight_layout=True)
     epochs = np.array([r.get('epoch', np.nan) for r in rows]) + 1
     start = [r for r in rows if r.get('epoch', 0) < 0]  # a pretrained start's zero-shot row (epoch -1)
     for ax, key in zip(fig.subplots(2, 5).ravel(), PLOTTED):
-        ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker='.', linewidth=2)
+        values = np.array([r.get(key, np.nan) for r in rows], float)
+        filled = np.isfinite(values)
+        ax.plot(epochs[filled], values[filled], marker='.', linewidth=2)
         ax.set_title(key, fontsize=10)
         if start and np.isfinite(start[0].get(key, np.nan)):
             ax.axhline(start[0][key], color='grey', linestyle='--', linewidth=1, label='zero-shot (epoch 0)')
             ax.legend(fontsize=7)
-    return _save(fig, csv_path.with_name('results.png'))
+    return fig
 
 
 def plot_labels(labels, names, save_dir):

@@ -4,6 +4,8 @@ The header never depends on the optimizer: ``x/lr0``, ``x/lr1``, ``x/lr2`` are t
 YOLOv5 parameter kinds (weights with decay, BatchNorm weights, biases). A kind with no trainable parameters
 (e.g. BatchNorm weights while every BN layer is frozen) leaves its cell empty; read back it is NaN.
 ``metrics/voc_mAP_0.5`` is the VOC devkit AP50 of data with ``eval: voc07|voc12`` (empty for other data).
+An epoch that ``--val-every`` does not validate keeps its train losses and LRs and leaves the metric and val-loss
+cells empty: readers skip empty cells (NaN from ``read_rows``).
 """
 import csv
 import math
@@ -15,14 +17,16 @@ PLOTTED = COLUMNS[1:11]  # losses and metrics; results.png has one panel for eac
 LR_COLUMNS = {'decay': 'x/lr0', 'bn': 'x/lr1', 'bias': 'x/lr2'}  # param_group['name'] -> column
 
 
-def epoch_row(epoch, train_losses, result, param_groups):
-    """The row of one epoch: train losses (box, obj, cls), an ``EvalResult`` (None: not validated, written as
-    zeros) and the optimizer's param groups (the first group of each kind gives its LR)."""
+def epoch_row(epoch, train_losses, result, param_groups, validated=True):
+    """The row of one epoch: train losses (box, obj, cls), an ``EvalResult`` (None: --noval, written as zeros)
+    and the optimizer's param groups (the first group of each kind gives its LR). ``validated=False``: an epoch
+    that --val-every skips; its metric and val-loss cells stay empty."""
     row = {'epoch': epoch}
     row.update(zip(('train/box_loss', 'train/obj_loss', 'train/cls_loss'), train_losses))
-    metrics = (result.p, result.r, result.map50, result.map, *result.losses) if result else (0.0,) * 7
-    row.update(zip(COLUMNS[4:11], metrics))
-    if getattr(result, 'voc_map', None) is not None:
+    if validated:
+        metrics = (result.p, result.r, result.map50, result.map, *result.losses) if result else (0.0,) * 7
+        row.update(zip(COLUMNS[4:11], metrics))
+    if validated and getattr(result, 'voc_map', None) is not None:
         row['metrics/voc_mAP_0.5'] = float(result.voc_map)
     for g in param_groups:
         column = LR_COLUMNS.get(g.get('name'))
