@@ -21,6 +21,7 @@ from utils.train.phases import PhaseTimer
 from utils.runs import configure_determinism, init_distributed
 from utils.train.trainer import Run, prepare_run_dir, train
 from utils.train.upstream_defaults import format_differences, upstream_differences
+from utils.train.val_schedule import SAVED_BEFORE_THE_FLAG, parse_val_every, val_every_of
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -47,6 +48,9 @@ def parse_opt(argv=None):
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run, or this last.pt')
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--noval', action='store_true', help='only validate after the final epoch')
+    p.add_argument('--val-every', type=val_every_flag, default='auto', metavar='K',
+                   help='validate every K epochs and the last; auto: every epoch for runs of at most 10 epochs, '
+                        'else every min(5, epochs // 10); 1: every epoch (upstream)')
     p.add_argument('--noautoanchor', action='store_true', help='disable the anchor check')
     p.add_argument('--noplots', action='store_true', help='save no plots')
     p.add_argument('--cache', nargs='?', const='ram', default=None,
@@ -88,6 +92,14 @@ def parse_opt(argv=None):
     return p.parse_args(argv)
 
 
+def val_every_flag(text):
+    """--val-every's argparse type: a bad value is argparse's one-line error naming the flag."""
+    try:
+        return parse_val_every(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def fill_defaults(opt):
     """YOLOv5's defaults (hyp.transfer.yaml when starting from --weights), except without --data: then the built-in
     demo (v6/yolov5n, shapes, 192 px, 15 epochs, hyp.shapes.yaml) for every option left unset, so
@@ -116,6 +128,10 @@ def check_options(opt, world_size, device=None):
             raise ValueError(f'{flag} {value}: must be at least {low}')
     if opt.batch_size == 0:
         raise ValueError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
+    try:
+        parse_val_every(val_every_of(opt))  # train.run(val_every=...) is not parsed by argparse
+    except ValueError as e:
+        raise ValueError(f'--val-every {val_every_of(opt)}: {e}') from None
     if opt.cache not in (None, 'ram', 'disk'):
         raise ValueError(f"--cache {opt.cache}: must be 'ram' or 'disk'")
     if opt.unfreeze_epoch >= opt.epochs:
@@ -143,7 +159,8 @@ def resume_options(opt):
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
         raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
-    saved = argparse.Namespace(**{**vars(parse_opt([])), **ckpt['opt']})  # options newer than the run: defaults
+    # options newer than the run: defaults, except --val-every: such a run validated every epoch
+    saved = argparse.Namespace(**{**vars(parse_opt([])), 'val_every': SAVED_BEFORE_THE_FLAG, **ckpt['opt']})
     saved.device, saved.workers, saved.resume = opt.device, opt.workers, str(path)
     return saved, ckpt
 

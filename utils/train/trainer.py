@@ -1,7 +1,8 @@
 """One training run: the epoch loop, checkpoints, verification (set-up: utils/train/setup.py).
 
-``train.py`` parses the command line and calls ``train(run)``; each epoch is measured by
-``utils.eval.evaluator.evaluate`` and logged to results.csv by column name (utils/eval/results_csv.py).
+``train.py`` parses the command line and calls ``train(run)``; each epoch is logged to results.csv by column name
+(utils/eval/results_csv.py), measured by ``utils.eval.evaluator.evaluate`` when --val-every validates it
+(utils/train/val_schedule.py).
 """
 import os
 import signal
@@ -26,6 +27,7 @@ from utils.eval.plots import plot_images, plot_results
 from utils.eval.results_csv import append_row, epoch_row
 from utils.runs import cudnn_autotune, increment_path
 from utils.train.setup import release_layers, setup, wrap_ddp, write_options
+from utils.train.val_schedule import is_validated, schedule_note, val_every_of, val_interval
 
 
 RESULTS_PLOT_EVERY_S = 300  # results.png: drawn at the end (or a stop) and, in between, at most this often
@@ -44,6 +46,7 @@ class Run:
         self.save_dir = self.weights_dir = None  # prepare_run_dir
         self.tb = TensorBoardLogger()  # off until train() opens it in the main process
         self.on_epoch_end = None  # optional callback(epoch, fitness) after each validated epoch (--evolve)
+        self.val_interval = val_interval(val_every_of(opt), opt.epochs)  # --val-every K, resolved
         self.results_plotted = time.time()  # when results.png was last drawn (see RESULTS_PLOT_EVERY_S)
 
 
@@ -100,7 +103,11 @@ def zero_shot(run, session):
 
 
 def end_epoch(run, session, epoch, losses, final):
-    """Validate, log results.csv, save last/best. Returns True when early stopping says stop."""
+    """Validate (unless --val-every skips this epoch), log results.csv, save last/best. Returns True when early
+    stopping says stop."""
+    if not validation_due(run, epoch):
+        with run.phases.phase('checkpoint and plots', epoch):
+            return log_and_save(run, session, epoch, losses, None, final, validated=False)
     with run.phases.phase('val', epoch):
         result = validate_epoch(run, session, final)
     with run.phases.phase('checkpoint and plots', epoch):
@@ -110,22 +117,34 @@ def end_epoch(run, session, epoch, losses, final):
     return stop
 
 
-def log_and_save(run, session, epoch, losses, result, final):
-    """results.csv, TensorBoard, results.png, best fitness, last/best.pt. Returns True when early stopping says stop."""
-    fit = result.fitness if result is not None else 0.0
-    row = epoch_row(epoch, losses, result, session.learner.optimizer.param_groups)
+def validation_due(run, epoch):
+    """Whether ``epoch`` goes through validation: by --val-every's schedule (the last epoch always); with --noval
+    every epoch does, as before the flag (validate_epoch then skips all but the last, logging zeros)."""
+    return run.opt.noval or is_validated(epoch, run.val_interval, run.opt.epochs)
+
+
+def log_and_save(run, session, epoch, losses, result, final, validated=True):
+    """results.csv, TensorBoard, results.png, best fitness, last/best.pt. Returns True when early stopping says
+    stop. An epoch that is not ``validated`` (--val-every) logs its train losses only and is never best or a stop."""
+    row = epoch_row(epoch, losses, result, session.learner.optimizer.param_groups, validated=validated)
     append_row(run.save_dir / 'results.csv', row)
     run.tb.log_epoch(row)
-    progress = session.progress
-    improved = fit >= progress.best_fitness
-    if improved:
-        progress.best_fitness, progress.best_epoch = fit, epoch
-    stop = epoch - progress.best_epoch >= run.opt.patience
+    improved, stop = track_best(run, session.progress, epoch, result) if validated else (False, False)
     if not run.opt.noplots and (final or stop or time.time() - run.results_plotted >= RESULTS_PLOT_EVERY_S):
         plot_results(run.save_dir / 'results.csv')
         run.results_plotted = time.time()
     save_weights(run, session, epoch, improved, force=final or stop)
     return stop
+
+
+def track_best(run, progress, epoch, result):
+    """A validated epoch's fitness against the best so far (updated in ``progress``). Returns (improved, whether
+    early stopping says stop: no improvement for --patience epochs)."""
+    fit = result.fitness if result is not None else 0.0
+    improved = fit >= progress.best_fitness
+    if improved:
+        progress.best_fitness, progress.best_epoch = fit, epoch
+    return improved, epoch - progress.best_epoch >= run.opt.patience
 
 
 def save_weights(run, session, epoch, improved, force):
@@ -197,6 +216,9 @@ def train(run, ckpt=None):
         cfg['multi_scale'] = multi_scale_for(session, opt.seed)
     if run.main:
         run.tb = TensorBoardLogger.open(run.save_dir, log=run.log)
+        note = None if opt.noval else schedule_note(val_every_of(opt), opt.epochs)
+        if note:
+            run.log(note)
     try:  # the writer's thread must end even when the run does not (Ctrl-C, a pruned --evolve trial, an error)
         return run_to_the_end(run, session, cfg, start, ckpt)
     finally:
