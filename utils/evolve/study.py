@@ -2,8 +2,9 @@
 
 The study lives in an Optuna storage (default: SQLite ``study.db`` in the run folder; ``--evolve-storage`` may
 name a shared database so several processes or machines add trials to one study). Each trial is a real,
-in-process training run in ``<run>/trials/NNN``; the trainer calls back after every epoch with the fitness
-(0.1 mAP50 + 0.9 mAP50-95), which the trial reports to the pruner and which stops it early when the pruner says so.
+in-process training run in ``<run>/trials/NNN``; the trainer calls back after every validated epoch (all of them
+with --val-every 1) with the fitness (0.1 mAP50 + 0.9 mAP50-95), which the trial reports to the pruner and which
+stops it early when the pruner says so.
 Results (evolve.csv, hyp_evolved.yaml, the best command, evolve.png) are rewritten after every trial.
 
 This module never imports a script: ``train.py`` hands in ``train_trial(opt, on_epoch_end)``.
