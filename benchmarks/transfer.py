@@ -25,8 +25,9 @@ Markdown table, JSON and a PNG of mAP50 per epoch (default benchmarks/results/tr
 Data with a VOC rule (``eval: voc07|voc12``, e.g. data/voc.yaml) fill results.csv's ``metrics/voc_mAP_0.5`` every
 validated epoch, zero-shot row included; the study then reports the VOC devkit AP50 instead of mAP50: zero-shot,
 final, best (with its epoch) and lowest over the epochs, the final's change against zero-shot, next to zero-shot,
-final and best mAP50-95; the PNG draws devkit AP50 per epoch. Epochs that train.py's --val-every skipped (empty
-metric cells) are left out of the curves.
+final and best mAP50-95; the PNG draws devkit AP50 per epoch. Every setting validates each epoch (``--val-every 1``,
+so that the lowest epoch is seen); with ``--val-every K`` the epochs train.py skipped (empty metric cells) are left
+out of the curves.
 """
 import argparse
 import csv
@@ -128,6 +129,14 @@ def summarise(curve, voc_curve=None):
     return out
 
 
+def train_args(opt, name, flags):
+    """train.py's command line for one setting: the study's shared options, then the setting's own flags."""
+    return ['--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
+            '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
+            '--workers', str(opt.workers), '--project', str(opt.project), '--name', name, '--exist-ok', '--noplots',
+            '--val-every', opt.val_every, *(['--hyp', opt.hyp] if opt.hyp else []), *flags]
+
+
 def worker(opt, name, flags):
     """One setting in this process: train.py's run, timed; prints one JSON line."""
     import torch
@@ -144,12 +153,8 @@ def worker(opt, name, flags):
         return out
 
     trainer.train_one_epoch = timed_epoch
-    args = ['--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
-            '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
-            '--workers', str(opt.workers), '--project', str(opt.project), '--name', name, '--exist-ok', '--noplots',
-            *(['--hyp', opt.hyp] if opt.hyp else []), *flags]
     t0 = time.perf_counter()
-    train.main(train.parse_opt(args))
+    train.main(train.parse_opt(train_args(opt, name, flags)))
     wall = time.perf_counter() - t0
     cuda = torch.cuda.is_available() and opt.device not in ('cpu', '')
     return {'setting': name, 'flags': ' '.join(flags), 'wall_s': wall,
@@ -162,7 +167,8 @@ def run_setting(opt, name, flags):
     cmd = [sys.executable, __file__, '--worker', name, '--worker-flags', ' '.join(shlex.quote(f) for f in flags),
            '--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
            '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
-           '--workers', str(opt.workers), '--project', str(opt.project), *(['--hyp', opt.hyp] if opt.hyp else [])]
+           '--workers', str(opt.workers), '--project', str(opt.project), '--val-every', opt.val_every,
+           *(['--hyp', opt.hyp] if opt.hyp else [])]
     log = Path(opt.project) / f'{name}.log'
     log.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(Path(opt.project) / name, ignore_errors=True)  # a fresh run folder: results.csv from this run only
@@ -248,6 +254,8 @@ def parse_opt(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
     p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--val-every', default='1',
+                   help="train.py's --val-every for every setting (default 1: each epoch, for the lowest-AP50 column)")
     p.add_argument('--jobs', type=int, default=1,
                    help='settings run at once (default 1: one after another, for comparable times)')
     p.add_argument('--settings', nargs='+', default=DEFAULT_SETTINGS,

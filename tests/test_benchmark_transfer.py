@@ -24,6 +24,16 @@ def test_settings_built_in_custom_and_unknown():
         study.parse_settings(['freeze99'], 20, 'off.yaml')
 
 
+def test_every_setting_validates_each_epoch_unless_told():
+    """The lowest-AP50 column needs every epoch: the study passes --val-every 1 (train.py's auto would skip)
+    unless --val-every says otherwise."""
+    import train
+    for argv, expected in (([], 1), (['--val-every', '3'], 3)):
+        opt = study.parse_opt(['--epochs', '20', *argv])
+        parsed = train.parse_opt(study.train_args(opt, 'freeze10', ['--freeze', '10']))
+        assert parsed.val_every == expected and parsed.epochs == 20 and parsed.freeze == ['10']
+
+
 def test_curve_and_table(tmp_path):
     csv = tmp_path / 'results.csv'
     for epoch, m50, m in ((-1, 0.56, 0.37), (0, 0.55, 0.36), (1, 0.58, 0.38), (2, 0.57, 0.39)):
