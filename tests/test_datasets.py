@@ -403,3 +403,25 @@ def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_pat
     train.hyp = {**train.hyp, 'mosaic': 1.0}
     meta = train[2][3]
     assert meta.index == 2 and meta.gain_xy is None and meta.pad_xy is None  # four images: no single placement
+
+
+def test_one_pass_loader_ends_its_workers_with_the_pass(tiny_data):
+    """val.py's loader is iterated once: its workers end with the pass even while the loader is still referenced.
+    Kept workers ignore SIGTERM, so workers outliving the pass would make the interpreter's exit wait for them
+    forever (the suite once hung after its summary). The trainer's val loader still keeps its workers."""
+    import gc
+    import multiprocessing
+    import val
+    data = check_dataset(str(tiny_data))
+    kept = create_dataloader(data['val'], 64, 4, 32, data=data, workers=1)[0]
+    one_pass = val.build_dataloader(data, 'val', 64, 4, 32, 1, False)
+    assert kept.persistent_workers and not one_pass.persistent_workers
+    for _ in one_pass:
+        pass
+    assert multiprocessing.active_children() == []  # the one-pass loader's worker has ended, the loader lives on
+    for _ in kept:
+        pass
+    assert len(multiprocessing.active_children()) == 1  # the kept loader's worker waits for the next pass
+    del kept  # dropping the loader ends its kept workers (this test leaves none behind)
+    gc.collect()
+    assert multiprocessing.active_children() == []
