@@ -41,7 +41,7 @@ def build_dataloader(data, split, imgsz, batch_size, stride, workers, single_cls
         raise ValueError(f"{data.get('yaml_file') or 'data'}: no '{split}' images to validate on")
     return create_dataloader(data[split], imgsz, batch_size, stride, data=data, rect=not square,
                              pad=0.0 if square else 0.5, workers=workers, single_cls=single_cls,
-                             prefix=f'{split}: ', one_pass=True)[0]
+                             prefix=f'{split}: ')[0]
 
 
 def load_for_val(weights, device, half=False):

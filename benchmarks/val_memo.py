@@ -28,7 +28,7 @@ def val_setup(opt):
     data = check_dataset(opt.data)
     hyp = load_hyp(ROOT / 'data/hyps/hyp.transfer.yaml')
     loader, _ = create_dataloader(data['val'], opt.imgsz, opt.batch_size, 32, hyp=hyp, augment=False, rect=True,
-                                  workers=opt.workers, pad=0.5, data=data, prefix='val: ')
+                                  workers=opt.workers, pad=0.5, data=data, prefix='val: ', keep_workers=True)
     return loader, EvalConfig.for_data(data), hyp, data['nc']
 
 

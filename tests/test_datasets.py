@@ -413,7 +413,7 @@ def test_one_pass_loader_ends_its_workers_with_the_pass(tiny_data):
     import multiprocessing
     import val
     data = check_dataset(str(tiny_data))
-    kept = create_dataloader(data['val'], 64, 4, 32, data=data, workers=1)[0]
+    kept = create_dataloader(data['val'], 64, 4, 32, data=data, workers=1, keep_workers=True)[0]  # as the trainer's
     one_pass = val.build_dataloader(data, 'val', 64, 4, 32, 1, False)
     assert kept.persistent_workers and not one_pass.persistent_workers
     for _ in one_pass:

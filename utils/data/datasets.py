@@ -69,7 +69,10 @@ class LoaderOptions:
     keep_difficult: bool = False
     use_label_cache: bool = True
     image_weights: bool = False
-    one_pass: bool = False  # iterated once (val.py): workers end with the pass, not kept for the next epoch
+    # reused pass after pass (the trainer's val loader): workers stay between passes instead of being forked again.
+    # Opt-in: workers ignore SIGTERM (seed_worker), so kept ones outliving a loader's last pass would make the
+    # interpreter's exit, which joins them, wait forever.
+    keep_workers: bool = False
     verbose: bool = True
 
 
@@ -340,13 +343,6 @@ def reseed_loader(loader, seed):
     loader.sampler.reseed(seed)
 
 
-def keeps_workers(o):
-    """Whether the loader keeps its worker processes between passes: the trainer's val loader does (no respawn per
-    epoch); a training loader (augmenting) and a one-pass loader (val.py) do not. Workers ignore SIGTERM (see
-    seed_worker), so kept ones outliving their last pass would block the interpreter's exit, which joins them."""
-    return o.workers > 0 and not o.augment and not o.one_pass
-
-
 def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
     """(DataLoader, DetectionDataset) for one split; ``options`` are :class:`LoaderOptions` fields (hyp, augment,
     rect, cache, workers, shuffle, rank, pad, single_cls, seed, prefix, ...). Batch layout: module docstring."""
@@ -362,7 +358,7 @@ def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                         num_workers=o.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
-                        persistent_workers=keeps_workers(o))
+                        persistent_workers=o.workers > 0 and o.keep_workers)  # opt-in: see LoaderOptions
     return loader, dataset
 
 

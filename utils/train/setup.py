@@ -134,7 +134,7 @@ def setup_loaders(run, config, model, fresh):
             return Loaders(train_loader, dataset, None, imgsz)
         val_loader, _ = create_dataloader(
             config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=opt.cache,
-            workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=config.data, prefix='val: ')
+            workers=opt.workers, pad=0.5, single_cls=opt.single_cls, data=config.data, prefix='val: ', keep_workers=True)
     if fresh and not opt.noplots:
         with run.phases.phase('labels plot'):
             plot_labels(dataset.labels, config.names, run.save_dir)
