@@ -129,12 +129,17 @@ def summarise(curve, voc_curve=None):
     return out
 
 
-def train_args(opt, name, flags):
-    """train.py's command line for one setting: the study's shared options, then the setting's own flags."""
+def shared_args(opt):
+    """The options every setting shares, as flags that both this script (its worker) and train.py take."""
     return ['--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
             '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
-            '--workers', str(opt.workers), '--project', str(opt.project), '--name', name, '--exist-ok', '--noplots',
-            '--val-every', opt.val_every, *(['--hyp', opt.hyp] if opt.hyp else []), *flags]
+            '--workers', str(opt.workers), '--project', str(opt.project), '--val-every', opt.val_every,
+            *(['--hyp', opt.hyp] if opt.hyp else [])]
+
+
+def train_args(opt, name, flags):
+    """train.py's command line for one setting: the study's shared options, then the setting's own flags."""
+    return [*shared_args(opt), '--name', name, '--exist-ok', '--noplots', *flags]
 
 
 def worker(opt, name, flags):
@@ -165,10 +170,7 @@ def worker(opt, name, flags):
 
 def run_setting(opt, name, flags):
     cmd = [sys.executable, __file__, '--worker', name, '--worker-flags', ' '.join(shlex.quote(f) for f in flags),
-           '--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
-           '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
-           '--workers', str(opt.workers), '--project', str(opt.project), '--val-every', opt.val_every,
-           *(['--hyp', opt.hyp] if opt.hyp else [])]
+           *shared_args(opt)]
     log = Path(opt.project) / f'{name}.log'
     log.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(Path(opt.project) / name, ignore_errors=True)  # a fresh run folder: results.csv from this run only
