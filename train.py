@@ -21,7 +21,7 @@ from utils.train.phases import PhaseTimer
 from utils.runs import configure_determinism, init_distributed
 from utils.train.trainer import Run, prepare_run_dir, train
 from utils.train.upstream_defaults import format_differences, upstream_differences
-from utils.train.val_schedule import SAVED_BEFORE_THE_FLAG, parse_val_every, val_every_of
+from utils.train.val_schedule import SAVED_BEFORE_THE_FLAG, parse_val_every, val_every_flag, val_every_of
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -90,14 +90,6 @@ def parse_opt(argv=None):
     p.add_argument('--evolve-pruner', default='median', help='median, hyperband, none or threshold=X')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def val_every_flag(text):
-    """--val-every's argparse type: a bad value is argparse's one-line error naming the flag."""
-    try:
-        return parse_val_every(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def fill_defaults(opt):

@@ -43,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from utils.train.val_schedule import val_every_flag  # noqa: E402
 
 SETTINGS = {
     'freeze0': '--freeze 0',
@@ -133,7 +134,7 @@ def shared_args(opt):
     """The options every setting shares, as flags that both this script (its worker) and train.py take."""
     return ['--weights', opt.weights, '--data', opt.data, '--epochs', str(opt.epochs), '--imgsz', str(opt.imgsz),
             '--batch-size', str(opt.batch_size), '--seed', str(opt.seed), '--device', opt.device,
-            '--workers', str(opt.workers), '--project', str(opt.project), '--val-every', opt.val_every,
+            '--workers', str(opt.workers), '--project', str(opt.project), '--val-every', str(opt.val_every),
             *(['--hyp', opt.hyp] if opt.hyp else [])]
 
 
@@ -256,7 +257,7 @@ def parse_opt(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
     p.add_argument('--workers', type=int, default=2)
-    p.add_argument('--val-every', default='1',
+    p.add_argument('--val-every', type=val_every_flag, default='1',
                    help="train.py's --val-every for every setting (default 1: each epoch, for the lowest-AP50 column)")
     p.add_argument('--jobs', type=int, default=1,
                    help='settings run at once (default 1: one after another, for comparable times)')

@@ -8,6 +8,8 @@ validates every epoch of a run of at most 10 epochs and every ``min(5, epochs //
     k = val_interval('auto', epochs=20)          # 2
     [e for e in range(20) if is_validated(e, k, 20)]   # 1, 3, ..., 19 (0-based: epochs 2, 4, ..., 20)
 """
+import argparse
+
 AUTO = 'auto'
 AUTO_EVERY_EPOCH_UP_TO = 10  # auto: runs of at most this many epochs validate every epoch
 AUTO_LONGEST_INTERVAL = 5
@@ -22,6 +24,15 @@ def parse_val_every(value):
     if text.isdecimal() and int(text) >= 1:
         return int(text)
     raise ValueError(f"expected a positive integer or 'auto', got {value!r}")
+
+
+def val_every_flag(text):
+    """--val-every's argparse type (train.py, benchmarks/transfer.py): a bad value is argparse's one-line error
+    naming the flag."""
+    try:
+        return parse_val_every(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def val_interval(val_every, epochs):
