@@ -2,11 +2,12 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from models.yolo import Model
 from utils.train.autoanchor import anchor_metrics, check_anchors, kmean_anchors
-from utils.train.ema import ModelEMA
+from utils.train.ema import ModelEMA, ema_settings
 from utils.freeze.plan import freeze, frozen_names
 from utils.train.loss import LEVEL_BALANCE, ComputeLoss, FocalBCE, bbox_ciou, scale_loss_gains
 
@@ -98,6 +99,23 @@ def test_ema_skips_frozen_and_tracks_trainable():
     assert not torch.equal(after['model.24.m.0.weight'], before['model.24.m.0.weight'])
     d = ema.current_decay()
     assert torch.allclose(after['model.24.m.0.weight'], before['model.24.m.0.weight'] + (1 - d), atol=1e-5)
+
+
+def test_ema_decay_ramps_by_default_and_starts_full_with_tau_zero():
+    model = make_model()
+    ramped, full = ModelEMA(model, *ema_settings({})), ModelEMA(model, *ema_settings({'ema_decay': 0.95, 'ema_tau': 0}))
+    ramped.updates = full.updates = 1
+    assert ramped.current_decay() == pytest.approx(0.9999 * (1 - math.exp(-1 / 2000)))  # YOLOv5's ramp
+    assert full.current_decay() == 0.95
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    key = 'model.24.m.0.weight'
+    before = full.ema.state_dict()[key].clone()
+    full.update(model)  # the second update: full decay, the EMA moves 5% of the way
+    assert torch.allclose(full.ema.state_dict()[key], before + 0.05, atol=1e-5)
+    with pytest.raises(ValueError, match='ema_decay'):
+        ema_settings({'ema_decay': 1.0})
 
 
 def test_autoanchor_metrics_and_kmeans():

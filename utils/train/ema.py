@@ -9,7 +9,9 @@ import torch
 
 
 class ModelEMA:
-    """Keeps ``ema`` = decay * ema + (1 - decay) * model, with the decay ramped up over the first updates."""
+    """Keeps ``ema`` = decay * ema + (1 - decay) * model, with the decay ramped up over the first ``tau``-ish
+    updates (YOLOv5's 0.9999 and 2000). ``tau`` 0: no ramp, the full decay from the first update (a pretrained
+    start, whose first weights are already good; see ``ema_settings``)."""
 
     def __init__(self, model, decay=0.9999, tau=2000, updates=0):
         self.ema = deepcopy(getattr(model, 'module', model)).eval()
@@ -23,6 +25,8 @@ class ModelEMA:
         self.skip = set(names)
 
     def current_decay(self):
+        if self.tau <= 0:
+            return self.decay
         return self.decay * (1 - math.exp(-self.updates / self.tau))
 
     @torch.no_grad()
@@ -41,3 +45,12 @@ class ModelEMA:
                 v.copy_(src[k])  # integer buffers (num_batches_tracked) follow the model
         if ema_t:
             torch._foreach_lerp_(ema_t, model_t, 1.0 - d)
+
+
+def ema_settings(hyp):
+    """ModelEMA's (decay, tau) from the optional hyp keys ``ema_decay`` and ``ema_tau`` (YOLOv5's 0.9999 and 2000
+    where absent)."""
+    decay, tau = float(hyp.get('ema_decay', 0.9999)), float(hyp.get('ema_tau', 2000))
+    if not 0.0 <= decay < 1.0 or tau < 0:
+        raise ValueError(f'hyp ema_decay {decay} / ema_tau {tau}: expected 0 <= ema_decay < 1 and ema_tau >= 0')
+    return decay, tau

@@ -25,7 +25,7 @@ from utils.freeze.class_map import build_class_map
 from utils.data.config import check_dataset, load_hyp
 from utils.data.datasets import create_dataloader
 from utils.weights.download import resolve_weights
-from utils.train.ema import ModelEMA
+from utils.train.ema import ModelEMA, ema_settings
 from utils.train.engine import NOMINAL_BATCH, Learner, accumulate_steps, seed_everything
 from utils.freeze.plan import FreezePlan, bn_stats_option, parse_freeze
 from utils.train.loss import ComputeLoss, scale_loss_gains
@@ -172,7 +172,7 @@ def setup_learner(run, config, model, plan, imgsz):
     if any('lr_scale' in g for g in groups):
         run.log(f"backbone_lr {hyp['backbone_lr']}: the backbone's trainable parameters train at "
                 f"{hyp['backbone_lr']}x the LR")
-    ema = ModelEMA(model) if run.main else None
+    ema = ModelEMA(model, *ema_settings(hyp)) if run.main else None
     if ema:
         ema.set_frozen(plan.ema_skip)
         ema.ema.prefix_memo = PrefixMemo.for_frozen(model, run.device)  # validation reuses frozen layers' outputs
