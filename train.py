@@ -53,8 +53,9 @@ def parse_opt(argv=None):
                         'else every min(5, epochs // 10); 1: every epoch (upstream)')
     p.add_argument('--noautoanchor', action='store_true', help='disable the anchor check')
     p.add_argument('--noplots', action='store_true', help='save no plots')
-    p.add_argument('--cache', nargs='?', const='ram', default=None,
-                   help='cache images in "ram" (resized) or on "disk" (decoded .npy beside the images)')
+    p.add_argument('--cache', nargs='?', const='ram', default='auto',
+                   help='cache images in "ram" (resized) or on "disk" (decoded .npy beside the images); "auto": '
+                        'in RAM when they fit in 10%% of free memory; "off": read them each epoch (upstream)')
     p.add_argument('--multi-scale', action='store_true', help='vary the image size +-50%% per batch')
     p.add_argument('--image-weights', action='store_true', help='draw training images weighted by class rarity')
     p.add_argument('--save-period', type=int, default=-1, help='also save weights/epoch{N}.pt every N epochs')
@@ -124,8 +125,8 @@ def check_options(opt, world_size, device=None):
         parse_val_every(val_every_of(opt))  # train.run(val_every=...) is not parsed by argparse
     except ValueError as e:
         raise ValueError(f'--val-every {val_every_of(opt)}: {e}') from None
-    if opt.cache not in (None, 'ram', 'disk'):
-        raise ValueError(f"--cache {opt.cache}: must be 'ram' or 'disk'")
+    if opt.cache not in (None, 'ram', 'disk', 'auto', 'off'):
+        raise ValueError(f"--cache {opt.cache}: must be 'ram', 'disk', 'auto' or 'off'")
     if opt.unfreeze_epoch >= opt.epochs:
         raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:

@@ -12,6 +12,8 @@ import torch
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.data.datasets import check_dataset, create_dataloader, load_hyp, load_records
 from utils.data.label_scan import scan_source
+from utils.data import ram_cache
+from utils.data.ram_cache import auto_cache, resized_bytes
 from utils.data.shapes import ensure_shapes
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -347,6 +349,30 @@ def test_ram_cache_gives_same_val_batches(shapes_data):
     b = next(iter(create_dataloader(shapes_data['val'], 96, 5, 32, data=shapes_data, cache='ram',
                                     verbose=False)[0]))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_auto_cache_keeps_small_sets_in_ram_and_reads_large_ones_from_disk(monkeypatch):
+    shapes = [(480, 640), (640, 427)]
+    assert resized_bytes(shapes, 320) == 240 * 320 * 3 + 320 * 214 * 3
+    small = auto_cache(shapes, 320, available=10 ** 9)
+    assert small.use and 'kept in RAM' in small.line('train: ')
+    large = auto_cache(shapes, 320, available=10 * resized_bytes(shapes, 320) - 1)  # needs just over 10%
+    assert not large.use and 'read from disk' in large.line() and '--cache ram' in large.line()
+    monkeypatch.setattr(ram_cache, 'available_memory', lambda: None)
+    assert not auto_cache(shapes, 320).use  # free memory unknown: no cache
+
+
+def test_auto_cache_trains_on_the_same_pixels_as_reading_from_disk(shapes_data, capsys):
+    def batches(cache):
+        loader, dataset = create_dataloader(shapes_data['train'], 96, 4, 32, data=shapes_data, augment=True,
+                                            shuffle=True, seed=3, cache=cache, prefix='train: ')
+        return dataset, [b[:2] for _, b in zip(range(3), loader)]
+    cached, a = batches('auto')
+    uncached, b = batches('off')
+    assert cached.ims is not None and uncached.ims is None
+    assert 'train: --cache auto: images kept in RAM' in capsys.readouterr().out
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, batches('auto')[1]))  # the cache is never altered
 
 
 # ---------------------------------------------------------------- shapes set

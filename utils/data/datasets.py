@@ -24,6 +24,7 @@ from utils.data.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, l
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.config import SPLITS, as_list, check_dataset, load_hyp  # noqa: F401 (check_dataset: public here too)
 from utils.data.disk_cache import read_cached
+from utils.data.ram_cache import auto_cache
 from utils.data.label_scan import ScanReport, assign_image_ids, scan_source
 from utils.data.sampling import ImageWeightSampler
 
@@ -51,8 +52,8 @@ class LoaderOptions:
 
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
     ``keep_difficult`` keeps VOC difficult / COCO crowd boxes in the training labels (evaluation reads them from
-    the records either way); ``cache='ram'`` keeps the resized images in memory, ``cache='disk'`` reads decoded
-    images from .npy files (utils/data/disk_cache.py); ``image_weights`` draws images by class rarity instead of
+    the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does when they fit
+    (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files (utils/data/disk_cache.py); ``image_weights`` draws images by class rarity instead of
     shuffling (utils/data/sampling.py).
     """
     hyp: object = None
@@ -143,10 +144,10 @@ class DetectionDataset(Dataset):
         self.batch_shapes, self.batch_index = self._batch_shapes(batch_size, o.pad) if o.rect else (None, None)
         self.rng = np.random.default_rng(o.seed)
         self.albumentations = Albumentations(seed=o.seed) if o.augment else None
-        if o.cache not in (None, False, 'ram', True, 'disk'):
-            raise ValueError(f"cache '{o.cache}' must be 'ram', 'disk' or None")
+        if o.cache not in (None, False, 'ram', True, 'disk', 'auto', 'off'):
+            raise ValueError(f"cache '{o.cache}' must be 'ram', 'disk', 'auto', 'off' or None")
         self.disk_cache = o.cache == 'disk'
-        self.ims = self._cache_images() if o.cache in ('ram', True) else None
+        self.ims = self._cache_images() if self._in_ram(o.cache, o.verbose) else None
 
     @property
     def im_files(self):
@@ -177,6 +178,16 @@ class DetectionDataset(Dataset):
             hw = [a.max(), 1] if a.max() < 1 else [1, 1 / a.min()] if a.min() > 1 else [1, 1]
             shapes.append(np.ceil(np.array(hw) * self.img_size / self.stride + pad).astype(int) * self.stride)
         return np.array(shapes), index
+
+    def _in_ram(self, cache, verbose):
+        """Whether the resized images are kept in RAM: --cache ram, or --cache auto when they fit
+        (utils/data/ram_cache.py, which says which in one line)."""
+        if cache != 'auto':
+            return cache in ('ram', True)
+        decision = auto_cache([r.shape for r in self.records], self.img_size)
+        if verbose:
+            print(decision.line(self.prefix))
+        return decision.use
 
     def _cache_images(self):
         with ThreadPool(4) as pool:
