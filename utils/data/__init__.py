@@ -5,5 +5,6 @@ Owns data YAMLs and hyp files (``config``), their ``download:`` archives fetched
 (``label_formats``), the scan that checks and caches them (``label_scan``, ``label_cache``), the dataset and loader
 (``datasets``), augmentation (``augment``), the built-in shapes set (``shapes``), ``--image-weights``
 (``sampling``), ``--multi-scale`` (``multiscale``), ``--cache auto`` (``ram_cache``), ``--cache disk``
-(``disk_cache``) and the ``--imgsz`` check (``sizes``). It imports the freeze wing's class maps and the core helpers, never training or evaluation.
+(``disk_cache``) and the ``--imgsz`` check (``sizes``). It imports the freeze wing's class maps and the core
+helpers, never training or evaluation.
 """
