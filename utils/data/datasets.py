@@ -53,8 +53,8 @@ class LoaderOptions:
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
     ``keep_difficult`` keeps VOC difficult / COCO crowd boxes in the training labels (evaluation reads them from
     the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does when they fit
-    (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files (utils/data/disk_cache.py); ``image_weights`` draws images by class rarity instead of
-    shuffling (utils/data/sampling.py).
+    (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files (utils/data/disk_cache.py);
+    ``image_weights`` draws images by class rarity instead of shuffling (utils/data/sampling.py).
     """
     hyp: object = None
     augment: bool = False
