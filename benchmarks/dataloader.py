@@ -53,7 +53,7 @@ def loader_rows(d, imgsz, batch_size, workers, batches, cache):
 def step_rows(data, imgsz, batch_size, freezes, cfg, device, iters=6):
     """The training step's images/s at each freeze (benchmarks/freeze.py's worker, one process each)."""
     opt = SimpleNamespace(cfg=cfg, data=str(data), imgsz=imgsz, batch_size=batch_size, iters=iters, warmup=2,
-                          device=device, batches='')
+                          device=device, batches='', channels_last=False, optimizer_impl='default')
     return [{'freeze': f, 'step_img_per_s': run_one(opt, f, 'all')['images_per_s']} for f in freezes]
 
 

@@ -3,11 +3,15 @@
     python benchmarks/freeze.py                                   # yolov5s, 320 px, batch 16, CPU, freeze 0/10/all
     python benchmarks/freeze.py --freeze 10 --fast-path none fold no_grad channels_last all --interleave
     python benchmarks/freeze.py --device 0 --imgsz 640 --iters 30   # on a GPU: AMP, cudnn.benchmark, peak memory
+    python benchmarks/freeze.py --device 0 --imgsz 640 --channels-last --optimizer-impl fused   # GPU step candidates
 
 Each setting runs in its own process (so peak RSS is its own) on the same pre-loaded mosaic batches from the
 shapes dataset; a step is forward + loss + backward + optimizer step + EMA update, as in train.py. ``--fast-path``
 picks the frozen fast path's ideas (models/fastpath.py: fold, no_grad, channels_last; ``all`` is what freeze()
-turns on, ``none`` the plain forward). Prints a table and writes JSON (default benchmarks/results/freeze.json).
+turns on, ``none`` the plain forward). ``--channels-last`` trains the whole model and its input in NHWC order and
+``--optimizer-impl foreach|fused`` picks torch's multi-tensor or fused optimizer step: candidates for a faster step
+on a GPU (tensor cores prefer NHWC), not used by train.py until measured there. Prints a table and writes JSON
+(default benchmarks/results/freeze.json).
 """
 import argparse
 import json
@@ -91,12 +95,15 @@ def build_setting(opt, spec, variant, device, nc):
     share = freeze_summary(model, opt.imgsz)['frozen_flops_share']
     hyp = load_hyp(ROOT / 'data/hyps/hyp.scratch.yaml')
     amp = device.type == 'cuda'
+    if opt.channels_last:
+        model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model)
     ema.set_frozen(plan.ema_skip)
     model.train()
     return {'freeze': spec, 'fast_path': variant, 'model': model, 'share': share, 'amp': amp, 'ema': ema,
+            'channels_last': opt.channels_last, 'optimizer_impl': opt.optimizer_impl,
             'loss': ComputeLoss(model, scale_loss_gains(hyp, model.model[-1].nl, nc, opt.imgsz)),
-            'optimizer': build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4),
+            'optimizer': build_optimizer(model, 'SGD', 0.01, 0.937, 5e-4, impl=opt.optimizer_impl),
             'scaler': torch.amp.GradScaler('cuda', enabled=amp)}
 
 
@@ -108,6 +115,8 @@ def timed_step(s, imgs, targets, device):
         torch.cuda.synchronize(device)
     t = time.perf_counter()
     imgs = imgs.to(device).float() / 255
+    if s['channels_last']:
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, enabled=s['amp']):
         loss, _ = s['loss'](s['model'](imgs), targets.to(device))
     s['scaler'].scale(loss).backward()
@@ -122,7 +131,8 @@ def result_row(opt, s, times, nb, device, peaks):
     return {'freeze': s['freeze'], 'fast_path': s['fast_path'], 'frozen_flops_share': s['share'],
             'ideal_speedup': 3 / (3 - 2 * s['share']), 'sec_per_iter': step, 'sec_per_epoch': step * nb,
             'iters_per_epoch': nb, 'images_per_s': opt.batch_size / step, 'peak_rss_mb': peaks[0],
-            'peak_cuda_mb': peaks[1], 'device': str(device), 'amp': s['amp']}
+            'peak_cuda_mb': peaks[1], 'device': str(device), 'amp': s['amp'], 'channels_last': s['channels_last'],
+            'optimizer_impl': s['optimizer_impl']}
 
 
 def measure(opt):
@@ -169,7 +179,8 @@ def measure_interleaved(opt):
 def run_one(opt, f, variant):
     cmd = [sys.executable, __file__, '--worker', '--freeze', f, '--fast-path', variant, '--cfg', opt.cfg,
            '--data', opt.data, '--imgsz', str(opt.imgsz), '--batch-size', str(opt.batch_size),
-           '--iters', str(opt.iters), '--warmup', str(opt.warmup), '--device', opt.device]
+           '--iters', str(opt.iters), '--warmup', str(opt.warmup), '--device', opt.device,
+           '--optimizer-impl', opt.optimizer_impl, *(['--channels-last'] if opt.channels_last else [])]
     cmd += ['--batches', opt.batches] if opt.batches else []
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
@@ -199,7 +210,7 @@ def run_all(opt):
 def print_table(rows, opt):
     how = 'all in one process, taking turns' if opt.interleave else f'best of {opt.rounds} rounds'
     print(f'{opt.cfg}, {opt.imgsz} px, batch {opt.batch_size}, {rows[0]["device"]}, AMP {rows[0]["amp"]}, '
-          f'median of {opt.iters} steps, {how}')
+          f'channels_last {opt.channels_last}, optimizer {opt.optimizer_impl}, median of {opt.iters} steps, {how}')
     print(f"{'freeze':>8}  {'fast path':<26}{'frozen FLOPs':>13}{'s/epoch':>9}{'img/s':>8}{'speedup':>9}"
           f"{'vs ' + opt.fast_path[0][:6]:>10}{'ideal':>8}{'peak RSS MB':>13}{'peak CUDA MB':>14}")
     for r in rows:
@@ -222,6 +233,9 @@ def main():
     p.add_argument('--fast-path', nargs='+', default=['all'],
                    help="frozen fast path variants: all, none, or ideas joined by '+' (fold, no_grad, channels_last)")
     p.add_argument('--device', default='cpu')
+    p.add_argument('--channels-last', action='store_true', help='train the whole model and its input in NHWC')
+    p.add_argument('--optimizer-impl', default='default', choices=['default', 'foreach', 'fused'],
+                   help="torch's optimizer step: default (loop on CPU, foreach on CUDA), foreach or fused")
     p.add_argument('--json', default=str(ROOT / 'benchmarks/results/freeze.json'))
     p.add_argument('--interleave', action='store_true',
                    help='all settings in one process, step by step in turn (robust ratios on a loaded machine)')

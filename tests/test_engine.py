@@ -42,6 +42,24 @@ def test_optimizer_groups_and_warmup(model):
         build_optimizer(model, 'Lion')
 
 
+@pytest.mark.parametrize('name', ['SGD', 'AdamW'])
+def test_foreach_and_fused_optimizer_steps_match_the_default(name):
+    def stepped(impl):
+        torch.manual_seed(0)
+        layer = torch.nn.Conv2d(3, 8, 3)
+        opt = build_optimizer(layer, name, 0.01, 0.9, 5e-4, impl=impl)
+        for _ in range(3):
+            layer(torch.randn(2, 3, 8, 8)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return layer.weight.detach()
+    default = stepped('default')
+    for impl in ('foreach', 'fused'):
+        assert torch.allclose(stepped(impl), default, rtol=0, atol=1e-6), impl
+    with pytest.raises(ValueError, match='optimizer implementation apex'):
+        build_optimizer(torch.nn.Conv2d(3, 8, 3), name, impl='apex')
+
+
 def test_warmup_accumulation():
     assert warmup_accumulate(0, 100, 16) == 1
     assert warmup_accumulate(100, 100, 16) == 4 and warmup_accumulate(1000, 100, 64) == 1

@@ -46,15 +46,24 @@ def scale_lr(groups, model, prefixes, scale):
     return [g for g in out if g['params']]
 
 
-def make_optimizer(groups, name='SGD', lr=0.01, momentum=0.937):
-    """A torch optimizer over ``groups`` (empty ones dropped); every group starts from ``initial_lr`` = lr."""
+IMPLEMENTATIONS = {'default': {}, 'foreach': {'foreach': True}, 'fused': {'fused': True}}
+
+
+def make_optimizer(groups, name='SGD', lr=0.01, momentum=0.937, impl='default'):
+    """A torch optimizer over ``groups`` (empty ones dropped); every group starts from ``initial_lr`` = lr.
+    ``impl``: torch's choice ('default': a loop on CPU, foreach on CUDA), 'foreach' (one multi-tensor kernel per
+    operation) or 'fused' (one kernel for the whole step), the candidates for a faster GPU step
+    (benchmarks/freeze.py --optimizer-impl)."""
     groups = [g for g in groups if g['params']]
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"optimizer implementation {impl}: expected one of {', '.join(IMPLEMENTATIONS)}")
+    kwargs = IMPLEMENTATIONS[impl]
     if name == 'SGD':
-        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, **kwargs)
     elif name == 'Adam':
-        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999))
+        opt = torch.optim.Adam(groups, lr=lr, betas=(momentum, 0.999), **kwargs)
     elif name == 'AdamW':
-        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), **kwargs)
     else:
         raise ValueError(f"--optimizer {name}: expected {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}")
     for g in opt.param_groups:
@@ -62,10 +71,10 @@ def make_optimizer(groups, name='SGD', lr=0.01, momentum=0.937):
     return opt
 
 
-def build_optimizer(model, name='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4):
+def build_optimizer(model, name='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4, impl='default'):
     """YOLOv5's optimizer over trainable parameters only: conv/linear weights with decay, BN weights and
     biases without. Each group remembers its kind in ``group['name']`` (decay / bn / bias)."""
-    return make_optimizer(optimizer_param_groups(model, weight_decay), name, lr, momentum)
+    return make_optimizer(optimizer_param_groups(model, weight_decay), name, lr, momentum, impl)
 
 
 def ramped_param_groups(model, old, weight_decay, start_iter, ramp_iters):
