@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+from utils.data.config import load_hyp
 from utils.weights.checkpoint import load_checkpoint
 from utils.eval.results_csv import COLUMNS, read_rows
 
@@ -92,8 +93,11 @@ def test_upstream_bn_behaviour_is_opt_in(tiny_data, tmp_path):
 def test_unfreeze_epoch_releases_backbone(tiny_data, tmp_path):
     src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
     start = load_checkpoint(src)['ema']
+    # an EMA that copies the model (decay 0): the saved EMA shows the released layers' few, small steps, which the
+    # recipe's slow EMA (ema_decay 0.98) would average below float32 resolution
+    hyp = {**load_hyp('hyp.transfer.yaml'), 'ema_decay': 0.0, 'ema_tau': 0}
     w = run_train(tmp_path, tiny_data, 'unf', epochs=2, weights=str(src), freeze=['backbone'], unfreeze_epoch=1,
-                  close_mosaic=1, noautoanchor=True)
+                  close_mosaic=1, noautoanchor=True, hyp=hyp)
     end = load_checkpoint(w / 'last.pt')['ema']
     assert not torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
 
