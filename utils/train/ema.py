@@ -7,13 +7,15 @@ from copy import deepcopy
 
 import torch
 
+DECAY, TAU = 0.9999, 2000  # YOLOv5's EMA: full decay, reached over about TAU updates
+
 
 class ModelEMA:
     """Keeps ``ema`` = decay * ema + (1 - decay) * model, with the decay ramped up over the first ``tau``-ish
     updates (YOLOv5's 0.9999 and 2000). ``tau`` 0: no ramp, the full decay from the first update (a pretrained
     start, whose first weights are already good; see ``ema_settings``)."""
 
-    def __init__(self, model, decay=0.9999, tau=2000, updates=0):
+    def __init__(self, model, decay=DECAY, tau=TAU, updates=0):
         self.ema = deepcopy(getattr(model, 'module', model)).eval()
         self.ema.requires_grad_(False)
         self.updates = updates
@@ -50,7 +52,7 @@ class ModelEMA:
 def ema_settings(hyp):
     """ModelEMA's (decay, tau) from the optional hyp keys ``ema_decay`` and ``ema_tau`` (YOLOv5's 0.9999 and 2000
     where absent)."""
-    decay, tau = float(hyp.get('ema_decay', 0.9999)), float(hyp.get('ema_tau', 2000))
+    decay, tau = float(hyp.get('ema_decay', DECAY)), float(hyp.get('ema_tau', TAU))
     if not 0.0 <= decay < 1.0 or tau < 0:
         raise ValueError(f'hyp ema_decay {decay} / ema_tau {tau}: expected 0 <= ema_decay < 1 and ema_tau >= 0')
     return decay, tau
