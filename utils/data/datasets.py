@@ -27,6 +27,7 @@ from utils.data.disk_cache import read_cached
 from utils.data.ram_cache import auto_cache
 from utils.data.label_scan import ScanReport, assign_image_ids, scan_source
 from utils.data.sampling import ImageWeightSampler
+from utils.data.sizes import long_side_to
 
 
 @dataclass(frozen=True)
@@ -203,13 +204,13 @@ class DetectionDataset(Dataset):
         im = read_cached(f) if self.disk_cache else cv2.imread(f)
         if im is None:
             h, w = self.records[i].shape
-            r = self.img_size / max(h, w)
-            return np.full((max(1, round(h * r)), max(1, round(w * r)), 3), 114, np.uint8), (h, w), False
+            return np.full((*long_side_to(h, w, self.img_size), 3), 114, np.uint8), (h, w), False
         h0, w0 = im.shape[:2]
         r = self.img_size / max(h0, w0)
         if r != 1:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            im = cv2.resize(im, (max(1, round(w0 * r)), max(1, round(h0 * r))), interpolation=interp)
+            h, w = long_side_to(h0, w0, self.img_size)
+            im = cv2.resize(im, (w, h), interpolation=interp)
         return im, (h0, w0), True
 
     def load_image(self, i):

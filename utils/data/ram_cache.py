@@ -11,6 +11,8 @@ from disk each epoch as before; ``--cache ram`` caches whatever the size, ``--ca
 import os
 from dataclasses import dataclass
 
+from utils.data.sizes import long_side_to
+
 AUTO_SHARE = 0.1  # --cache auto uses at most this share of the memory available when the loader is built
 
 
@@ -32,11 +34,7 @@ def available_memory():
 def resized_bytes(shapes_hw, img_size):
     """Bytes of the images of original sizes ``shapes_hw`` [(h, w), ...] resized so their long side is
     ``img_size`` (3 uint8 channels), as the dataset's loader resizes them."""
-    total = 0
-    for h, w in shapes_hw:
-        r = img_size / max(h, w)
-        total += max(1, round(h * r)) * max(1, round(w * r)) * 3
-    return total
+    return sum(3 * h * w for h, w in (long_side_to(h0, w0, img_size) for h0, w0 in shapes_hw))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Network input sizes: the --imgsz check shared by train, val, detect and export."""
+"""Network input sizes: the --imgsz check shared by train, val, detect and export, and the size a loaded image is
+resized to."""
 
 
 def check_imgsz(imgsz, stride):
@@ -11,3 +12,9 @@ def check_imgsz(imgsz, stride):
     if fixed != sizes:
         print(f'note: --imgsz {sizes} is not a multiple of the model stride {stride}, using {fixed}')
     return tuple(fixed)
+
+
+def long_side_to(h, w, size):
+    """(h, w) of an h x w image resized so its long side is ``size`` (each side at least 1), as the loader does."""
+    r = size / max(h, w)
+    return max(1, round(h * r)), max(1, round(w * r))
