@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from utils.data.datasets import CACHE_MODES
 from utils.train.autobatch import NEEDS_CUDA
 from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
@@ -125,8 +126,9 @@ def check_options(opt, world_size, device=None):
         parse_val_every(val_every_of(opt))  # train.run(val_every=...) is not parsed by argparse
     except ValueError as e:
         raise ValueError(f'--val-every {val_every_of(opt)}: {e}') from None
-    if opt.cache not in (None, 'ram', 'disk', 'auto', 'off'):
-        raise ValueError(f"--cache {opt.cache}: must be 'ram', 'disk', 'auto' or 'off'")
+    if opt.cache is not None and opt.cache not in CACHE_MODES:
+        *most, last = map(repr, CACHE_MODES)
+        raise ValueError(f"--cache {opt.cache}: must be {', '.join(most)} or {last}")
     if opt.unfreeze_epoch >= opt.epochs:
         raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.data.datasets import check_dataset, create_dataloader  # noqa: E402
+from utils.data.datasets import CACHE_MODES, check_dataset, create_dataloader  # noqa: E402
 
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 from freeze import run_one  # noqa: E402
@@ -98,7 +98,7 @@ def main():
     p.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--batches', type=int, default=8, help='timed batches per setting (after one warm-up)')
     p.add_argument('--json', default=None, help='output JSON (default benchmarks/results/dataloader.json)')
-    p.add_argument('--cache', default='auto', choices=['auto', 'ram', 'disk', 'off'], help="as train.py's --cache")
+    p.add_argument('--cache', default='auto', choices=CACHE_MODES, help="as train.py's --cache")
     p.add_argument('--step-freeze', nargs='*', default=['0', '10'], help='training step images/s at these freezes')
     p.add_argument('--step-cfg', default='v6/yolov5s.yaml', help='model of the training step')
     p.add_argument('--device', default='cpu', help='device of the training step')

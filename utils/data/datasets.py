@@ -47,6 +47,9 @@ class ImageMeta:
     pad_xy: tuple = None
 
 
+CACHE_MODES = ('ram', 'disk', 'auto', 'off')  # --cache values (train.py, benchmarks/dataloader.py)
+
+
 @dataclass(frozen=True)
 class LoaderOptions:
     """How a split is loaded; ``create_dataloader`` takes these as keyword arguments.
@@ -145,8 +148,8 @@ class DetectionDataset(Dataset):
         self.batch_shapes, self.batch_index = self._batch_shapes(batch_size, o.pad) if o.rect else (None, None)
         self.rng = np.random.default_rng(o.seed)
         self.albumentations = Albumentations(seed=o.seed) if o.augment else None
-        if o.cache not in (None, False, 'ram', True, 'disk', 'auto', 'off'):
-            raise ValueError(f"cache '{o.cache}' must be 'ram', 'disk', 'auto', 'off' or None")
+        if o.cache not in (None, False, True, *CACHE_MODES):
+            raise ValueError(f"cache '{o.cache}' must be {', '.join(map(repr, CACHE_MODES))} or None")
         self.disk_cache = o.cache == 'disk'
         self.ims = self._cache_images() if self._in_ram(o.cache, o.verbose) else None
 
