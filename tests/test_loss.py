@@ -116,6 +116,8 @@ def test_ema_decay_ramps_by_default_and_starts_full_with_tau_zero():
     assert torch.allclose(full.ema.state_dict()[key], before + 0.05, atol=1e-5)
     with pytest.raises(ValueError, match='ema_decay'):
         ema_settings({'ema_decay': 1.0})
+    with pytest.raises(ValueError, match='^my/hyp.yaml: ema_decay'):  # the hyp file is named
+        ema_settings({'ema_tau': -1}, 'my/hyp.yaml')
 
 
 def test_autoanchor_metrics_and_kmeans():

@@ -49,10 +49,10 @@ class ModelEMA:
             torch._foreach_lerp_(ema_t, model_t, 1.0 - d)
 
 
-def ema_settings(hyp):
+def ema_settings(hyp, where='hyp'):
     """ModelEMA's (decay, tau) from the optional hyp keys ``ema_decay`` and ``ema_tau`` (YOLOv5's 0.9999 and 2000
-    where absent)."""
+    where absent); ``where`` names the hyp file in the error."""
     decay, tau = float(hyp.get('ema_decay', DECAY)), float(hyp.get('ema_tau', TAU))
     if not 0.0 <= decay < 1.0 or tau < 0:
-        raise ValueError(f'hyp ema_decay {decay} / ema_tau {tau}: expected 0 <= ema_decay < 1 and ema_tau >= 0')
+        raise ValueError(f'{where}: ema_decay {decay} / ema_tau {tau}: expected 0 <= ema_decay < 1 and ema_tau >= 0')
     return decay, tau

@@ -172,7 +172,8 @@ def setup_learner(run, config, model, plan, imgsz):
     if any('lr_scale' in g for g in groups):
         run.log(f"backbone_lr {hyp['backbone_lr']}: the backbone's trainable parameters train at "
                 f"{hyp['backbone_lr']}x the LR")
-    ema = ModelEMA(model, *ema_settings(hyp)) if run.main else None
+    where = str(opt.hyp) if isinstance(opt.hyp, (str, Path)) and opt.hyp else 'hyp'  # a dict from train.run(hyp=)
+    ema = ModelEMA(model, *ema_settings(hyp, where)) if run.main else None
     if ema:
         ema.set_frozen(plan.ema_skip)
         ema.ema.prefix_memo = PrefixMemo.for_frozen(model, run.device)  # validation reuses frozen layers' outputs
