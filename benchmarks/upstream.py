@@ -83,14 +83,49 @@ def upstream_model_yaml(cfg, out):
     return out
 
 
+def upstream_voc_copy(data, out_dir):
+    """A VOC-XML data set (``format: voc``, e.g. voc07mini) in the layout upstream reads, built once in ``out_dir``:
+    ``images/<split>/<id>.jpg`` (links to the originals) and ``labels/<split>/<id>.txt`` with YOLO rows. Difficult
+    objects are left out, as upstream's VOC.yaml converts them. Returns the upstream data YAML's dict."""
+    from utils.data.config import check_dataset
+    from utils.data.label_scan import scan_voc
+    d = check_dataset(data)
+    out_dir = Path(out_dir).resolve()
+    if not (out_dir / '.converted').exists():
+        for split in ('train', 'val'):
+            for src in d[split]:
+                write_yolo_split(scan_voc(src, d['names'])[0], out_dir / 'images' / split, out_dir / 'labels' / split)
+        (out_dir / '.converted').touch()
+    return {'path': str(out_dir), 'train': 'images/train', 'val': 'images/val', 'nc': d['nc'], 'names': d['names']}
+
+
+def write_yolo_split(records, images, labels):
+    """Links to each record's image in ``images`` and its YOLO rows (class cx cy w h, normalised) in ``labels``;
+    difficult objects left out."""
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        src = Path(rec.im_file).resolve()
+        link = images / src.name
+        if not link.is_symlink():
+            link.symlink_to(src)
+        rows = [f'{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n'
+                for c, (x, y, w, h), hard in zip(rec.cls, rec.boxes, rec.difficult) if not hard]
+        (labels / f'{src.stem}.txt').write_text(''.join(rows))
+
+
 def upstream_data_yaml(data, out):
     """A data YAML whose ``path`` is absolute (upstream resolves relative paths against its own package).
+    A VOC-XML data set is first converted to YOLO text labels (``upstream_voc_copy``).
 
     Upstream writes ``labels/*.cache`` beside the labels of any folder ``os.access`` calls writable, which a
     read-only share is to root: a data set in a folder without write permission bits is copied beside ``out``
     first, so upstream never writes into it (and pays the same one-time label scan as ours)."""
     path = Path(data).resolve()
     d = yaml.safe_load(path.read_text())
+    if d.get('format') == 'voc':
+        out.write_text(yaml.safe_dump(upstream_voc_copy(path, out.parent / f'{path.stem}-yolo'), sort_keys=False))
+        return out
     root = (path.parent / d.get('path', '.')).resolve()
     if not is_writable_dir(root / 'labels' if (root / 'labels').is_dir() else root):
         copy = out.parent / f'{root.name}-copy'
