@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -429,6 +431,23 @@ def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_pat
     train.hyp = {**train.hyp, 'mosaic': 1.0}
     meta = train[2][3]
     assert meta.index == 2 and meta.gain_xy is None and meta.pad_xy is None  # four images: no single placement
+
+
+def test_a_process_exits_while_a_loader_with_kept_workers_is_still_referenced(tiny_data, tmp_path):
+    """Kept workers ignore SIGTERM; a script whose kept-workers loader is a module global once waited forever at
+    exit (benchmarks/val_memo.py did). The loader's exit hook ends them first."""
+    script = tmp_path / 'kept.py'
+    script.write_text(f"""import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from utils.data.datasets import check_dataset, create_dataloader
+data = check_dataset({str(tiny_data)!r})
+loader = create_dataloader(data['val'], 64, 4, 32, data=data, workers=1, keep_workers=True, verbose=False)[0]
+for _ in loader:
+    pass
+print('pass done')
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and 'pass done' in proc.stdout, proc.stderr
 
 
 def test_one_pass_loader_ends_its_workers_with_the_pass(tiny_data):

@@ -9,7 +9,9 @@ Usage::
 ``metas`` holds one :class:`ImageMeta` per image: its index into ``ds.records`` (the ground truth), image id,
 path, original (h, w) and the gain and pad that placed it in the batch (what ``scale_boxes`` needs).
 """
+import atexit
 import signal
+import weakref
 from dataclasses import dataclass, replace
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -374,7 +376,20 @@ def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
                         num_workers=o.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
                         persistent_workers=o.workers > 0 and o.keep_workers)  # opt-in: see LoaderOptions
+    if loader.persistent_workers:
+        atexit.register(end_kept_workers, weakref.ref(loader))
     return loader, dataset
+
+
+def end_kept_workers(loader_ref):
+    """Exit hook of a loader with kept workers: drop its iterator, which ends them the normal way.
+
+    Kept workers ignore SIGTERM (``seed_worker``), and the interpreter's exit, which terminates and joins every
+    child, would wait for them forever while the loader is still referenced (a module global, a cycle). Registered
+    after ``multiprocessing``'s own exit hook, this one runs before it."""
+    loader = loader_ref()
+    if loader is not None:
+        loader._iterator = None  # DataLoader's iterator shuts its workers down when released
 
 
 def _order_sampler(dataset, o, generator):
