@@ -9,9 +9,6 @@ Usage::
 ``metas`` holds one :class:`ImageMeta` per image: its index into ``ds.records`` (the ground truth), image id,
 path, original (h, w) and the gain and pad that placed it in the batch (what ``scale_boxes`` needs).
 """
-import atexit
-import signal
-import weakref
 from dataclasses import dataclass, replace
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
@@ -19,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from utils.data.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4,
                            random_perspective)
@@ -29,6 +26,7 @@ from utils.data.disk_cache import read_cached
 from utils.data.ram_cache import auto_cache
 from utils.data.label_scan import ScanReport, assign_image_ids, scan_source
 from utils.data.sampling import ImageWeightSampler
+from utils.data.workers import SeededDraws, end_workers_at_exit, seed_worker
 from utils.data.sizes import long_side_to
 
 
@@ -77,7 +75,7 @@ class LoaderOptions:
     use_label_cache: bool = True
     image_weights: bool = False
     # reused pass after pass (the trainer's val loader): workers stay between passes instead of being forked again.
-    # Opt-in: workers ignore SIGTERM (seed_worker), so kept ones outliving a loader's last pass would make the
+    # Opt-in: workers ignore SIGTERM (utils/data/workers.py), so kept ones outliving a loader's last pass would make the
     # interpreter's exit, which joins them, wait forever.
     keep_workers: bool = False
     verbose: bool = True
@@ -319,47 +317,6 @@ class DetectionDataset(Dataset):
         return torch.stack(ims, 0), torch.cat(labels, 0), paths, metas
 
 
-class SeededDraws(Sampler):
-    """Wraps the loader's sampler to yield ``(index, (seed, draw))``, ``draw`` counting the images drawn since the
-    last ``reseed``. Counted here, in the main process, so an image's augmentation (``DetectionDataset.seed_draw``)
-    depends on the seed and its place in the epoch only, not on --workers: with per-worker RNG streams a run
-    resumed with another worker count (``--resume`` keeps the new call's --workers) trained on other images."""
-
-    def __init__(self, sampler, seed):
-        self.sampler, self.seed, self.draws = sampler, seed, 0
-
-    def reseed(self, seed):
-        self.seed, self.draws = seed, 0
-
-    def set_epoch(self, epoch):
-        if hasattr(self.sampler, 'set_epoch'):  # DistributedSampler, ImageWeightSampler
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.sampler)
-
-    def __iter__(self):
-        for index in self.sampler:
-            self.draws += 1
-            yield index, (self.seed, self.draws)
-
-
-def seed_worker(worker_id):
-    """Loader worker set-up: signals and threads (its images' RNGs come with their indices, see SeededDraws)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the main process
-        signal.signal(sig, signal.SIG_IGN)      # decides (utils/train/interrupt.py); workers end with it
-    cv2.setNumThreads(0)  # workers are the parallelism; avoid oversubscribing the cores
-
-
-def reseed_loader(loader, seed):
-    """Restart a loader's randomness (shuffling, worker seeds, the draws' augmentation) from ``seed``.
-
-    train.py calls it at every epoch with a seed derived from the epoch, so a resumed run replays the same batches.
-    """
-    loader.generator.manual_seed(seed)
-    loader.sampler.reseed(seed)
-
-
 def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
     """(DataLoader, DetectionDataset) for one split; ``options`` are :class:`LoaderOptions` fields (hyp, augment,
     rect, cache, workers, shuffle, rank, pad, single_cls, seed, prefix, ...). Batch layout: module docstring."""
@@ -377,19 +334,8 @@ def create_dataloader(path, imgsz, batch_size, stride, data=None, **options):
                         collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
                         persistent_workers=o.workers > 0 and o.keep_workers)  # opt-in: see LoaderOptions
     if loader.persistent_workers:
-        atexit.register(end_kept_workers, weakref.ref(loader))
+        end_workers_at_exit(loader)
     return loader, dataset
-
-
-def end_kept_workers(loader_ref):
-    """Exit hook of a loader with kept workers: drop its iterator, which ends them the normal way.
-
-    Kept workers ignore SIGTERM (``seed_worker``), and the interpreter's exit, which terminates and joins every
-    child, would wait for them forever while the loader is still referenced (a module global, a cycle). Registered
-    after ``multiprocessing``'s own exit hook, this one runs before it."""
-    loader = loader_ref()
-    if loader is not None:
-        loader._iterator = None  # DataLoader's iterator shuts its workers down when released
 
 
 def _order_sampler(dataset, o, generator):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from utils.weights.checkpoint import copy_checkpoint, load_model, save_checkpoint, strip_optimizer, training_checkpoint
-from utils.data.datasets import reseed_loader
+from utils.data.workers import reseed_loader
 from utils.train.engine import StepState, seed_everything, train_one_epoch, warmup_iterations
 from utils.errors import Interrupted
 from utils.eval.outputs import BatchPlotter
