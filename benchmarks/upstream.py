@@ -89,12 +89,17 @@ def upstream_voc_copy(data, out_dir):
     objects are left out, as upstream's VOC.yaml converts them. Returns the upstream data YAML's dict."""
     from utils.data.config import check_dataset
     from utils.data.label_scan import scan_voc
-    d = check_dataset(data)
+    try:
+        d = check_dataset(data)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'error: --finetune-data: {e}')  # e names the file
     out_dir = Path(out_dir).resolve()
     if not (out_dir / '.converted').exists():
         for split in ('train', 'val'):
             for src in d[split]:
-                write_yolo_split(scan_voc(src, d['names'])[0], out_dir / 'images' / split, out_dir / 'labels' / split)
+                records, report = scan_voc(src, d['names'])
+                print(f'upstream copy of {src}: {report.summary()}')  # skipped images are counted, not copied
+                write_yolo_split(records, out_dir / 'images' / split, out_dir / 'labels' / split)
         (out_dir / '.converted').touch()
     return {'path': str(out_dir), 'train': 'images/train', 'val': 'images/val', 'nc': d['nc'], 'names': d['names']}
 
