@@ -114,8 +114,9 @@ def observers_for(save_dir, names, plots, save_txt, save_conf, coco):
 @torch.no_grad()
 def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300, task='val',
         device='', workers=2, single_cls=False, verbose=False, save_txt=False, save_conf=False, save_json=False,
-        project='runs/val', name='exp', exist_ok=False, half=False, save_dir=None, plots=True):
-    """Validate ``weights`` on the ``task`` split of ``data``; prints the report and returns an ``EvalResult``."""
+        project='runs/val', name='exp', exist_ok=False, half=False, save_dir=None, plots=True, observers=()):
+    """Validate ``weights`` on the ``task`` split of ``data``; prints the report and returns an ``EvalResult``.
+    ``observers`` see every image as ``evaluate``'s do (e.g. utils/eval/bootstrap.py's ``ImageMatches``)."""
     check_options(task, batch_size, imgsz, conf_thres, iou_thres, max_det)
     if task == 'speed':  # YOLOv5's timing setting: realistic thresholds, nothing written
         conf_thres, iou_thres, save_json, save_txt, plots = 0.25, 0.45, False, False, False
@@ -134,7 +135,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
                                  half=half, coco_rules=save_json, confusion=plots, progress=HEADER)
     coco = CocoJson(save_dir, names, anno) if save_json else None
     result = evaluate(model, loader, config, postprocess=mapped_postprocess(cmap, config) if cmap else None,
-                      observers=observers_for(save_dir, names, plots, save_txt, save_conf, coco))
+                      observers=observers_for(save_dir, names, plots, save_txt, save_conf, coco) + list(observers))
     verbose = verbose or len(names) < 50
     print_table(result, names, verbose)
     if config.voc_rule:
