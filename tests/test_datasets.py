@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from utils.boxes import scale_boxes, xywhn2xyxy
-from utils.data.datasets import check_dataset, create_dataloader, load_hyp, load_records
-from utils.data.label_scan import scan_source
+from utils.data.datasets import DetectionDataset, check_dataset, create_dataloader, load_hyp, load_records
+from utils.data.label_scan import Record, scan_source
 from utils.data import ram_cache
 from utils.data.ram_cache import auto_cache, resized_bytes
 from utils.data.shapes import ensure_shapes
@@ -213,6 +213,14 @@ def test_voc_difficult_flag_reaches_records_and_val_targets_but_not_training(tmp
     assert train.labels[0][:, 0].tolist() == [VOC_NAMES.index('person')]
     _, keep = create_dataloader(d['val'], 128, 1, 32, augment=True, data=d, keep_difficult=True, verbose=False)
     assert len(keep.labels[0]) == 2
+
+
+def test_training_labels_leave_out_crowd_always_and_difficult_unless_kept():
+    rec = Record('x.jpg', (100, 100), cls=np.array([0, 1, 2]), boxes=np.full((3, 4), 0.5, np.float32),
+                 difficult=np.array([False, True, False]), crowd=np.array([False, False, True]))
+    classes = {(augment, keep): DetectionDataset._training_labels(rec, augment, keep, False)[:, 0].tolist()
+               for augment in (True, False) for keep in (True, False)}
+    assert classes == {(True, False): [0], (True, True): [0, 1], (False, False): [0, 1, 2], (False, True): [0, 1, 2]}
 
 
 @needs_voc

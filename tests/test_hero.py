@@ -73,6 +73,9 @@ def test_hero_command_trains_from_the_coco_checkpoint(trained, hero):
     assert 'from yolov5s.pt' in transfer and 'class rows from the checkpoint for 20/20 classes' in transfer
     assert 'sofa <- couch' in out and 'tvmonitor <- tv' in out
     assert 'Frozen tensors verified' in out and 'Traceback' not in out
+    trainval = (VOC07 / 'ImageSets' / 'Main' / 'trainval.txt').read_text().split()[:24]
+    difficult = sum((VOC07 / 'Annotations' / f'{i}.xml').read_text().count('<difficult>1</difficult>') for i in trainval)
+    assert difficult and f'keep_difficult 1: {difficult} VOC difficult boxes are trained on as objects' in out
     rows = list(csv.DictReader((run_dir / 'results.csv').open()))
     assert [r['epoch'] for r in rows] == ['-1', '0']  # the zero-shot row, then the one epoch
     for r in rows:

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from utils.data.datasets import load_hyp
 
@@ -29,3 +30,14 @@ def test_a_bare_hyp_name_is_found_in_data_hyps(tmp_path, monkeypatch):
     assert load_hyp('hyp.scratch-high.yaml')['copy_paste'] == 0.1
     with pytest.raises(FileNotFoundError, match='hyp.nothing.yaml'):
         load_hyp('hyp.nothing.yaml')
+
+
+def test_keep_difficult_is_optional_and_checked(tmp_path):
+    base = load_hyp(HYPS / 'hyp.scratch-low.yaml')
+    assert 'keep_difficult' not in base  # upstream's rule: difficult boxes are left out of training
+    assert load_hyp({**base, 'keep_difficult': 1})['keep_difficult'] == 1
+    assert load_hyp(HYPS / 'hyp.transfer.yaml')['keep_difficult'] == 1  # the fine-tune recipe trains on them
+    bad = tmp_path / 'my.yaml'
+    bad.write_text(yaml.safe_dump({**base, 'keep_difficult': 'yes'}))
+    with pytest.raises(ValueError, match=f"^{bad}: keep_difficult 'yes': expected 0"):
+        load_hyp(bad)

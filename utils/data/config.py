@@ -50,9 +50,13 @@ def load_hyp(hyp=None):
     elif not isinstance(hyp, dict) and not Path(hyp).exists() and (REPO / 'data' / 'hyps' / Path(hyp).name).is_file():
         hyp = REPO / 'data' / 'hyps' / Path(hyp).name  # a bare name such as hyp.scratch-high.yaml
     d = dict(hyp) if isinstance(hyp, dict) else load_yaml(hyp, 'hyp')
+    where = hyp if not isinstance(hyp, dict) else 'hyp'
     missing = [k for k in HYP_KEYS if k not in d]
     if missing:
-        raise ValueError(f'{hyp if not isinstance(hyp, dict) else "hyp"}: missing keys {", ".join(missing)}')
+        raise ValueError(f'{where}: missing keys {", ".join(missing)}')
+    if d.get('keep_difficult', 0) not in (0, 1):
+        raise ValueError(f"{where}: keep_difficult {d['keep_difficult']!r}: expected 0 (VOC difficult boxes left out "
+                         f"of training, upstream's rule) or 1 (trained on as objects)")
     return d
 
 

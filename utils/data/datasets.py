@@ -55,8 +55,8 @@ class LoaderOptions:
     """How a split is loaded; ``create_dataloader`` takes these as keyword arguments.
 
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
-    ``keep_difficult`` keeps VOC difficult / COCO crowd boxes in the training labels (evaluation reads them from
-    the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does when they fit
+    ``keep_difficult`` keeps VOC difficult boxes in the training labels (COCO crowd regions never are; evaluation
+    reads both from the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does when they fit
     (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files (utils/data/disk_cache.py);
     ``image_weights`` draws images by class rarity instead of shuffling (utils/data/sampling.py).
     """
@@ -139,7 +139,7 @@ class DetectionDataset(Dataset):
         self.nc = 1 if o.single_cls else ((data or {}).get('nc') or len(self.names) or None)
         self.mosaic = o.augment and not o.rect
         self.rect = o.rect
-        self.labels = [self._training_labels(r, o.augment and not o.keep_difficult, o.single_cls)
+        self.labels = [self._training_labels(r, o.augment, o.keep_difficult, o.single_cls)
                        for r in self.records]
         if o.rect:
             self._sort_by_aspect_ratio()
@@ -162,8 +162,11 @@ class DetectionDataset(Dataset):
         return np.array([r.shape[::-1] for r in self.records], dtype=np.int64).reshape(-1, 2)  # (w, h)
 
     @staticmethod
-    def _training_labels(rec, drop_flagged, single_cls):
-        keep = ~(rec.difficult | rec.crowd) if drop_flagged else np.ones(len(rec.cls), bool)
+    def _training_labels(rec, augment, keep_difficult, single_cls):
+        """(n, 5) [cls, cx, cy, w, h]: a training loader's leave out crowd regions and (unless ``keep_difficult``)
+        difficult boxes; a val loader's keep every box, in record order."""
+        flagged = rec.crowd | (rec.difficult & (not keep_difficult))
+        keep = ~flagged if augment else np.ones(len(rec.cls), bool)
         cls = np.zeros(int(keep.sum())) if single_cls else rec.cls[keep]
         return np.concatenate((cls[:, None], rec.boxes[keep]), 1).astype(np.float32).reshape(-1, 5)
 

@@ -119,6 +119,13 @@ def setup_model(run, config, ckpt=None):
     return model, plan
 
 
+def log_kept_difficult(run, dataset, hyp):
+    n = sum(int(r.difficult.sum()) for r in dataset.records)
+    if hyp.get('keep_difficult', 0) and n and run.main:
+        run.log(f'keep_difficult 1: {n} VOC difficult boxes are trained on as objects (upstream leaves them out, '
+                f'so they are taught as background: keep_difficult 0)')
+
+
 def setup_loaders(run, config, model, fresh):
     """Train loader (every process) and val loader (main process); labels plot and anchor check on a new run."""
     opt, hyp = run.opt, config.hyp
@@ -129,7 +136,9 @@ def setup_loaders(run, config, model, fresh):
         train_loader, dataset = create_dataloader(
             config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
             workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
-            data=config.data, prefix='train: ', image_weights=opt.image_weights)
+            data=config.data, prefix='train: ', image_weights=opt.image_weights,
+            keep_difficult=bool(hyp.get('keep_difficult', 0)))
+        log_kept_difficult(run, dataset, hyp)
         if not run.main:
             return Loaders(train_loader, dataset, None, imgsz)
         val_loader, _ = create_dataloader(
