@@ -56,9 +56,10 @@ class LoaderOptions:
 
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
     ``keep_difficult`` keeps VOC difficult boxes in the training labels (COCO crowd regions never are; evaluation
-    reads both from the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does when they fit
-    (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files (utils/data/disk_cache.py);
-    ``image_weights`` draws images by class rarity instead of shuffling (utils/data/sampling.py).
+    reads both from the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does
+    when they fit (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files
+    (utils/data/disk_cache.py); ``image_weights`` draws images by class rarity instead of shuffling
+    (utils/data/sampling.py).
     """
     hyp: object = None
     augment: bool = False
@@ -75,8 +76,8 @@ class LoaderOptions:
     use_label_cache: bool = True
     image_weights: bool = False
     # reused pass after pass (the trainer's val loader): workers stay between passes instead of being forked again.
-    # Opt-in: workers ignore SIGTERM (utils/data/workers.py), so kept ones outliving a loader's last pass would make the
-    # interpreter's exit, which joins them, wait forever.
+    # Opt-in: workers ignore SIGTERM (utils/data/workers.py), so kept ones outliving a loader's last pass would make
+    # the interpreter's exit, which joins them, wait forever.
     keep_workers: bool = False
     verbose: bool = True
 
@@ -163,8 +164,8 @@ class DetectionDataset(Dataset):
 
     @staticmethod
     def _training_labels(rec, augment, keep_difficult, single_cls):
-        """(n, 5) [cls, cx, cy, w, h]: a training loader's leave out crowd regions and (unless ``keep_difficult``)
-        difficult boxes; a val loader's keep every box, in record order."""
+        """(n, 5) [cls, cx, cy, w, h] of one record. Training (``augment``) leaves out crowd regions and, unless
+        ``keep_difficult``, difficult boxes; validation keeps every box, in record order."""
         flagged = rec.crowd | (rec.difficult & (not keep_difficult))
         keep = ~flagged if augment else np.ones(len(rec.cls), bool)
         cls = np.zeros(int(keep.sum())) if single_cls else rec.cls[keep]

@@ -119,9 +119,9 @@ def setup_model(run, config, ckpt=None):
     return model, plan
 
 
-def log_kept_difficult(run, dataset, hyp):
+def log_kept_difficult(run, dataset):
     n = sum(int(r.difficult.sum()) for r in dataset.records)
-    if hyp.get('keep_difficult', 0) and n and run.main:
+    if n and run.main:
         run.log(f'keep_difficult 1: {n} VOC difficult boxes are trained on as objects (upstream leaves them out, '
                 f'so they are taught as background: keep_difficult 0)')
 
@@ -132,13 +132,15 @@ def setup_loaders(run, config, model, fresh):
     gs = max(int(model.stride.max()), 32)
     imgsz = check_imgsz(opt.imgsz, gs)[0]
     batch = opt.batch_size // max(run.world_size, 1)
+    keep_difficult = bool(hyp.get('keep_difficult', 0))
     with run.phases.phase('scans and caches'):
         train_loader, dataset = create_dataloader(
             config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect, cache=opt.cache,
             workers=opt.workers, shuffle=True, rank=run.rank, single_cls=opt.single_cls, seed=opt.seed,
             data=config.data, prefix='train: ', image_weights=opt.image_weights,
-            keep_difficult=bool(hyp.get('keep_difficult', 0)))
-        log_kept_difficult(run, dataset, hyp)
+            keep_difficult=keep_difficult)
+        if keep_difficult:
+            log_kept_difficult(run, dataset)
         if not run.main:
             return Loaders(train_loader, dataset, None, imgsz)
         val_loader, _ = create_dataloader(
