@@ -76,6 +76,8 @@ def parse_opt(argv=None):
 
 def main(argv=None):
     opt = parse_opt(argv)
+    if opt.resamples < 1:
+        sys.exit(f'error: --resamples {opt.resamples}: expected at least 1')
     try:
         rows = gain_rows(opt)
     except (ValueError, FileNotFoundError) as e:
