@@ -28,6 +28,11 @@ final, best (with its epoch) and lowest over the epochs, the final's change agai
 final and best mAP50-95; the PNG draws devkit AP50 per epoch. Every setting validates each epoch (``--val-every 1``,
 so that the lowest epoch is seen); with ``--val-every K`` the epochs train.py skipped (empty metric cells) are left
 out of the curves.
+
+A study too long for one sitting can go on where it stopped: the files are rewritten after each setting, and
+``--resume`` keeps the rows of OUT.json whose setting and flags are the ones asked for (the study's options must
+match, or it stops with one line naming them) and runs only the others. The table names the rows it reused: their
+times were measured in the earlier run.
 """
 import argparse
 import csv
@@ -56,6 +61,7 @@ SETTINGS = {
 }
 DEFAULT_SETTINGS = list(SETTINGS)[:6]
 MAP50, MAP, VOC50 = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'metrics/voc_mAP_0.5'
+STUDY_OPTIONS = ('weights', 'data', 'epochs', 'imgsz', 'batch_size', 'hyp', 'seed', 'device', 'val_every')
 
 
 def parse_settings(names, epochs, mapping_off_yaml):
@@ -186,6 +192,27 @@ def run_setting(opt, name, flags):
     return r
 
 
+def reusable_rows(opt, settings):
+    """{setting: row} of an earlier OUT.json for the asked settings whose flags are unchanged (``--resume``).
+
+    Raises ValueError, naming the file, when the file is not a study's JSON or its study options differ from
+    ``opt``'s: rows trained under other options would not belong in one table."""
+    path = Path(opt.out).with_suffix('.json')
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        config, results = saved['config'], saved['results']
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f'{path}: not a study JSON ({type(e).__name__}: {e}); --resume cannot use it') from None
+    differ = [f'{k} {config.get(k)!r} there, {getattr(opt, k)!r} now' for k in STUDY_OPTIONS
+              if str(config.get(k)) != str(getattr(opt, k))]
+    if differ:
+        raise ValueError(f"{path}: another study's options ({'; '.join(differ)}); --resume needs the same ones")
+    wanted = {name: ' '.join(flags) for name, flags in settings}
+    return {r['setting']: r for r in results if wanted.get(r.get('setting')) == r.get('flags')}
+
+
 def fmt(value, spec='.3f', epoch=None):
     """A table cell: '-' for a missing value; epochs shown 1-based (the zero-shot row is epoch 0)."""
     if value is None:
@@ -221,6 +248,9 @@ def markdown_table(rows, opt):
              f"{opt.batch_size}, seed {opt.seed}, {'hyp ' + Path(opt.hyp).name if opt.hyp else 'default hyp'}, "
              f"device {opt.device or 'auto'}" + (f', {opt.jobs} settings at a time (times only indicative)'
                                                   if opt.jobs > 1 else ''))
+    reused = [r['setting'] for r in rows if r.get('reused')]
+    if reused:
+        title += f"; reused by --resume from an earlier run, times measured then: {', '.join(reused)}"
     if voc:
         title += ('\n\nAP50: the VOC devkit AP50 (metrics/voc_mAP_0.5 of results.csv: difficult objects ignored; '
                   '11-point for eval: voc07, all-point for voc12); mAP50-95: the COCO 101-point rule, difficult '
@@ -265,6 +295,8 @@ def parse_opt(argv=None):
                    help="built-in names and/or 'name:train.py flags'; the first is the speed reference")
     p.add_argument('--project', default=str(ROOT / 'runs/transfer-study'), help='where the runs go')
     p.add_argument('--out', default=str(ROOT / 'benchmarks/results/transfer'), help='writes OUT.md/.json/.png')
+    p.add_argument('--resume', action='store_true',
+                   help="keep OUT.json's rows of the asked settings (same options and flags); run only the others")
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--worker-flags', default='', help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -283,19 +315,23 @@ def main(argv=None):
         opt.data = str(make_transfer_set())
     try:
         settings = parse_settings(opt.settings, opt.epochs, mapping_off_data(opt.data, opt.project))
+        reused = reusable_rows(opt, settings) if opt.resume else {}
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f'error: {e}')
+    if reused:
+        print(f"--resume: {', '.join(reused)} from {Path(opt.out).with_suffix('.json')}", flush=True)
+    todo = [s for s in settings if s[0] not in reused]
+    done = {name: {**row, 'reused': True} for name, row in reused.items()}
     if opt.jobs > 1:  # several settings at once: results as sequential, timings only indicative
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(opt.jobs) as pool:
-            rows = list(pool.map(lambda s: run_setting(opt, *s), settings))
+            done.update(zip([name for name, _ in todo], pool.map(lambda s: run_setting(opt, *s), todo)))
     else:  # the files are rewritten after each setting, so a long study stopped early keeps what it measured
-        rows = []
-        for name, flags in settings:
-            rows.append(run_setting(opt, name, flags))
-            if len(rows) < len(settings):
-                write_outputs(rows, opt, quiet=True)
-    write_outputs(rows, opt)
+        for i, (name, flags) in enumerate(todo):
+            done[name] = run_setting(opt, name, flags)
+            if i < len(todo) - 1:
+                write_outputs([done[n] for n, _ in settings if n in done], opt, quiet=True)
+    write_outputs([done[name] for name, _ in settings], opt)
 
 
 def write_outputs(rows, opt, quiet=False):

@@ -138,3 +138,37 @@ def test_tiny_voc_study_end_to_end(tmp_path, monkeypatch):
     assert [e for e, _ in row['voc_curve']] == [-1, 0] and 0 <= row['zero_shot_voc'] <= 1
     assert row['best_voc_epoch'] == 0 and row['voc_change'] == pytest.approx(row['final_voc'] - row['zero_shot_voc'])
     assert out.with_suffix('.png').is_file()
+
+
+def test_resume_runs_only_the_settings_not_yet_measured(tmp_path, monkeypatch):
+    """--resume keeps OUT.json's rows of the asked settings with unchanged flags, runs the others, and refuses,
+    in one line naming the file, the JSON of another study or a file that is no study JSON."""
+    import json
+    calls = []
+
+    def fake_run(opt, name, flags):
+        calls.append(name)
+        return {'setting': name, 'flags': ' '.join(flags), 'wall_s': 10.0, 's_per_epoch': 1.0 + len(calls),
+                'peak_rss_mb': 100.0, 'peak_cuda_mb': None, **study.summarise([(-1, 0.5, 0.3), (0, 0.6, 0.4)])}
+
+    monkeypatch.setattr(study, 'run_setting', fake_run)
+    monkeypatch.setattr(study, 'mapping_off_data', lambda data, out: Path(out) / 'mapping_off.yaml')
+    out = tmp_path / 'study'
+    base = ['--data', 'd.yaml', '--weights', 'w.pt', '--epochs', '4', '--project', str(tmp_path / 'runs'),
+            '--out', str(out)]
+    study.main([*base, '--settings', 'freeze0', 'freeze10'])
+    assert calls == ['freeze0', 'freeze10']
+    study.main([*base, '--resume', '--settings', 'freeze0', 'freeze10:--freeze 10 --cos-lr', 'all-but-detect'])
+    assert calls[2:] == ['freeze10', 'all-but-detect']  # freeze10's flags changed: measured again
+    rows = json.loads(out.with_suffix('.json').read_text())['results']
+    assert [(r['setting'], r.get('reused', False)) for r in rows] == \
+        [('freeze0', True), ('freeze10', False), ('all-but-detect', False)]
+    assert rows[0]['s_per_epoch'] == 2.0  # the row measured by the first run, kept as it was
+    table = out.with_suffix('.md').read_text()
+    assert 'reused by --resume from an earlier run, times measured then: freeze0\n' in table
+    with pytest.raises(SystemExit, match=r"study\.json: another study's options \(epochs 4 there, 6 now\)"):
+        study.main([*base[:5], '6', *base[6:], '--resume', '--settings', 'freeze0'])
+    out.with_suffix('.json').write_text('{"config": {}')
+    with pytest.raises(SystemExit, match=r'study\.json: not a study JSON \(JSONDecodeError'):
+        study.main([*base, '--resume'])
+    assert len(calls) == 4
