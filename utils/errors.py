@@ -13,6 +13,11 @@ class OneLineError(Exception):
     exit_code = 1
 
 
+class InputError(ValueError):
+    """Bad input from the user: a flag value, a file's contents, a missing or malformed file. The message is one
+    complete line naming the flag or file and the problem. A ``ValueError``, so callers that catch those still do."""
+
+
 class WriteFailed(OneLineError):
     """A file could not be written (disk full, read-only folder); the previous version of it is left intact."""
 
