@@ -23,6 +23,7 @@ from utils.runs import configure_determinism, init_distributed
 from utils.train.trainer import Run, prepare_run_dir, train
 from utils.train.upstream_defaults import format_differences, upstream_differences
 from utils.train.val_schedule import SAVED_BEFORE_THE_FLAG, parse_val_every, val_every_flag, val_every_of
+from utils.errors import InputError
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -114,34 +115,34 @@ def fill_defaults(opt):
 def check_options(opt, world_size, device=None):
     """Refuse flag values that cannot work, before anything is built (one-line errors)."""
     if opt.batch_size == -1 and device is not None and device.type != 'cuda':
-        raise ValueError(NEEDS_CUDA)
+        raise InputError(NEEDS_CUDA)
     for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, -1),
                              ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
                              ('--patience', opt.patience, 1), ('--close-mosaic', opt.close_mosaic, 0)):
         if value < low:
-            raise ValueError(f'{flag} {value}: must be at least {low}')
+            raise InputError(f'{flag} {value}: must be at least {low}')
     if opt.batch_size == 0:
-        raise ValueError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
+        raise InputError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
     try:
         parse_val_every(val_every_of(opt))  # train.run(val_every=...) is not parsed by argparse
     except ValueError as e:
-        raise ValueError(f'--val-every {val_every_of(opt)}: {e}') from None
+        raise InputError(f'--val-every {val_every_of(opt)}: {e}') from None
     if opt.cache is not None and opt.cache not in CACHE_MODES:
         *most, last = map(repr, CACHE_MODES)
-        raise ValueError(f"--cache {opt.cache}: must be {', '.join(most)} or {last}")
+        raise InputError(f"--cache {opt.cache}: must be {', '.join(most)} or {last}")
     if opt.unfreeze_epoch >= opt.epochs:
-        raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
+        raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:
-        raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
+        raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
     if opt.image_weights and opt.rect:
-        raise ValueError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
+        raise InputError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
     if world_size > 1 and (opt.image_weights or opt.batch_size == -1):
-        raise ValueError(f"{'--image-weights' if opt.image_weights else '--batch-size -1 (AutoBatch)'} needs a "
+        raise InputError(f"{'--image-weights' if opt.image_weights else '--batch-size -1 (AutoBatch)'} needs a "
                          f"single process (DDP splits the images its own way)")
     if opt.rect and world_size > 1:
-        raise ValueError('--rect does not work with DDP (each process would mix batches of different shapes)')
+        raise InputError('--rect does not work with DDP (each process would mix batches of different shapes)')
     if opt.batch_size > 0 and opt.batch_size % world_size:
-        raise ValueError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
+        raise InputError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
 
 
 def resume_options(opt):
@@ -153,7 +154,7 @@ def resume_options(opt):
         print(f'Removed {path.parent / name}: a checkpoint write that was interrupted (kept the complete {path.name})')
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
-        raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
+        raise InputError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
     # options newer than the run: defaults, except --val-every: such a run validated every epoch
     saved = argparse.Namespace(**{**vars(parse_opt([])), 'val_every': SAVED_BEFORE_THE_FLAG, **ckpt['opt']})
     saved.device, saved.workers, saved.resume = opt.device, opt.workers, str(path)
@@ -165,7 +166,7 @@ def run(**kwargs):
     opt = parse_opt([])
     for k, v in kwargs.items():
         if not hasattr(opt, k):
-            raise ValueError(f'train.run: unknown option {k}')
+            raise InputError(f'train.run: unknown option {k}')
         setattr(opt, k, v)
     return main(opt)
 

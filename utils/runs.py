@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import torch
+from utils.errors import InputError
 
 
 def increment_path(path, exist_ok=False, mkdir=False):
@@ -71,12 +72,12 @@ def select_device(device=''):
     if spec == 'cpu':
         return torch.device('cpu')
     if not re.fullmatch(r'\d+(,\d+)*', spec):
-        raise ValueError(f"--device '{device}': expected 'cpu', a CUDA index like '0', or a list like '0,1'")
+        raise InputError(f"--device '{device}': expected 'cpu', a CUDA index like '0', or a list like '0,1'")
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here (use --device cpu)")
+        raise InputError(f"--device {device}: CUDA is not available here (use --device cpu)")
     first = int(spec.split(',')[0])
     if first >= torch.cuda.device_count():
-        raise ValueError(f'--device {device}: only {torch.cuda.device_count()} CUDA device(s) present')
+        raise InputError(f'--device {device}: only {torch.cuda.device_count()} CUDA device(s) present')
     return torch.device(f'cuda:{first}')
 
 

@@ -28,6 +28,7 @@ from utils.data.label_scan import ScanReport, assign_image_ids, scan_source
 from utils.data.sampling import ImageWeightSampler
 from utils.data.workers import SeededDraws, end_workers_at_exit, seed_worker
 from utils.data.sizes import long_side_to
+from utils.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,10 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
     data = data or {}
     sources = as_list(path)
     if not sources:
-        raise ValueError(f'{prefix}no image sources given')
+        raise InputError(f'{prefix}no image sources given')
     fmt = data.get('format') or ('voc' if any('ImageSets' in Path(str(s)).parts for s in sources) else 'yolo')
     if fmt == 'voc' and not data.get('names'):
-        raise ValueError(f'{sources[0]}: VOC sources need class names (pass data=check_dataset(...))')
+        raise InputError(f'{sources[0]}: VOC sources need class names (pass data=check_dataset(...))')
     records, report = [], ScanReport()
     for src in sources:
         if not Path(src).exists():
@@ -110,7 +111,7 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
         if len(report.messages) > 10:
             print(f'{prefix}  ... and {len(report.messages) - 10} more')
     if not records:
-        raise ValueError(f'{sources[0]}: no usable images ({report.summary()})')
+        raise InputError(f'{sources[0]}: no usable images ({report.summary()})')
     return records, report
 
 
@@ -150,7 +151,7 @@ class DetectionDataset(Dataset):
         self.rng = np.random.default_rng(o.seed)
         self.albumentations = Albumentations(seed=o.seed) if o.augment else None
         if o.cache not in (None, False, True, *CACHE_MODES):
-            raise ValueError(f"cache '{o.cache}' must be {', '.join(map(repr, CACHE_MODES))} or None")
+            raise InputError(f"cache '{o.cache}' must be {', '.join(map(repr, CACHE_MODES))} or None")
         self.disk_cache = o.cache == 'disk'
         self.ims = self._cache_images() if self._in_ram(o.cache, o.verbose) else None
 

@@ -16,6 +16,7 @@ from utils.data.label_formats import (coco_annotations, coco_category_map, coco_
                                  img2label_path, list_images, load_coco_json, read_voc_xml, read_yolo_label, voc_ids,
                                  voc_inputs, yolo_inputs)
 from utils.data.label_cache import cache_location, input_stats, read_cache, write_cache
+from utils.errors import InputError
 
 COUNTS = ('images', 'found', 'missing', 'empty', 'corrupt', 'dropped')
 COORD_TOL = 0.01  # normalised coordinates may stray this far outside [0, 1] before a row counts as corrupt
@@ -96,18 +97,18 @@ def verify_image(path):
             f.seek(-2, 2)
             tail = f.read(2)
     except OSError as e:
-        raise ValueError(f'unreadable image ({e.strerror or e})') from None
+        raise InputError(f'unreadable image ({e.strerror or e})') from None
     if head == b'\xff\xd8' and tail != b'\xff\xd9':
-        raise ValueError('truncated JPEG (no end-of-image marker)')
+        raise InputError('truncated JPEG (no end-of-image marker)')
     try:
         with Image.open(path) as im:
             im.verify()  # structure check without a full decode
         with Image.open(path) as im:
             w, h = ImageOps.exif_transpose(im).size if _has_rotation(im) else im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f'unreadable image ({type(e).__name__})') from None
+        raise InputError(f'unreadable image ({type(e).__name__})') from None
     if min(h, w) < MIN_IMAGE_SIDE:
-        raise ValueError(f'image size {w}x{h} below {MIN_IMAGE_SIDE} px')
+        raise InputError(f'image size {w}x{h} below {MIN_IMAGE_SIDE} px')
     return h, w
 
 
@@ -128,10 +129,10 @@ def check_boxes(cls, xyxy, nc):
     notes = []
     if len(cls) and (cls.min() < 0 or (nc is not None and cls.max() >= nc)):
         bad = int(cls[(cls < 0) | (cls >= (nc if nc is not None else np.inf))][0])
-        raise ValueError(f'class id {bad} outside [0, {nc})')
+        raise InputError(f'class id {bad} outside [0, {nc})')
     if len(xyxy) and ((xyxy < -COORD_TOL) | (xyxy > 1 + COORD_TOL)).any():
         row = int(np.nonzero(((xyxy < -COORD_TOL) | (xyxy > 1 + COORD_TOL)).any(1))[0][0])
-        raise ValueError(f'row {row + 1}: coordinates outside [0, 1]')
+        raise InputError(f'row {row + 1}: coordinates outside [0, 1]')
     xyxy = xyxy.clip(0, 1)
     positive = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     if not positive.all():
@@ -280,13 +281,13 @@ def _from_cache(payload, nc):
         report.messages = [(str(f), str(r)) for f, r in payload['report']['messages']]
         records = [Record.from_json(r) for r in payload['records']]
     except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as e:
-        raise ValueError(f'malformed contents ({type(e).__name__})') from None
+        raise InputError(f'malformed contents ({type(e).__name__})') from None
     for r in records:
         if not (isinstance(r.im_file, str) and len(r.shape) == 2 and all(type(v) is int and v > 0 for v in r.shape)
                 and np.isfinite(r.boxes).all() and ((r.boxes >= 0) & (r.boxes <= 1)).all()
                 and len(r.cls) == len(r.boxes) == len(r.difficult) == len(r.crowd)
                 and ((r.cls >= 0) & (r.cls < (nc or np.inf))).all()):
-            raise ValueError(f'malformed contents (the record of {Path(str(r.im_file)).name!r:.80})')
+            raise InputError(f'malformed contents (the record of {Path(str(r.im_file)).name!r:.80})')
     return records, report
 
 

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from utils.data.config import load_hyp
-from utils.errors import Interrupted
+from utils.errors import InputError, Interrupted
 from utils.evolve.report import write_outputs
 from utils.evolve.space import base_values, baseline_params, build_space, describe, suggest
 from utils.runs import increment_path
@@ -35,7 +35,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise ValueError('--evolve needs the optuna package: pip install optuna') from None
+        raise InputError('--evolve needs the optuna package: pip install optuna') from None
     return optuna
 
 
@@ -53,7 +53,7 @@ def make_pruner(optuna, spec, epochs):
             return optuna.pruners.ThresholdPruner(lower=float(spec.split('=', 1)[1]))
         except ValueError:
             pass
-    raise ValueError(f"--evolve-pruner {spec}: expected median, hyperband, none or threshold=X (a fitness)")
+    raise InputError(f"--evolve-pruner {spec}: expected median, hyperband, none or threshold=X (a fitness)")
 
 
 class Objective:
@@ -120,7 +120,7 @@ def open_storage(optuna, url, attempts=5):
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
         except Exception as e:  # bad URL, unreachable database, missing driver, a table-creation race
             if attempt == attempts - 1:
-                raise ValueError(f'--evolve-storage {url}: cannot open ({str(e).splitlines()[0]})') from None
+                raise InputError(f'--evolve-storage {url}: cannot open ({str(e).splitlines()[0]})') from None
             time.sleep(1 + attempt)
 
 
@@ -230,7 +230,7 @@ def run_evolve(opt, train_trial, defaults, pruner=None):
 
 def _run_study(optuna, opt, train_trial, defaults, pruner):
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        raise ValueError('--evolve runs one process per trial; share a study between processes with '
+        raise InputError('--evolve runs one process per trial; share a study between processes with '
                          '--evolve-storage instead of torch.distributed.run')
     resuming = bool(opt.resume)
     if resuming:

@@ -15,6 +15,7 @@ PASCAL VOC / COCO synonyms. The data YAML's optional ``class_map:`` key override
 """
 import difflib
 from dataclasses import dataclass
+from utils.errors import InputError
 
 # PASCAL VOC name -> COCO name, both normalised. (diningtable/dining table and pottedplant/potted plant need
 # no entry: they are equal once normalised.)
@@ -103,16 +104,16 @@ def check_class_map_spec(spec, data_names, where='data YAML'):
     if spec in OFF or (isinstance(spec, str) and spec.strip().lower() in OFF):
         return 'none'
     if not isinstance(spec, dict):
-        raise ValueError(f'{where}: class_map must be a mapping {{data class: checkpoint class or list}} or none')
+        raise InputError(f'{where}: class_map must be a mapping {{data class: checkpoint class or list}} or none')
     by_norm = {normalise(n): n for n in data_names}
     out = {}
     for key, value in spec.items():
         if normalise(key) not in by_norm:
-            raise ValueError(f"{where}: class_map key '{key}' is not a data class "
+            raise InputError(f"{where}: class_map key '{key}' is not a data class "
                              f'(closest data names: {_closest(key, data_names)})')
         values = value if isinstance(value, (list, tuple)) else [value]
         if value is None or not all(isinstance(v, str) for v in values):
-            raise ValueError(f"{where}: class_map '{key}' must be a checkpoint class name or a list of names")
+            raise InputError(f"{where}: class_map '{key}' must be a checkpoint class name or a list of names")
         out[by_norm[normalise(key)]] = list(values)
     return out
 
@@ -138,7 +139,7 @@ def build_class_map(data_names, source_names, spec=None, where='data YAML'):
             for s in spec[name]:
                 j = index.get(canonical(s))
                 if j is None:
-                    raise ValueError(f"{where}: class_map '{name}': '{s}' is not a class of the checkpoint "
+                    raise InputError(f"{where}: class_map '{name}': '{s}' is not a class of the checkpoint "
                                      f'(closest: {_closest(s, source_names)})')
                 if j not in ids:
                     ids.append(j)

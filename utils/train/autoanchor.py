@@ -1,6 +1,7 @@
 """Anchor fitness check and re-computation (k-means + genetic evolution), as YOLOv5's autoanchor."""
 import numpy as np
 import torch
+from utils.errors import InputError
 
 
 def label_wh(dataset, imgsz, rng=None):
@@ -33,7 +34,7 @@ def kmean_anchors(wh, n=9, thr=4.0, gen=1000, seed=0):
     rng = np.random.default_rng(seed)
     wh = wh[(wh >= 2.0).any(1)]  # ignore boxes under 2 px
     if len(wh) < n:
-        raise ValueError(f'autoanchor: {len(wh)} boxes are too few for {n} anchors')
+        raise InputError(f'autoanchor: {len(wh)} boxes are too few for {n} anchors')
     sigma = wh.std(0) + 1e-9
     k = _kmeans(wh / sigma, n, rng) * sigma
     f = _fitness(k, wh, thr)

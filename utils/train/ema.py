@@ -6,6 +6,7 @@ import math
 from copy import deepcopy
 
 import torch
+from utils.errors import InputError
 
 DECAY, TAU = 0.9999, 2000  # YOLOv5's EMA: full decay, reached over about TAU updates
 
@@ -54,5 +55,5 @@ def ema_settings(hyp, where='hyp'):
     where absent); ``where`` names the hyp file in the error."""
     decay, tau = float(hyp.get('ema_decay', DECAY)), float(hyp.get('ema_tau', TAU))
     if not 0.0 <= decay < 1.0 or tau < 0:
-        raise ValueError(f'{where}: ema_decay {decay} / ema_tau {tau}: expected 0 <= ema_decay < 1 and ema_tau >= 0')
+        raise InputError(f'{where}: ema_decay {decay} / ema_tau {tau}: expected 0 <= ema_decay < 1 and ema_tau >= 0')
     return decay, tau

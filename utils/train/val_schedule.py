@@ -9,6 +9,7 @@ validates every epoch of a run of at most 10 epochs and every ``min(5, epochs //
     [e for e in range(20) if is_validated(e, k, 20)]   # 1, 3, ..., 19 (0-based: epochs 2, 4, ..., 20)
 """
 import argparse
+from utils.errors import InputError
 
 AUTO = 'auto'
 AUTO_EVERY_EPOCH_UP_TO = 10  # auto: runs of at most this many epochs validate every epoch
@@ -23,7 +24,7 @@ def parse_val_every(value):
         return AUTO
     if text.isdecimal() and int(text) >= 1:
         return int(text)
-    raise ValueError(f"expected a positive integer or 'auto', got {value!r}")
+    raise InputError(f"expected a positive integer or 'auto', got {value!r}")
 
 
 def val_every_flag(text):

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from utils.weights.checkpoint_probe import describe_refused, describe_unreadable
+from utils.errors import InputError
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names a global outside the allow-list (``inside_official``: met inside a YOLOv5 model)."""
@@ -128,9 +129,9 @@ def restricted_torch_load(path):
     try:
         return _torch_load_restricted(path)
     except UnsafePickleError as e:
-        raise ValueError(f'{path}: {describe_refused(e.name, e.inside_official)}') from None
+        raise InputError(f'{path}: {describe_refused(e.name, e.inside_official)}') from None
     except LOAD_ERRORS as e:
-        raise ValueError(f'{path}: not a readable checkpoint: {describe_unreadable(path, e)}') from None
+        raise InputError(f'{path}: not a readable checkpoint: {describe_unreadable(path, e)}') from None
 
 
 def describe_pickle(path):
@@ -181,9 +182,9 @@ def _activation_name(act, path):
     """Our activation name for a pickled activation module; LeakyReLU must have YOLOv5's slope 0.1."""
     name = _short(act)
     if name == 'LeakyReLU' and abs(act.state.get('negative_slope', 0.1) - 0.1) > 1e-6:
-        raise ValueError(f"{path}: LeakyReLU slope {act.state['negative_slope']} is not supported (only 0.1)")
+        raise InputError(f"{path}: LeakyReLU slope {act.state['negative_slope']} is not supported (only 0.1)")
     if name not in ('SiLU', 'LeakyReLU', 'Hardswish', 'ReLU', 'Identity'):
-        raise ValueError(f'{path}: unsupported activation {act.qualname}')
+        raise InputError(f'{path}: unsupported activation {act.qualname}')
     return name
 
 
@@ -206,11 +207,11 @@ def _model_object(ckpt, path):
     if isinstance(ckpt, Placeholder):  # a bare pickled model
         return ckpt
     if not isinstance(ckpt, dict):
-        raise ValueError(f'{path}: not a YOLOv5 checkpoint (top level is {type(ckpt).__name__})')
+        raise InputError(f'{path}: not a YOLOv5 checkpoint (top level is {type(ckpt).__name__})')
     for key in ('ema', 'model'):  # official files keep the EMA in 'ema' until stripped, then in 'model'
         if isinstance(ckpt.get(key), Placeholder):
             return ckpt[key]
-    raise ValueError(f"{path}: not a YOLOv5 checkpoint (no pickled model under 'model' or 'ema')")
+    raise InputError(f"{path}: not a YOLOv5 checkpoint (no pickled model under 'model' or 'ema')")
 
 
 def _names(state, nc):
@@ -228,11 +229,11 @@ def official_to_weights(ckpt, path=''):
     state = model.state
     cfg = state.get('yaml', state.get('md'))  # v1.0 called the model dict ``md``
     if not isinstance(cfg, dict) or 'backbone' not in cfg or 'head' not in cfg:
-        raise ValueError(f'{path}: the pickled model carries no YAML dict to rebuild it from')
+        raise InputError(f'{path}: the pickled model carries no YAML dict to rebuild it from')
     cfg = dict(cfg)
     weights = placeholder_state_dict(model)
     if not weights:
-        raise ValueError(f'{path}: the pickled model holds no tensors')
+        raise InputError(f'{path}: the pickled model holds no tensors')
     cfg['activation'], csp_act = detect_activations(model, path)
     cfg.pop('csp_activation', None)
     if csp_act and csp_act != cfg['activation']:
