@@ -13,17 +13,16 @@ from pathlib import Path
 
 import torch
 
-from utils.data.datasets import CACHE_MODES
-from utils.train.autobatch import NEEDS_CUDA
-from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
-from utils.evolve.study import is_evolve_dir, run_evolve
-from utils.train.phases import PhaseTimer
-from utils.runs import configure_determinism, init_distributed
-from utils.train.trainer import Run, prepare_run_dir, train
-from utils.train.upstream_defaults import format_differences, upstream_differences
-from utils.train.val_schedule import SAVED_BEFORE_THE_FLAG, parse_val_every, val_every_flag, val_every_of
+from utils.data.datasets import CACHE_MODES
 from utils.errors import InputError
+from utils.runs import configure_determinism, init_distributed
+from utils.train.callbacks import EpochFitness, default_callbacks
+from utils.train.config import (SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences, parse_val_every,
+                                upstream_differences, val_every_flag, val_every_of)
+from utils.train.phases import PhaseTimer
+from utils.train.trainer import prepare_run_dir, train
+from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -91,16 +90,21 @@ def parse_opt(argv=None):
     p.add_argument('--evolve-storage', default=None, metavar='URL',
                    help='Optuna storage shared by several processes/machines (default: runs/evolve/exp/study.db)')
     p.add_argument('--evolve-pruner', default='median', help='median, hyperband, none or threshold=X')
+    p.add_argument('--mlflow', action='store_true',
+                   help='log to MLflow (pip install mlflow-skinny); on without the flag when MLFLOW_TRACKING_URI is set')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def fill_defaults(opt):
     """YOLOv5's defaults (hyp.transfer.yaml when starting from --weights), except without --data: then the built-in
-    demo (v6/yolov5n, shapes, 192 px, 15 epochs, hyp.shapes.yaml) for every option left unset, so
-    `python train.py` finishes in minutes on a CPU."""
+    demo (shapes, 192 px, 15 epochs, hyp.shapes.yaml; v6/yolov5n unless --weights decides the model) for every
+    option left unset, so `python train.py` finishes in minutes on a CPU. --weights decides the architecture unless
+    --cfg is given, with or without --data."""
     demo = opt.data is None
     preset = DEMO if demo else {**STANDARD, **({'hyp': PRETRAINED_HYP} if opt.weights else {})}
+    if opt.weights:
+        preset = {k: v for k, v in preset.items() if k != 'cfg'}  # the checkpoint's own model YAML
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)
@@ -115,6 +119,7 @@ def fill_defaults(opt):
 def check_options(opt, world_size, device=None):
     """Refuse flag values that cannot work, before anything is built (one-line errors)."""
     if opt.batch_size == -1 and device is not None and device.type != 'cuda':
+        from utils.train.autobatch import NEEDS_CUDA
         raise InputError(NEEDS_CUDA)
     for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, -1),
                              ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
@@ -161,40 +166,44 @@ def resume_options(opt):
     return saved, ckpt
 
 
-def run(**kwargs):
-    """Python entry point: ``train.run(data='data/shapes.yaml', epochs=3)``. Returns the final val results."""
+def run(callbacks=(), **kwargs):
+    """Python entry point: ``train.run(data='data/shapes.yaml', epochs=3)``. Returns the final val results.
+    ``callbacks``: watchers of the run besides the default ones (utils/train/callbacks.py)."""
     opt = parse_opt([])
     for k, v in kwargs.items():
         if not hasattr(opt, k):
             raise InputError(f'train.run: unknown option {k}')
         setattr(opt, k, v)
-    return main(opt)
+    return main(opt, callbacks=callbacks)
 
 
-def main(opt, on_epoch_end=None, phases=None):
-    """One training run (``on_epoch_end(epoch, fitness)`` is called after each validated epoch), or with
-    ``opt.evolve`` a study of such runs. A single run ends with a one-line breakdown of its wall time by phase
-    (``phases``: a ``utils.train.phases.PhaseTimer``, filled in; default: a new one, from now)."""
+def main(opt, callbacks=(), phases=None, on_epoch_end=None):
+    """One training run, or with ``opt.evolve`` a study of such runs. ``callbacks`` watch the run beside the
+    default ones (results.csv, plots, TensorBoard, MLflow); ``on_epoch_end(epoch, fitness)`` is a shorthand for a
+    callback called after each validated epoch. A single run ends with a one-line breakdown of its wall time by
+    phase (``phases``: a ``utils.train.phases.PhaseTimer``, filled in; default: a new one, from now)."""
     note = format_differences(upstream_differences(opt)) if not opt.resume else None
     if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
         print(note)
     fill_defaults(opt)
-    if opt.evolve is not None or is_evolve_dir(opt.resume):
-        if not opt.resume:
-            check_options(opt, 1)
-        return run_evolve(opt, main, defaults=vars(parse_opt([])))
+    if opt.evolve is not None or opt.resume not in (False, True, None, ''):
+        from utils.evolve.study import is_evolve_dir, run_evolve  # --evolve only
+        if opt.evolve is not None or is_evolve_dir(opt.resume):
+            if not opt.resume:
+                check_options(opt, 1)
+            return run_evolve(opt, main, defaults=vars(parse_opt([])))
     device, rank, world_size = init_distributed(opt.device)
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size, device)
     configure_determinism(getattr(opt, 'deterministic', False))  # a resumed run keeps its setting
-    r = Run(opt, device, rank, world_size, phases)
-    r.on_epoch_end = on_epoch_end
-    prepare_run_dir(r)
+    save_dir = prepare_run_dir(opt, main=rank in (-1, 0))
+    config = TrainConfig.from_options(opt, device, rank, world_size, save_dir, phases)
+    watchers = [*default_callbacks(config), *callbacks, on_epoch_end and EpochFitness(on_epoch_end)]
     try:
-        result = train(r, ckpt)
-        r.log(r.phases.summary())
+        result = train(config, ckpt, watchers)
+        config.log(config.phases.summary())
         return result
     finally:
         if world_size > 1:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from utils.train.val_schedule import val_every_flag  # noqa: E402
+from utils.train.config import val_every_flag  # noqa: E402
 from utils.errors import InputError  # noqa: E402
 
 SETTINGS = {

@@ -7,7 +7,8 @@ with --val-every 1) with the fitness (0.1 mAP50 + 0.9 mAP50-95), which the trial
 stops it early when the pruner says so.
 Results (evolve.csv, hyp_evolved.yaml, the best command, evolve.png) are rewritten after every trial.
 
-This module never imports a script: ``train.py`` hands in ``train_trial(opt, on_epoch_end)``.
+This module never imports a script: ``train.py`` hands in ``train_trial(opt, callbacks)``; the pruner is a training
+callback (``TrialPruning``, utils/train/callbacks.py).
 """
 import argparse
 import gc
@@ -24,6 +25,7 @@ from utils.errors import InputError, Interrupted
 from utils.evolve.report import write_outputs
 from utils.evolve.space import base_values, baseline_params, build_space, describe, suggest
 from utils.runs import increment_path
+from utils.train.callbacks import VALIDATED, Callback
 
 EVOLVE_PROJECT = 'runs/evolve'
 OPTIONS_FILE = 'evolve_opt.yaml'
@@ -67,23 +69,36 @@ class Objective:
         values = suggest(self.space, trial)
         opt = trial_options(self.base, self.hyp, values, self.save_dir / 'trials', trial.number)
         trial.set_user_attr('epochs', opt.epochs)
-        progress = {'epochs_run': 0, 'best': 0.0}
+        pruning = TrialPruning(self.optuna, trial, opt.epochs)
         t0 = time.time()
         try:
-            self.train_trial(opt, lambda epoch, fit: self.report(trial, progress, epoch, fit, opt.epochs))
+            self.train_trial(opt, [pruning])
         finally:
-            trial.set_user_attr('epochs_run', progress['epochs_run'])
+            trial.set_user_attr('epochs_run', pruning.epochs_run)
             trial.set_user_attr('seconds', round(time.time() - t0, 2))
-            trial.set_user_attr('best_fitness', progress['best'])
+            trial.set_user_attr('best_fitness', pruning.best)
             release_memory()
-        return progress['best']
+        return pruning.best
 
-    def report(self, trial, progress, epoch, fit, epochs):
-        progress['epochs_run'] = epoch + 1
-        progress['best'] = max(progress['best'], float(fit))
-        trial.report(float(fit), epoch)
-        if epoch < epochs - 1 and trial.should_prune():
-            raise self.optuna.TrialPruned(f'pruned after epoch {epoch + 1}/{epochs}: fitness {fit:.4f}')
+
+class TrialPruning(Callback):
+    """A trial's training callback: after each validated epoch (once its checkpoints are saved) the fitness goes
+    to the Optuna trial, and the run ends (``TrialPruned``) when the pruner says so, before its last epoch."""
+
+    def __init__(self, optuna, trial, epochs):
+        self.optuna, self.trial, self.epochs = optuna, trial, epochs
+        self.epochs_run, self.best = 0, 0.0
+
+    def on_epoch_done(self, run, state, row, result):
+        if VALIDATED in row:
+            self.report(row['epoch'], result.fitness if result is not None else 0.0)
+
+    def report(self, epoch, fit):
+        self.epochs_run = epoch + 1
+        self.best = max(self.best, float(fit))
+        self.trial.report(float(fit), epoch)
+        if epoch < self.epochs - 1 and self.trial.should_prune():
+            raise self.optuna.TrialPruned(f'pruned after epoch {epoch + 1}/{self.epochs}: fitness {fit:.4f}')
 
 
 def release_memory():
