@@ -22,7 +22,7 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
 from utils.deploy.backends import export_metadata  # noqa: E402
 from utils.weights.checkpoint import load_model  # noqa: E402
 from utils.cli import ArgumentParser, run_cli  # noqa: E402
-from utils.weights.download import resolve_weights  # noqa: E402
+from utils.weights.official import resolve_weights  # noqa: E402
 from utils.deploy.exporters import DecodedOutput, export_onnx, export_openvino, export_torchscript  # noqa: E402
 from utils.optional import MissingPackage  # noqa: E402
 from utils.runs import is_writable_dir, select_device  # noqa: E402

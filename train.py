@@ -20,7 +20,7 @@ from utils.runs import configure_determinism, init_distributed
 from utils.train.callbacks import EpochFitness, default_callbacks
 from utils.train.config import (SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences, parse_val_every,
                                 upstream_differences, val_every_flag, val_every_of)
-from utils.train.phases import PhaseTimer
+from utils.runs import PhaseTimer
 from utils.train.trainer import prepare_run_dir, train
 from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 
@@ -181,7 +181,7 @@ def main(opt, callbacks=(), phases=None, on_epoch_end=None):
     """One training run, or with ``opt.evolve`` a study of such runs. ``callbacks`` watch the run beside the
     default ones (results.csv, plots, TensorBoard, MLflow); ``on_epoch_end(epoch, fitness)`` is a shorthand for a
     callback called after each validated epoch. A single run ends with a one-line breakdown of its wall time by
-    phase (``phases``: a ``utils.train.phases.PhaseTimer``, filled in; default: a new one, from now)."""
+    phase (``phases``: a ``utils.runs.PhaseTimer``, filled in; default: a new one, from now)."""
     note = format_differences(upstream_differences(opt)) if not opt.resume else None
     if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
         print(note)

@@ -84,7 +84,7 @@ def build_setting(opt, spec, variant, device, nc):
     import torch
     from models.yolo import Model
     from utils.data.datasets import load_hyp
-    from utils.train.ema import ModelEMA
+    from utils.train.engine import ModelEMA
     from utils.freeze.plan import FreezePlan, freeze_summary
     from utils.train.loss import ComputeLoss, scale_loss_gains
     from utils.freeze.optim import build_optimizer

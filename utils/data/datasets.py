@@ -22,11 +22,9 @@ from utils.data.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, l
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.config import SPLITS, as_list, check_dataset, load_hyp  # noqa: F401 (check_dataset: public here too)
-from utils.data.disk_cache import read_cached
-from utils.data.ram_cache import auto_cache
+from utils.data.image_cache import auto_cache, read_cached
 from utils.data.label_scan import ScanReport, assign_image_ids, scan_source
-from utils.data.sampling import ImageWeightSampler
-from utils.data.workers import SeededDraws, end_workers_at_exit, seed_worker
+from utils.data.workers import ImageWeightSampler, SeededDraws, end_workers_at_exit, seed_worker
 from utils.data.sizes import long_side_to
 from utils.errors import InputError
 
@@ -58,9 +56,9 @@ class LoaderOptions:
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
     ``keep_difficult`` keeps VOC difficult boxes in the training labels (COCO crowd regions never are; evaluation
     reads both from the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does
-    when they fit (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files
-    (utils/data/disk_cache.py); ``image_weights`` draws images by class rarity instead of shuffling
-    (utils/data/sampling.py).
+    when they fit (utils/data/image_cache.py), ``cache='disk'`` reads decoded images from .npy files
+    (utils/data/image_cache.py); ``image_weights`` draws images by class rarity instead of shuffling
+    (utils/data/workers.py).
     """
     hyp: object = None
     augment: bool = False
@@ -190,7 +188,7 @@ class DetectionDataset(Dataset):
 
     def _in_ram(self, cache, verbose):
         """Whether the resized images are kept in RAM: --cache ram, or --cache auto when they fit
-        (utils/data/ram_cache.py, which says which in one line)."""
+        (utils/data/image_cache.py, which says which in one line)."""
         if cache != 'auto':
             return cache in ('ram', True)
         decision = auto_cache([r.shape for r in self.records], self.img_size)

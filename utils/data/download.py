@@ -36,7 +36,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.data.archives import UNREADABLE, Refused, extract_tar, extract_zip, merge_tree
 from utils.errors import InputError, one_line
 from utils.fetch import fetch, partial_path
 
@@ -291,6 +290,7 @@ def _refuse(a, path, where, why):
 def _unpack(a, path, staging, where):
     """Unpack into ``<name>.unpack/``, then move the files into ``a.dest`` under a ``.merging`` marker, so a run
     that stops half-way leaves either nothing in place or a marker that makes the next run redo it."""
+    from utils.data.archives import UNREADABLE, Refused, extract_tar, extract_zip, merge_tree  # first use only
     tmp = staging / f'{a.name}.unpack'
     shutil.rmtree(tmp, ignore_errors=True)  # left by a run that stopped mid-unpack
     tmp.mkdir()

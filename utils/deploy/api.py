@@ -123,7 +123,7 @@ def official(name, pretrained=True, channels=3, classes=80, device=None, autosha
         return load(f'{name}.pt', device, autoshape=autoshape)
     from models.yolo import Model
     from utils.weights.checkpoint import read_weights
-    from utils.weights.download import resolve_weights
+    from utils.weights.official import resolve_weights
     from utils.freeze.transfer import format_transfer_report, transfer_weights
     if pretrained:
         path = resolve_weights(f'{name}.pt')

@@ -271,7 +271,7 @@ def load_backend(weights, device='cpu', fp16=False):
 
     ``fp16`` runs .pt models in half precision on CUDA; exports run in the precision they were exported in.
     """
-    from utils.weights.download import resolve_weights
+    from utils.weights.official import resolve_weights
     device = torch.device(device) if isinstance(device, str) else device
     path = Path(weights)
     if not path.exists():

@@ -24,7 +24,7 @@ import torch
 
 from utils.data.config import load_hyp
 from utils.errors import InputError
-from utils.train.phases import PhaseTimer
+from utils.runs import PhaseTimer
 
 AUTO = 'auto'
 AUTO_EVERY_EPOCH_UP_TO = 10  # auto: runs of at most this many epochs validate every epoch
@@ -90,7 +90,7 @@ class TrainConfig:
     """Everything a run is given, typed and fixed for the whole run: train.py's options (the fields named after
     its flags), the process (device, rank, world size) and the output folder. ``options`` is the full option
     record as saved in opt.yaml and in every checkpoint (a resume reads it back). ``phases`` is the timer the
-    run reports its wall time to (utils/train/phases.py)."""
+    run reports its wall time to (utils/runs.py)."""
     data: str
     epochs: int
     batch_size: int

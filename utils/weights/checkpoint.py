@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from utils.weights.checkpoint_probe import describe_object
+from utils.weights.official import describe_object
 from utils.errors import InputError, WriteFailed, one_line
 
 FORMAT = 'yolov5-freeze/1'
