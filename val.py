@@ -46,7 +46,7 @@ def build_dataloader(data, split, imgsz, batch_size, stride, workers, single_cls
 
 
 def load_for_val(weights, device, half=False):
-    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/backends`` Backend: a callable that maps
+    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/deploy/backends`` Backend: a callable that maps
     a batch to decoded predictions, which ``evaluate`` takes as it takes a model."""
     if not weights:
         raise InputError('--weights is required')

@@ -49,7 +49,7 @@ class SeededDraws(Sampler):
 def seed_worker(worker_id):
     """Loader worker set-up: signals and threads (its images' RNGs come with their indices, see SeededDraws)."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the main process
-        signal.signal(sig, signal.SIG_IGN)      # decides (utils/train/interrupt.py); workers end with it
+        signal.signal(sig, signal.SIG_IGN)      # decides (utils/train/engine.py); workers end with it
     cv2.setNumThreads(0)  # workers are the parallelism; avoid oversubscribing the cores
 
 

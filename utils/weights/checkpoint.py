@@ -133,7 +133,7 @@ def _require_ours(path, ckpt, label):
 
 def training_checkpoint(learner, epoch, best_fitness, opt, hyp, freeze_state=None):
     """The dict train.py saves each epoch (see the module docstring): everything a resume needs. ``learner``
-    holds model, ema, optimizer and scaler (``utils.train.engine.Learner``); ``freeze_state`` is
+    holds model, ema, optimizer and scaler (``utils.train.setup.TrainState``); ``freeze_state`` is
     ``FreezePlan.state_dict()``."""
     m = getattr(learner.model, 'module', learner.model)  # DDP wrapper -> model
     return {
