@@ -6,7 +6,7 @@ Usage:
     python val.py --weights best.pt --data data/voc.yaml        # + VOC devkit AP50 (eval: voc07 / voc12)
     python val.py --weights best.pt --data data/coco128.yaml --task speed   # ms per image
     python val.py --weights yolov5n.pt --data datasets/coco64transfer/coco64transfer.yaml --imgsz 320  # zero-shot:
-        # a checkpoint of other classes is evaluated through the class mapping (utils/freeze/class_map.py)
+        # a checkpoint of other classes is evaluated through the class mapping (utils/freeze/transfer.py)
 
 From Python, ``val.run(**kwargs)`` takes the flags as keyword arguments and returns an ``EvalResult``
 (utils/eval/evaluator.py: result.map50, result.map, result.maps, result.speed, ...). The measuring itself is
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from utils.deploy.backends import load_backend
-from utils.freeze.class_map import build_class_map, remap_detections
+from utils.freeze.transfer import build_class_map, remap_detections
 from utils.cli import ArgumentParser, run_cli
 from utils.data.config import check_dataset
 from utils.data.datasets import create_dataloader

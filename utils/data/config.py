@@ -14,7 +14,7 @@ import difflib
 import os
 from pathlib import Path, PurePosixPath
 
-from utils.freeze.class_map import check_class_map_spec
+from utils.freeze.transfer import check_class_map_spec
 from utils.data.download import ensure_dataset, parse_download, upstream_note
 from utils.data.label_formats import load_coco_json
 from utils.safe_yaml import load_yaml_file

@@ -20,7 +20,6 @@ from models.prefix_memo import PrefixMemo
 from models.yolo import Model
 from utils.data.sizes import check_imgsz
 from utils.weights.checkpoint import read_weights
-from utils.freeze.class_map import build_class_map
 from utils.data.config import check_dataset, load_hyp
 from utils.data.datasets import create_dataloader
 from utils.weights.official import resolve_weights
@@ -29,7 +28,7 @@ from utils.freeze.plan import FreezePlan, bn_stats_option, parse_freeze
 from utils.train.loss import ComputeLoss, check_anchors, scale_loss_gains
 from utils.freeze.optim import make_optimizer, optimizer_param_groups, replace_optimizer, scale_lr
 from utils.eval.plots import plot_labels
-from utils.freeze.transfer import class_rows_for, format_transfer_report, transfer_weights
+from utils.freeze.transfer import build_class_map, class_rows_for, format_transfer_report, transfer_weights
 
 
 @dataclass
