@@ -249,7 +249,7 @@ class MLflowLogger(Callback):
     def on_run_start(self, run, state):
         self.active = self.mlflow.start_run(run_name=run.save_dir.name)
         params = {**{k: v for k, v in run.options.items() if k != 'hyp' or not isinstance(v, dict)},
-                  **{f'hyp/{k}': v for k, v in state.hyp.items()}}
+                  **{f'hyp.{k}': v for k, v in state.hyp.items()}}
         self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         run.log(f'MLflow: run {self.active.info.run_id} in {self.mlflow.get_tracking_uri()}')
 

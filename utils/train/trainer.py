@@ -35,8 +35,8 @@ def train(run, ckpt=None, callbacks=()):
     run, state = setup(run, ckpt)
     callbacks = Callbacks(callbacks if run.main else ())
     result, error = None, None
-    callbacks.fire('on_run_start', run, state)
     try:  # on_run_end is called however the run ends (Ctrl-C, a pruned --evolve trial, an error)
+        callbacks.fire('on_run_start', run, state)
         result = run_to_the_end(run, state, callbacks, resumed=ckpt is not None)
         return result
     except BaseException as e:
