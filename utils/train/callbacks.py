@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 
-from utils.errors import Interrupted
+from utils.errors import InputError, Interrupted, one_line
 from utils.eval.plots import plot_images, plot_results
 from utils.eval.results_csv import append_row
 
@@ -247,7 +247,10 @@ class MLflowLogger(Callback):
         return cls(mlflow)
 
     def on_run_start(self, run, state):
-        self.active = self.mlflow.start_run(run_name=run.save_dir.name)
+        try:
+            self.active = self.mlflow.start_run(run_name=run.save_dir.name)
+        except self.mlflow.exceptions.MlflowException as e:  # the store named by the user cannot be used
+            raise InputError(f'MLflow store {self.mlflow.get_tracking_uri()}: {one_line(e)[:300]}') from None
         params = {**{k: v for k, v in run.options.items() if k != 'hyp' or not isinstance(v, dict)},
                   **{f'hyp.{k}': v for k, v in state.hyp.items()}}
         self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
