@@ -91,7 +91,8 @@ def parse_opt(argv=None):
                    help='Optuna storage shared by several processes/machines (default: runs/evolve/exp/study.db)')
     p.add_argument('--evolve-pruner', default='median', help='median, hyperband, none or threshold=X')
     p.add_argument('--mlflow', action='store_true',
-                   help='log to MLflow (pip install mlflow-skinny); on without the flag when MLFLOW_TRACKING_URI is set')
+                   help='log to MLflow (pip install mlflow-skinny); on without the flag when MLFLOW_TRACKING_URI '
+                        'is set')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

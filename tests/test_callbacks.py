@@ -122,7 +122,8 @@ def test_mlflow_logs_params_metrics_and_best_weights(tiny_data, tmp_path, monkey
     assert len(runs) == 1
     got = runs[0]
     assert got.info.status == 'FINISHED' and got.info.run_name == 'exp'
-    assert got.data.params['epochs'] == '2' and got.data.params['imgsz'] == '64' and got.data.params['hyp.lr0'] == '0.01'
+    params = got.data.params
+    assert params['epochs'] == '2' and params['imgsz'] == '64' and params['hyp.lr0'] == '0.01'
     history = client.get_metric_history(got.info.run_id, 'metrics/mAP_0.5')
     rows = read_rows(tmp_path / 'runs' / 'exp' / 'results.csv')
     assert [m.step for m in history] == [0, 1]

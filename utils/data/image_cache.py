@@ -13,10 +13,10 @@ from disk each epoch as before; ``--cache ram`` caches whatever the size, ``--ca
 
 --cache disk: decoded images saved as .npy, so later epochs and runs skip JPEG/PNG decoding.
 
-The .npy goes beside its image (``bus.jpg`` -> ``bus.jpg.npy``, so ``bus.png`` beside it gets its own) when the image folder
-is writable, otherwise into a cache folder (``$YOLOV5_FREEZE_CACHE`` or ``~/.cache/yolov5-freeze/images``), under a sub-folder named by a hash
-of the image folder. A folder without write permission bits (e.g. a read-only data share) is never written,
-even by root. A cached file older than its image is decoded again.
+The .npy goes beside its image (``bus.jpg`` -> ``bus.jpg.npy``, so ``bus.png`` beside it gets its own) when the
+image folder is writable, otherwise into a cache folder (``$YOLOV5_FREEZE_CACHE`` or
+``~/.cache/yolov5-freeze/images``), under a sub-folder named by a hash of the image folder. A folder without write
+permission bits (e.g. a read-only data share) is never written, even by root. A cached file older than its image is decoded again.
 """
 import hashlib
 import os

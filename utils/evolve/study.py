@@ -280,7 +280,7 @@ def _run_study(optuna, opt, train_trial, defaults, pruner):
         if isinstance(e, (KeyboardInterrupt, Interrupted)):
             hint = f'continue with: python train.py --evolve --resume {save_dir}'
             print(f'evolve: interrupted; {hint}')
-            if isinstance(e, Interrupted):  # a signal (utils/train/engine.py, StopOnSignal): the study, not the trial, resumes
+            if isinstance(e, Interrupted):  # a signal (StopOnSignal): the study, not the trial, resumes
                 raise Interrupted(f'{str(e).split(":")[0]}: evolve interrupted during a trial; {hint}',
                                   e.signum) from None
         raise

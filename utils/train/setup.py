@@ -151,7 +151,8 @@ def setup_loaders(run, config, model, fresh):
             return Loaders(train_loader, dataset, None, imgsz)
         val_loader, _ = create_dataloader(
             config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=run.cache,
-            workers=run.workers, pad=0.5, single_cls=run.single_cls, data=config.data, prefix='val: ', keep_workers=True)
+            workers=run.workers, pad=0.5, single_cls=run.single_cls, data=config.data, prefix='val: ',
+            keep_workers=True)
     if fresh and not run.noplots:
         with run.phases.phase('labels plot'):
             plot_labels(dataset.labels, config.names, run.save_dir)
