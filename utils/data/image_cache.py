@@ -16,7 +16,8 @@ from disk each epoch as before; ``--cache ram`` caches whatever the size, ``--ca
 The .npy goes beside its image (``bus.jpg`` -> ``bus.jpg.npy``, so ``bus.png`` beside it gets its own) when the
 image folder is writable, otherwise into a cache folder (``$YOLOV5_FREEZE_CACHE`` or
 ``~/.cache/yolov5-freeze/images``), under a sub-folder named by a hash of the image folder. A folder without write
-permission bits (e.g. a read-only data share) is never written, even by root. A cached file older than its image is decoded again.
+permission bits (e.g. a read-only data share) is never written, even by root. A cached file older than its image
+is decoded again.
 """
 import hashlib
 import os
