@@ -5,8 +5,8 @@ Reading official YOLOv5 ``.pt`` files (releases v1.0-v7.0): an official checkpoi
 ``'model'`` (or ``'ema'``) entry is a whole ``models.yolo.Model`` / ``DetectionModel`` object. We unpickle it with
 an allow-list: tensors and storages are rebuilt by torch's own rebuild functions; ``collections.OrderedDict``
 and ``set`` are real; every module class (``torch.nn.*``, ``models.common.*``, ``models.yolo.*``, ...) becomes an
-inert ``Placeholder`` that only records the attributes the pickle gives it. Any other name (``os.system``, ``builtins.eval``, ...) is refused before it
-is looked up, so nothing it names can run.
+inert ``Placeholder`` that only records the attributes the pickle gives it. Any other name (``os.system``,
+``builtins.eval``, ...) is refused before it is looked up, so nothing it names can run.
 
     info = read_official('yolov5n.pt')   # {'yaml', 'state_dict', 'names', 'stride'}
 
