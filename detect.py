@@ -23,6 +23,7 @@ from utils.cli import ArgumentParser, run_cli
 from utils.deploy.predict import Predictor, describe
 from utils.runs import UniqueStems, increment_path, select_device
 from utils.deploy.sources import open_source, stream_stem
+from utils.errors import InputError
 
 
 def check_half(half, device):
@@ -124,7 +125,7 @@ def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=100
     """
     log = print if verbose else (lambda *a, **k: None)
     if line_thickness is not None and line_thickness < 0:
-        raise ValueError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
+        raise InputError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
     device = select_device(device)
     backend = load_backend(weights, device, fp16=check_half(half, device))
     detector = Predictor(backend, imgsz, conf_thres, iou_thres, classes, agnostic_nms, max_det)
@@ -147,7 +148,7 @@ def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=100
     finally:
         writer.close()
     if not results and skipped:
-        raise ValueError(f'{source}: none of its {skipped} file(s) could be read')
+        raise InputError(f'{source}: none of its {skipped} file(s) could be read')
     report(log, detector, len(results), skipped, writer)
     return results
 

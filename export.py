@@ -22,10 +22,11 @@ if __package__ in (None, ''):  # run as a script: make the repo root importable
 from utils.deploy.backends import export_metadata  # noqa: E402
 from utils.weights.checkpoint import load_model  # noqa: E402
 from utils.cli import ArgumentParser, run_cli  # noqa: E402
-from utils.weights.download import resolve_weights  # noqa: E402
+from utils.weights.official import resolve_weights  # noqa: E402
 from utils.deploy.exporters import DecodedOutput, export_onnx, export_openvino, export_torchscript  # noqa: E402
 from utils.optional import MissingPackage  # noqa: E402
 from utils.runs import is_writable_dir, select_device  # noqa: E402
+from utils.errors import InputError
 
 FORMATS = ('torchscript', 'onnx', 'openvino')
 
@@ -34,18 +35,18 @@ def _image_size(imgsz):
     sizes = [int(s) for s in (imgsz if isinstance(imgsz, (list, tuple)) else [imgsz])]
     h, w = (sizes * 2)[:2]
     if h <= 0 or w <= 0:
-        raise ValueError(f'--imgsz {imgsz}: sizes must be positive')
+        raise InputError(f'--imgsz {imgsz}: sizes must be positive')
     return h, w
 
 
 def check_options(include, batch_size, half, device):
     unknown = [f for f in include if f not in FORMATS]
     if unknown:
-        raise ValueError(f"--include {' '.join(unknown)}: unknown format (choose from {', '.join(FORMATS)})")
+        raise InputError(f"--include {' '.join(unknown)}: unknown format (choose from {', '.join(FORMATS)})")
     if batch_size < 1:
-        raise ValueError(f'--batch-size {batch_size}: must be at least 1')
+        raise InputError(f'--batch-size {batch_size}: must be at least 1')
     if half and device.type != 'cuda':
-        raise ValueError(f'--half needs a CUDA device (e.g. --device 0); exports on {device.type} are FP32')
+        raise InputError(f'--half needs a CUDA device (e.g. --device 0); exports on {device.type} are FP32')
 
 
 def export_format(fmt, wrapped, im, weights, meta, opset, dynamic, simplify, half):
@@ -68,13 +69,13 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     check_options(include, batch_size, half, device)
     weights = resolve_weights(weights)
     if not is_writable_dir(weights.parent):
-        raise ValueError(f'{weights.parent}: read-only folder; exports are written beside the weights, '
+        raise InputError(f'{weights.parent}: read-only folder; exports are written beside the weights, '
                          f'so copy {weights.name} somewhere writable first')
     model = load_model(weights, device=device, fuse=True).set_frozen_fast_path(None)  # a plain graph to trace
     h, w = _image_size(imgsz)
     stride = int(model.stride.max())
     if h % stride or w % stride:
-        raise ValueError(f'--imgsz {imgsz}: must be a multiple of the model stride {stride}')
+        raise InputError(f'--imgsz {imgsz}: must be a multiple of the model stride {stride}')
     im = torch.zeros(batch_size, 3, h, w, device=device)
     wrapped = DecodedOutput(model.half() if half else model).eval()
     im = im.half() if half else im
@@ -85,7 +86,7 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
                for fmt in FORMATS if fmt in include]
     written = [p for p in written if p is not None]
     if not written:
-        raise ValueError(f"--include {' '.join(include)}: nothing could be exported (see the note above)")
+        raise InputError(f"--include {' '.join(include)}: nothing could be exported (see the note above)")
     for p in written:
         size = sum(f.stat().st_size for f in p.rglob('*')) if p.is_dir() else p.stat().st_size
         print(f'Exported {p} ({size / 1e6:.1f} MB)')

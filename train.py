@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 
-from utils.data.datasets import CACHE_MODES
-from utils.train.autobatch import NEEDS_CUDA
-from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
-from utils.evolve.study import is_evolve_dir, run_evolve
-from utils.train.phases import PhaseTimer
+from utils.data.datasets import CACHE_MODES
+from utils.errors import InputError
 from utils.runs import configure_determinism, init_distributed
-from utils.train.trainer import Run, prepare_run_dir, train
-from utils.train.upstream_defaults import format_differences, upstream_differences
-from utils.train.val_schedule import SAVED_BEFORE_THE_FLAG, parse_val_every, val_every_flag, val_every_of
+from utils.train.callbacks import EpochFitness, default_callbacks
+from utils.train.config import (SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences, parse_val_every,
+                                upstream_differences, val_every_flag, val_every_of)
+from utils.runs import PhaseTimer
+from utils.train.trainer import prepare_run_dir, train
+from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
@@ -90,16 +90,22 @@ def parse_opt(argv=None):
     p.add_argument('--evolve-storage', default=None, metavar='URL',
                    help='Optuna storage shared by several processes/machines (default: runs/evolve/exp/study.db)')
     p.add_argument('--evolve-pruner', default='median', help='median, hyperband, none or threshold=X')
+    p.add_argument('--mlflow', action='store_true',
+                   help='log to MLflow (pip install mlflow-skinny); on without the flag when MLFLOW_TRACKING_URI '
+                        'is set')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def fill_defaults(opt):
     """YOLOv5's defaults (hyp.transfer.yaml when starting from --weights), except without --data: then the built-in
-    demo (v6/yolov5n, shapes, 192 px, 15 epochs, hyp.shapes.yaml) for every option left unset, so
-    `python train.py` finishes in minutes on a CPU."""
+    demo (shapes, 192 px, 15 epochs, hyp.shapes.yaml; v6/yolov5n unless --weights decides the model) for every
+    option left unset, so `python train.py` finishes in minutes on a CPU. --weights decides the architecture unless
+    --cfg is given, with or without --data."""
     demo = opt.data is None
     preset = DEMO if demo else {**STANDARD, **({'hyp': PRETRAINED_HYP} if opt.weights else {})}
+    if opt.weights:
+        preset = {k: v for k, v in preset.items() if k != 'cfg'}  # the checkpoint's own model YAML
     for k, v in preset.items():
         if getattr(opt, k) in (None, ''):
             setattr(opt, k, v)
@@ -114,34 +120,35 @@ def fill_defaults(opt):
 def check_options(opt, world_size, device=None):
     """Refuse flag values that cannot work, before anything is built (one-line errors)."""
     if opt.batch_size == -1 and device is not None and device.type != 'cuda':
-        raise ValueError(NEEDS_CUDA)
+        from utils.train.autobatch import NEEDS_CUDA
+        raise InputError(NEEDS_CUDA)
     for flag, value, low in (('--epochs', opt.epochs, 1), ('--batch-size', opt.batch_size, -1),
                              ('--imgsz', opt.imgsz, 32), ('--workers', opt.workers, 0),
                              ('--patience', opt.patience, 1), ('--close-mosaic', opt.close_mosaic, 0)):
         if value < low:
-            raise ValueError(f'{flag} {value}: must be at least {low}')
+            raise InputError(f'{flag} {value}: must be at least {low}')
     if opt.batch_size == 0:
-        raise ValueError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
+        raise InputError('--batch-size 0: must be at least 1, or -1 for AutoBatch')
     try:
         parse_val_every(val_every_of(opt))  # train.run(val_every=...) is not parsed by argparse
     except ValueError as e:
-        raise ValueError(f'--val-every {val_every_of(opt)}: {e}') from None
+        raise InputError(f'--val-every {val_every_of(opt)}: {e}') from None
     if opt.cache is not None and opt.cache not in CACHE_MODES:
         *most, last = map(repr, CACHE_MODES)
-        raise ValueError(f"--cache {opt.cache}: must be {', '.join(most)} or {last}")
+        raise InputError(f"--cache {opt.cache}: must be {', '.join(most)} or {last}")
     if opt.unfreeze_epoch >= opt.epochs:
-        raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
+        raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:
-        raise ValueError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
+        raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
     if opt.image_weights and opt.rect:
-        raise ValueError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
+        raise InputError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
     if world_size > 1 and (opt.image_weights or opt.batch_size == -1):
-        raise ValueError(f"{'--image-weights' if opt.image_weights else '--batch-size -1 (AutoBatch)'} needs a "
+        raise InputError(f"{'--image-weights' if opt.image_weights else '--batch-size -1 (AutoBatch)'} needs a "
                          f"single process (DDP splits the images its own way)")
     if opt.rect and world_size > 1:
-        raise ValueError('--rect does not work with DDP (each process would mix batches of different shapes)')
+        raise InputError('--rect does not work with DDP (each process would mix batches of different shapes)')
     if opt.batch_size > 0 and opt.batch_size % world_size:
-        raise ValueError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
+        raise InputError(f'--batch-size {opt.batch_size}: must be a multiple of the {world_size} processes')
 
 
 def resume_options(opt):
@@ -153,47 +160,51 @@ def resume_options(opt):
         print(f'Removed {path.parent / name}: a checkpoint write that was interrupted (kept the complete {path.name})')
     ckpt = load_checkpoint(path)
     if ckpt.get('optimizer') is None or ckpt.get('model') is None:
-        raise ValueError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
+        raise InputError(f'{path}: this run already finished (final checkpoints hold no optimizer); nothing to resume')
     # options newer than the run: defaults, except --val-every: such a run validated every epoch
     saved = argparse.Namespace(**{**vars(parse_opt([])), 'val_every': SAVED_BEFORE_THE_FLAG, **ckpt['opt']})
     saved.device, saved.workers, saved.resume = opt.device, opt.workers, str(path)
     return saved, ckpt
 
 
-def run(**kwargs):
-    """Python entry point: ``train.run(data='data/shapes.yaml', epochs=3)``. Returns the final val results."""
+def run(callbacks=(), **kwargs):
+    """Python entry point: ``train.run(data='data/shapes.yaml', epochs=3)``. Returns the final val results.
+    ``callbacks``: watchers of the run besides the default ones (utils/train/callbacks.py)."""
     opt = parse_opt([])
     for k, v in kwargs.items():
         if not hasattr(opt, k):
-            raise ValueError(f'train.run: unknown option {k}')
+            raise InputError(f'train.run: unknown option {k}')
         setattr(opt, k, v)
-    return main(opt)
+    return main(opt, callbacks=callbacks)
 
 
-def main(opt, on_epoch_end=None, phases=None):
-    """One training run (``on_epoch_end(epoch, fitness)`` is called after each validated epoch), or with
-    ``opt.evolve`` a study of such runs. A single run ends with a one-line breakdown of its wall time by phase
-    (``phases``: a ``utils.train.phases.PhaseTimer``, filled in; default: a new one, from now)."""
+def main(opt, callbacks=(), phases=None, on_epoch_end=None):
+    """One training run, or with ``opt.evolve`` a study of such runs. ``callbacks`` watch the run beside the
+    default ones (results.csv, plots, TensorBoard, MLflow); ``on_epoch_end(epoch, fitness)`` is a shorthand for a
+    callback called after each validated epoch. A single run ends with a one-line breakdown of its wall time by
+    phase (``phases``: a ``utils.runs.PhaseTimer``, filled in; default: a new one, from now)."""
     note = format_differences(upstream_differences(opt)) if not opt.resume else None
     if note and int(os.environ.get('RANK', 0)) == 0 and opt.evolve is None:
         print(note)
     fill_defaults(opt)
-    if opt.evolve is not None or is_evolve_dir(opt.resume):
-        if not opt.resume:
-            check_options(opt, 1)
-        return run_evolve(opt, main, defaults=vars(parse_opt([])))
+    if opt.evolve is not None or opt.resume not in (False, True, None, ''):
+        from utils.evolve.study import is_evolve_dir, run_evolve  # --evolve only
+        if opt.evolve is not None or is_evolve_dir(opt.resume):
+            if not opt.resume:
+                check_options(opt, 1)
+            return run_evolve(opt, main, defaults=vars(parse_opt([])))
     device, rank, world_size = init_distributed(opt.device)
     ckpt = None
     if opt.resume:
         opt, ckpt = resume_options(opt)
     check_options(opt, world_size, device)
     configure_determinism(getattr(opt, 'deterministic', False))  # a resumed run keeps its setting
-    r = Run(opt, device, rank, world_size, phases)
-    r.on_epoch_end = on_epoch_end
-    prepare_run_dir(r)
+    save_dir = prepare_run_dir(opt, main=rank in (-1, 0))
+    config = TrainConfig.from_options(opt, device, rank, world_size, save_dir, phases)
+    watchers = [*default_callbacks(config), *callbacks, on_epoch_end and EpochFitness(on_epoch_end)]
     try:
-        result = train(r, ckpt)
-        r.log(r.phases.summary())
+        result = train(config, ckpt, watchers)
+        config.log(config.phases.summary())
         return result
     finally:
         if world_size > 1:

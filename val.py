@@ -6,7 +6,7 @@ Usage:
     python val.py --weights best.pt --data data/voc.yaml        # + VOC devkit AP50 (eval: voc07 / voc12)
     python val.py --weights best.pt --data data/coco128.yaml --task speed   # ms per image
     python val.py --weights yolov5n.pt --data datasets/coco64transfer/coco64transfer.yaml --imgsz 320  # zero-shot:
-        # a checkpoint of other classes is evaluated through the class mapping (utils/freeze/class_map.py)
+        # a checkpoint of other classes is evaluated through the class mapping (utils/freeze/transfer.py)
 
 From Python, ``val.run(**kwargs)`` takes the flags as keyword arguments and returns an ``EvalResult``
 (utils/eval/evaluator.py: result.map50, result.map, result.maps, result.speed, ...). The measuring itself is
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from utils.deploy.backends import load_backend
-from utils.freeze.class_map import build_class_map, remap_detections
+from utils.freeze.transfer import build_class_map, remap_detections
 from utils.cli import ArgumentParser, run_cli
 from utils.data.config import check_dataset
 from utils.data.datasets import create_dataloader
@@ -26,6 +26,7 @@ from utils.eval.report import HEADER, print_speed, print_table, print_voc, save_
 from utils.eval.evaluator import EvalConfig, evaluate, official_json
 from utils.runs import increment_path, select_device
 from utils.data.sizes import check_imgsz
+from utils.errors import InputError
 
 
 def resolve_data(data):
@@ -38,17 +39,17 @@ def resolve_data(data):
 def build_dataloader(data, split, imgsz, batch_size, stride, workers, single_cls, square=False):
     """The split's loader; rectangular batches (pad 0.5) for accuracy, square ones (``square``) for timing."""
     if not data.get(split):
-        raise ValueError(f"{data.get('yaml_file') or 'data'}: no '{split}' images to validate on")
+        raise InputError(f"{data.get('yaml_file') or 'data'}: no '{split}' images to validate on")
     return create_dataloader(data[split], imgsz, batch_size, stride, data=data, rect=not square,
                              pad=0.0 if square else 0.5, workers=workers, single_cls=single_cls,
                              prefix=f'{split}: ')[0]
 
 
 def load_for_val(weights, device, half=False):
-    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/backends`` Backend: a callable that maps
+    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/deploy/backends`` Backend: a callable that maps
     a batch to decoded predictions, which ``evaluate`` takes as it takes a model."""
     if not weights:
-        raise ValueError('--weights is required')
+        raise InputError('--weights is required')
     return load_backend(weights, device, fp16=half)
 
 
@@ -59,7 +60,7 @@ def loader_size(backend, imgsz, task):
         return check_imgsz(imgsz, backend.stride)[0], task == 'speed'
     h, w = backend.imgsz
     if h != w:
-        raise ValueError(f'{backend.path}: takes {h}x{w} images (fixed at export) but val uses square ones; '
+        raise InputError(f'{backend.path}: takes {h}x{w} images (fixed at export) but val uses square ones; '
                          f're-export with a square --imgsz or --dynamic')
     if imgsz != h:
         print(f'note: {backend.path.name} takes {h}x{w} images (fixed at export); validating at {h}, not {imgsz}')
@@ -77,12 +78,12 @@ def class_mapping(model, data, weights, single_cls):
         return None
     differ = f'{weights}: model has {model_nc} classes but the data has {data["nc"]}'
     if spec == 'none':
-        raise ValueError(f'{differ} (class_map: none turns the mapping off)')
+        raise InputError(f'{differ} (class_map: none turns the mapping off)')
     cmap = build_class_map(data['names'], model.names, spec, where=data.get('yaml_file') or 'data')
     if cmap.is_identity:
         return None
     if not cmap.mapped:
-        raise ValueError(f'{differ}, and no data class matches a checkpoint class by name (map them with a '
+        raise InputError(f'{differ}, and no data class matches a checkpoint class by name (map them with a '
                          f'class_map: key in the data YAML)')
     print(f'Zero-shot through a class mapping ({Path(str(weights)).name}: {model_nc} classes -> data: '
           f'{data["nc"]}): {cmap.summary().replace("(new)", "(AP 0)")}')
@@ -97,12 +98,12 @@ def mapped_postprocess(cmap, config):
 
 def check_options(task, batch_size, imgsz, conf_thres, iou_thres, max_det):
     if task not in ('val', 'test', 'speed'):
-        raise ValueError(f"--task '{task}': expected val, test or speed")
+        raise InputError(f"--task '{task}': expected val, test or speed")
     for flag, value, ok in (('--batch-size', batch_size, batch_size >= 1), ('--imgsz', imgsz, imgsz >= 1),
                             ('--conf-thres', conf_thres, 0 <= conf_thres <= 1),
                             ('--iou-thres', iou_thres, 0 <= iou_thres <= 1), ('--max-det', max_det, max_det >= 1)):
         if not ok:
-            raise ValueError(f'{flag} {value}: out of range')
+            raise InputError(f'{flag} {value}: out of range')
 
 
 def observers_for(save_dir, names, plots, save_txt, save_conf, coco):

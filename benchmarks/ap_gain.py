@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from utils.errors import InputError  # noqa: E402
 
 
 def matches_for(weights, data, opt):
@@ -33,14 +34,14 @@ def gain_rows(opt):
     from utils.eval.bootstrap import paired_bootstrap
     data = check_dataset(opt.data)
     if data['eval'] not in ('voc07', 'voc12'):
-        raise ValueError(f"{opt.data}: the AP gain needs a VOC devkit rule (eval: voc07 or voc12), got "
+        raise InputError(f"{opt.data}: the AP gain needs a VOC devkit rule (eval: voc07 or voc12), got "
                          f"{data['eval'] or 'none'}")
     base = matches_for(opt.base, data, opt)
     rows = []
     for weights in opt.new:
         new = matches_for(weights, data, opt)
         if new.keys() != base.keys():
-            raise ValueError(f'{weights}: scored other images than {opt.base}')
+            raise InputError(f'{weights}: scored other images than {opt.base}')
         ci = paired_bootstrap(base.weighted_ap(), new.weighted_ap(), opt.resamples, opt.seed)
         rows.append({'weights': str(weights), **ci})
     return rows

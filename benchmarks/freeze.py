@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from utils.errors import InputError  # noqa: E402
 
 
 def collect_batches(data, imgsz, batch_size, n, seed=0):
@@ -65,7 +66,7 @@ def fast_path_flags(variant):
     ideas = set(FAST_PATH_IDEAS) if variant == 'all' else set() if variant == 'none' else set(variant.split('+'))
     unknown = ideas - set(FAST_PATH_IDEAS)
     if unknown:
-        raise ValueError(f"--fast-path {variant}: unknown {', '.join(sorted(unknown))} (expected all, none or "
+        raise InputError(f"--fast-path {variant}: unknown {', '.join(sorted(unknown))} (expected all, none or "
                          f"{'+'.join(FAST_PATH_IDEAS)} or part of it)")
     return {k: k in ideas for k in FAST_PATH_IDEAS}
 
@@ -83,7 +84,7 @@ def build_setting(opt, spec, variant, device, nc):
     import torch
     from models.yolo import Model
     from utils.data.datasets import load_hyp
-    from utils.train.ema import ModelEMA
+    from utils.train.engine import ModelEMA
     from utils.freeze.plan import FreezePlan, freeze_summary
     from utils.train.loss import ComputeLoss, scale_loss_gains
     from utils.freeze.optim import build_optimizer

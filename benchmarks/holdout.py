@@ -16,6 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from utils.errors import InputError  # noqa: E402
 
 
 def split_ids(ids, every):
@@ -31,7 +32,7 @@ def make_holdout(data, out, every=5):
     from utils.data.label_formats import voc_ids
     d = check_dataset(data)
     if d['format'] != 'voc' or len(d['train']) != 1:
-        raise ValueError(f'{data}: needs a VOC data YAML with one train list')
+        raise InputError(f'{data}: needs a VOC data YAML with one train list')
     ids, year_dir = voc_ids(d['train'][0])
     train, held = split_ids(ids, every)
     out = Path(out).resolve()

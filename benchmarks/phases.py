@@ -1,4 +1,4 @@
-"""Where a training run's wall time goes, phase by phase (utils/train/phases.py), for several --freeze settings.
+"""Where a training run's wall time goes, phase by phase (utils/runs.py), for several --freeze settings.
 
     python benchmarks/phases.py                          # 2 epochs, v3.1 yolov5s, 320 px, 128 synthetic images
     python benchmarks/phases.py --freeze 0 10 --rounds 2 -- --weights ../shared/weights/yolov5n.pt \\
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def worker(train_args):
     """One training run in this process; prints its full breakdown, then the breakdown as one JSON line."""
     sys.path.insert(0, str(ROOT))
-    from utils.train.phases import PhaseTimer
+    from utils.runs import PhaseTimer
     timer = PhaseTimer.since_process_start()
     with timer.phase('imports'):
         import train

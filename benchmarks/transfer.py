@@ -48,7 +48,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from utils.train.val_schedule import val_every_flag  # noqa: E402
+from utils.train.config import val_every_flag  # noqa: E402
+from utils.errors import InputError  # noqa: E402
 
 SETTINGS = {
     'freeze0': '--freeze 0',
@@ -71,7 +72,7 @@ def parse_settings(names, epochs, mapping_off_yaml):
         name, _, flags = s.partition(':')
         if not flags:
             if name not in SETTINGS:
-                raise ValueError(f"--settings {name}: unknown (built in: {', '.join(SETTINGS)}; or 'name:flags')")
+                raise InputError(f"--settings {name}: unknown (built in: {', '.join(SETTINGS)}; or 'name:flags')")
             flags = SETTINGS[name]
         flags = flags.format(half=max(epochs // 2, 1), mapping_off=f'--data {mapping_off_yaml}')
         out.append((name, shlex.split(flags)))
@@ -204,11 +205,11 @@ def reusable_rows(opt, settings):
         saved = json.loads(path.read_text())
         config, results = saved['config'], saved['results']
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f'{path}: not a study JSON ({type(e).__name__}: {e}); --resume cannot use it') from None
+        raise InputError(f'{path}: not a study JSON ({type(e).__name__}: {e}); --resume cannot use it') from None
     differ = [f'{k} {config.get(k)!r} there, {getattr(opt, k)!r} now' for k in STUDY_OPTIONS
               if str(config.get(k)) != str(getattr(opt, k))]
     if differ:
-        raise ValueError(f"{path}: another study's options ({'; '.join(differ)}); --resume needs the same ones")
+        raise InputError(f"{path}: another study's options ({'; '.join(differ)}); --resume needs the same ones")
     wanted = {name: ' '.join(flags) for name, flags in settings}
     return {r['setting']: r for r in results if wanted.get(r.get('setting')) == r.get('flags')}
 

@@ -36,7 +36,7 @@ def frozen_ema(opt, spec, nc):
     """The EMA model of a ``--freeze spec`` fine-tune of ``opt.weights``, and the memo train.py would give it."""
     from models.prefix_memo import PrefixMemo
     from utils.weights.checkpoint import load_model
-    from utils.train.ema import ModelEMA
+    from utils.train.engine import ModelEMA
     from utils.freeze.plan import FreezePlan
     model = load_model(opt.weights).train()
     assert model.model[-1].nc == nc, f'{opt.weights}: {model.model[-1].nc} classes, the data has {nc}'

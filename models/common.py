@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from models.fastpath import folded_conv, folded_csp_tail
+from utils.errors import InputError
 
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # YOLOv5's BatchNorm settings
 
@@ -30,7 +31,7 @@ def make_activation(name='SiLU'):
     }
     key = str(name).replace('nn.', '').split('(')[0].lower()
     if key not in table:
-        raise ValueError(f"unknown activation '{name}', expected one of SiLU, LeakyReLU, Hardswish, ReLU, Identity")
+        raise InputError(f"unknown activation '{name}', expected one of SiLU, LeakyReLU, Hardswish, ReLU, Identity")
     return table[key]()
 
 

@@ -21,6 +21,7 @@ from torch.nn.modules.utils import _pair
 from models import yaml_checks
 from models.common import SPP, SPPF, Focus
 from models.yaml_checks import PROBE_SIZE, output_check
+from utils.errors import InputError
 
 QUICK_SIZE = 64
 SCALE = PROBE_SIZE // QUICK_SIZE
@@ -46,7 +47,7 @@ def meta_level_sizes(layers, save, ch, where, run_layers):
         if str(e).startswith(f'{where}: '):  # output_check: already says what is wrong
             raise
         msg = ' '.join(str(e).split())[:200] or type(e).__name__
-        raise ValueError(f'{where}: the layers do not fit together ({msg})') from None
+        raise InputError(f'{where}: the layers do not fit together ({msg})') from None
     return [f.shape[-3] for f in feats]
 
 

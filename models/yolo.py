@@ -22,6 +22,7 @@ from models.common import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv
 from models.summary import layer_flops, layer_table  # noqa: E402
 from models.yaml_checks import PROBE_SIZE, check_from, check_header, check_param_count, check_repeats  # noqa: E402
 from utils.safe_yaml import load_yaml_file  # noqa: E402
+from utils.errors import InputError
 
 MODELS_DIR = Path(__file__).resolve().parent
 
@@ -119,12 +120,12 @@ CLASS_REDUCTIONS = ('max', 'noisy_or')
 def check_class_rows(class_rows, nc, class_reduce):
     """``class_rows`` as a tuple, or None when every class has one row; ValueError when it cannot fit ``nc``."""
     if class_reduce not in CLASS_REDUCTIONS:
-        raise ValueError(f"class_reduce '{class_reduce}': expected one of {', '.join(CLASS_REDUCTIONS)}")
+        raise InputError(f"class_reduce '{class_reduce}': expected one of {', '.join(CLASS_REDUCTIONS)}")
     if not class_rows:
         return None
     rows = tuple(class_rows)
     if len(rows) != nc or not all(isinstance(r, int) and r >= 1 for r in rows):
-        raise ValueError(f'class_rows {list(rows)}: expected {nc} positive integers (one per class)')
+        raise InputError(f'class_rows {list(rows)}: expected {nc} positive integers (one per class)')
     return rows if any(r > 1 for r in rows) else None
 
 
@@ -153,7 +154,7 @@ def load_yaml_cfg(cfg):
     missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head')
                if not isinstance(d, dict) or k not in d]
     if missing:
-        raise ValueError(f'{path}: model YAML lacks {", ".join(missing)}')
+        raise InputError(f'{path}: model YAML lacks {", ".join(missing)}')
     d['yaml_file'] = path.name
     return d
 
@@ -171,7 +172,7 @@ def parse_model(d, ch):
             check_from(f, i)
             m_, c2 = build_layer(d, i, f, n, name, list(args), ch)
         except (ValueError, TypeError, IndexError, KeyError, ArithmeticError, RuntimeError) as e:  # torch: bad sizes
-            raise ValueError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {str(row)[:200]}: {e}") from None
+            raise InputError(f"{d.get('yaml_file', 'model YAML')}: layer {i} {str(row)[:200]}: {e}") from None
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m_)
         if i == 0:
@@ -184,7 +185,7 @@ def build_layer(d, i, f, n, name, args, ch):
     """One layer (repeated ``n`` times, scaled by the depth/width multiples) and its output channels."""
     nc, gd, gw, anchors = d['nc'], d['depth_multiple'], d['width_multiple'], d['anchors']
     if name not in MODULES:
-        raise ValueError(f"unknown module '{name}' (known: {', '.join(sorted(MODULES))})")
+        raise InputError(f"unknown module '{name}' (known: {', '.join(sorted(MODULES))})")
     m = MODULES[name]
     names = {'nc': nc, 'anchors': anchors, 'None': None}
     args = [names.get(a, a) if isinstance(a, str) else a for a in args]
@@ -195,7 +196,7 @@ def build_layer(d, i, f, n, name, args, ch):
     if m in CHANNEL_BLOCKS:
         c1, c2 = ch[f], args[0]
         if type(c2) is not int or c2 < 1:
-            raise ValueError(f'output channels {c2!r:.40} must be a positive integer')
+            raise InputError(f'output channels {c2!r:.40} must be a positive integer')
         c2 = make_divisible(c2 * gw, 8) if c2 != no else c2
         args = [c1, c2, *args[1:]]
         if m in REPEAT_BLOCKS:
@@ -211,9 +212,9 @@ def build_layer(d, i, f, n, name, args, ch):
     elif m is Detect:
         args.append([ch[x] for x in f])
         if isinstance(args[1], int):
-            raise ValueError('Detect needs explicit anchors')
+            raise InputError('Detect needs explicit anchors')
         if not isinstance(f, list) or len(f) != len(args[1]):
-            raise ValueError(f'Detect reads {f} but the YAML has {len(args[1])} anchor levels')
+            raise InputError(f'Detect reads {f} but the YAML has {len(args[1])} anchor levels')
         kwargs['anchor_grid_buffer'] = bool(d.get('anchor_grid_buffer', False))
         kwargs['class_rows'], kwargs['class_reduce'] = d.get('class_rows'), d.get('class_reduce', 'max')
         c2 = None
@@ -254,7 +255,7 @@ def build_checked_layers(d, ch):
     n_params = sum(p.numel() for p in meta_layers.parameters())
     check_param_count(n_params, where)
     if not isinstance(meta_layers[-1], Detect):
-        raise ValueError(f'{where}: the last layer must be Detect')
+        raise InputError(f'{where}: the last layer must be Detect')
     layers = sizes = None
     if n_params <= probe.QUICK_MAX_PARAMS:
         layers = parse_model(d, ch=[ch])[0]

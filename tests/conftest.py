@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='session', autouse=True)
 def private_cache_home(tmp_path_factory):
-    """Caches that cannot go beside read-only data (utils/data/label_cache.py, utils/data/disk_cache.py) go to a temporary
+    """Caches that cannot go beside read-only data (utils/data/label_scan.py, utils/data/image_cache.py) go to a
+    temporary
     folder during tests, never to the user's ~/.cache (subprocesses inherit it)."""
     import os
     old = os.environ.get('YOLOV5_FREEZE_CACHE')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from utils.data.datasets import load_records
-from utils.data.label_cache import CACHE_VERSION
+from utils.data.label_scan import CACHE_VERSION
 
 DATA = {'nc': 3, 'names': ['a', 'b', 'c'], 'format': 'yolo'}
 

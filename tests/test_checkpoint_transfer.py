@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.weights import download
+from utils.weights import official as download  # resolve_weights and its fetch live in official.py
 from utils.freeze.transfer import format_transfer_report, transfer_weights
 from utils.weights.checkpoint import FORMAT, load_model, read_weights, save_checkpoint
 

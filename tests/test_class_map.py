@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from utils.freeze.class_map import build_class_map, canonical, check_class_map_spec
+from utils.freeze.transfer import build_class_map, canonical, check_class_map_spec
 from utils.data.datasets import check_dataset
 
 COCO = ['person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat', 'dog', 'cat',
@@ -78,7 +78,7 @@ def test_check_dataset_validates_class_map_early(tmp_path):
 
 def test_remap_detections_merges_sources_by_class_aware_nms_and_drops_the_rest():
     import torch
-    from utils.freeze.class_map import remap_detections
+    from utils.freeze.transfer import remap_detections
     cmap = build_class_map(['vehicle', 'person', 'pet'], COCO, {'vehicle': ['car', 'truck'], 'pet': 'dog'})
     det = torch.tensor([[0, 0, 10, 10, 0.9, 2],    # car
                         [1, 0, 10, 10, 0.8, 7],    # truck on the same object: merged into the car box

@@ -14,8 +14,8 @@ import torch
 from utils.boxes import scale_boxes, xywhn2xyxy
 from utils.data.datasets import DetectionDataset, check_dataset, create_dataloader, load_hyp, load_records
 from utils.data.label_scan import Record, scan_source
-from utils.data import ram_cache
-from utils.data.ram_cache import auto_cache, resized_bytes
+from utils.data import image_cache
+from utils.data.image_cache import auto_cache, resized_bytes
 from utils.data.shapes import ensure_shapes
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
@@ -368,7 +368,7 @@ def test_auto_cache_keeps_small_sets_in_ram_and_reads_large_ones_from_disk(monke
     assert small.use and 'kept in RAM' in small.line('train: ')
     large = auto_cache(shapes, 320, available=10 * resized_bytes(shapes, 320) - 1)  # needs just over 10%
     assert not large.use and 'read from disk' in large.line() and '--cache ram' in large.line()
-    monkeypatch.setattr(ram_cache, 'available_memory', lambda: None)
+    monkeypatch.setattr(image_cache, 'available_memory', lambda: None)
     assert not auto_cache(shapes, 320).use  # free memory unknown: no cache
 
 

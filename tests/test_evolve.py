@@ -142,13 +142,12 @@ def test_interrupted_study_resumes(tiny_data, tmp_path):
             '--evolve-space', 'search=lr0')
     seen = {}
 
-    def interrupt_trial_one(opt, on_epoch_end):
+    def interrupt_trial_one(opt, callbacks):
         def hook(epoch, fit):
             seen[opt.name] = fit
-            on_epoch_end(epoch, fit)
             if opt.name == '001':
                 raise KeyboardInterrupt  # as Ctrl-C during trial 1
-        return train.main(opt, hook)
+        return train.main(opt, callbacks, on_epoch_end=hook)  # the trial's pruner reports first
 
     with pytest.raises(KeyboardInterrupt):
         run_evolve(options(*argv), interrupt_trial_one, {})

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.train.ema import ModelEMA
+from utils.train.engine import ModelEMA
 from utils.freeze.plan import changed_frozen, freeze, frozen_names, snapshot_frozen, unfreeze
 
 FAST = dict(fold=True, no_grad=True, channels_last=True)

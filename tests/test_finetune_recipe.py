@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from models.yolo import Model
-from utils.train.autoanchor import check_anchors
+from utils.train.loss import check_anchors
 from utils.train.engine import warmup_iterations
 
 HYP = {'warmup_epochs': 3.0}

@@ -1,6 +1,6 @@
 """Fuzzing every reader of user files: each input is read, skipped and counted, or refused with a one-line error.
 
-"One-line error" is an exception of ``utils.errors.ONE_LINE_ERRORS`` (ValueError, OSError, OneLineError) whose
+"One-line error" is an exception of ``utils.errors.ONE_LINE_ERRORS`` (InputError, OSError, OneLineError) whose
 message is one line naming the file; the CLIs print it as ``error: <message>``. Anything else (KeyError,
 TypeError, RecursionError, MemoryError, ...) fails the test. Examples per test: 50 under the default "ci"
 profile, 2000 with ``--hypothesis-profile thorough`` (tests/conftest.py).

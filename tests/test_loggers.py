@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from utils.eval.results_csv import epoch_row
-from utils.train.loggers import TensorBoardLogger
+from utils.train.callbacks import TensorBoardLogger
 
 
 def read_events(log_dir):
@@ -102,7 +102,7 @@ def test_the_writer_thread_ends_when_a_run_raises(tiny_data, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.main(opt, stop_after_first_epoch)
+        train.main(opt, on_epoch_end=stop_after_first_epoch)
     assert any((tmp_path / 'exp').glob('events.out.tfevents.*'))
     new = [t for t in set(threading.enumerate()) - before if t.name != 'tqdm_monitor']  # tqdm's own daemon
     assert not new, new

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.train.autoanchor import anchor_metrics, check_anchors, kmean_anchors
-from utils.train.ema import ModelEMA, ema_settings
+from utils.train.engine import ModelEMA, ema_settings
 from utils.freeze.plan import freeze, frozen_names
-from utils.train.loss import LEVEL_BALANCE, ComputeLoss, FocalBCE, bbox_ciou, scale_loss_gains
+from utils.train.loss import (LEVEL_BALANCE, ComputeLoss, FocalBCE, anchor_metrics, bbox_ciou, check_anchors,
+                              kmean_anchors, scale_loss_gains)
 
 HYP = {'box': 0.05, 'obj': 1.0, 'cls': 0.5, 'cls_pw': 1.0, 'obj_pw': 1.0, 'anchor_t': 4.0}
 

@@ -1,4 +1,4 @@
-"""Where a run's time goes (utils/train/phases.py) and the cuts to what is not training (utils/train/trainer.py)."""
+"""Where a run's time goes (utils/runs.py) and the cuts to what is not training (utils/train/trainer.py)."""
 import os
 import re
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import val
-from utils.train.phases import PhaseTimer, seconds_since_process_start
+from utils.runs import PhaseTimer, seconds_since_process_start
 
 ROOT = Path(__file__).resolve().parents[1]
 

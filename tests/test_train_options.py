@@ -8,7 +8,7 @@ import torch
 
 import train
 from utils.weights.checkpoint import load_checkpoint
-from utils.data.multiscale import MultiScale
+from utils.data.sizes import MultiScale
 from utils.eval.results_csv import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]

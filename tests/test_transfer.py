@@ -7,8 +7,7 @@ import torch
 
 from models.yolo import Model
 from utils.weights.checkpoint import FORMAT, load_model, read_weights, save_checkpoint
-from utils.freeze.class_map import build_class_map
-from utils.freeze.transfer import class_rows_for, format_transfer_report, transfer_weights
+from utils.freeze.transfer import build_class_map, class_rows_for, format_transfer_report, transfer_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
 COCO64 = SHARED / 'data' / 'coco64dev'

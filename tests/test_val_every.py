@@ -1,4 +1,4 @@
-"""train.py --val-every K: which epochs are validated (utils/train/val_schedule.py), the flag, and runs with it."""
+"""train.py --val-every K: which epochs are validated (utils/train/config.py), the flag, and runs with it."""
 import argparse
 import contextlib
 import io
@@ -13,7 +13,7 @@ import yaml
 import train
 from utils.eval.results_csv import COLUMNS, read_rows
 from utils.train import trainer
-from utils.train.val_schedule import is_validated, parse_val_every, schedule_note, val_interval
+from utils.train.config import is_validated, parse_val_every, schedule_note, val_interval
 from utils.weights.checkpoint import load_checkpoint
 
 

@@ -1,6 +1,6 @@
 """Zero-shot on genuine VOC2007, cross-checked: val.py's devkit AP50 of the COCO checkpoint yolov5n.pt against an
 independent computation written here: the detect path (``utils/deploy/predict.Predictor``) on the test images,
-COCO classes renamed to VOC ones by an explicit dict (not ``utils/freeze/class_map.py``), and the VOC2007 devkit
+COCO classes renamed to VOC ones by an explicit dict (not ``utils/freeze/transfer.py``), and the VOC2007 devkit
 AP (VOCevaldet.m + VOCap.m: 11 points, difficult objects ignored) computed from the XML files with xml.etree.
 
 Why the two agree to float noise, not just "roughly" (measured: 0.772613 both, on 59 images / 19 classes, the

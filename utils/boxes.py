@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from utils.errors import InputError
 
 
 def _clone(x):
@@ -104,7 +105,7 @@ def pair(value, what='value'):
     if len(values) == 1:
         values = values * 2
     if len(values) != 2:
-        raise ValueError(f'{what} {value!r}: expected one number or a pair')
+        raise InputError(f'{what} {value!r}: expected one number or a pair')
     return tuple(values)
 
 
@@ -146,7 +147,7 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     if isinstance(prediction, (list, tuple)):  # eval-mode model output (decoded, raw maps)
         prediction = prediction[0]
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
-        raise ValueError(f'conf_thres {conf_thres} and iou_thres {iou_thres} must be in [0, 1]')
+        raise InputError(f'conf_thres {conf_thres} and iou_thres {iou_thres} must be in [0, 1]')
     nc = prediction.shape[2] - 5
     multi_label &= nc > 1
     output = [torch.zeros((0, 6), device=prediction.device)] * prediction.shape[0]

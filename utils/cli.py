@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the scripts: bad input ends in one line, never a traceback."""
+"""Command-line plumbing shared by the scripts: bad input ends in one line; a bug keeps its traceback."""
 import argparse
 import sys
 
@@ -13,8 +13,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(fn, opt):
-    """Call ``fn(**vars(opt))``; a missing file, bad value, failed write (``utils/errors.py``) ends the program
-    with one line on stderr and a non-zero exit code."""
+    """Call ``fn(**vars(opt))``; bad input, a missing file, a failed write (``ONE_LINE_ERRORS``, utils/errors.py)
+    ends the program with one line on stderr and a non-zero exit code. Any other exception (a bug) propagates with
+    its traceback."""
     try:
         return fn(**vars(opt))
     except ONE_LINE_ERRORS as e:

@@ -1,9 +1,14 @@
 """What a "one-line error" is: exception types whose message is one complete line naming the file and the problem.
 
-Library code raises ``ValueError`` for bad values or file contents, ``FileNotFoundError`` (an ``OSError``) for
-missing files, and a :class:`OneLineError` for a failure of the run itself (a checkpoint that cannot be written,
-an interruption). The scripts print any of ``ONE_LINE_ERRORS`` as ``error: <message>`` and exit non-zero
-(``utils/cli.py``), never with a traceback; the fuzz tests hold every reader to the same contract.
+Library code raises :class:`InputError` (a ``ValueError``) for a bad flag value or bad file contents,
+``FileNotFoundError`` and the other ``OSError`` s for files that are missing or cannot be read or written, and a
+:class:`OneLineError` for a failure of the run itself (a checkpoint that cannot be written, an interruption).
+The scripts print any of ``ONE_LINE_ERRORS`` as ``error: <message>`` and exit non-zero (``utils/cli.py``).
+
+Everything else keeps its traceback: a plain ``ValueError``, ``TypeError``, ``KeyError`` ... raised deep inside
+is a bug in our code (or a library's), and its file and line are what a report needs. ``OSError`` stays one line:
+it comes from the machine (a missing or unreadable file, a full disk, an unreachable host), not from our logic.
+The fuzz tests hold every reader to this contract.
 """
 
 
@@ -22,7 +27,7 @@ class WriteFailed(OneLineError):
     """A file could not be written (disk full, read-only folder); the previous version of it is left intact."""
 
 
-ONE_LINE_ERRORS = (ValueError, OSError, OneLineError)
+ONE_LINE_ERRORS = (InputError, OSError, OneLineError)  # a plain ValueError is a bug: traceback
 
 
 def one_line(exc):

@@ -7,6 +7,7 @@ and deep nesting exhausts the recursion limit. ``load_yaml_file`` refuses both b
 from pathlib import Path
 
 import yaml
+from utils.errors import InputError
 
 MAX_VALUES = 1_000_000  # far above any real data/model/hyp YAML (COCO's 80 names, LVIS's 1,203)
 
@@ -19,11 +20,11 @@ def load_yaml_file(path, what='YAML'):
     try:
         data = yaml.safe_load(path.read_text(encoding='utf-8'))
     except RecursionError:
-        raise ValueError(f'{path}: invalid YAML (nested too deeply)') from None
+        raise InputError(f'{path}: invalid YAML (nested too deeply)') from None
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f'{path}: invalid YAML ({" ".join(str(e).split())[:300]})') from None
+        raise InputError(f'{path}: invalid YAML ({" ".join(str(e).split())[:300]})') from None
     if count_values(data, MAX_VALUES) > MAX_VALUES:
-        raise ValueError(f'{path}: {what} expands to more than {MAX_VALUES:,} values (nested aliases?)')
+        raise InputError(f'{path}: {what} expands to more than {MAX_VALUES:,} values (nested aliases?)')
     return data
 
 

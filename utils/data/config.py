@@ -14,10 +14,11 @@ import difflib
 import os
 from pathlib import Path, PurePosixPath
 
-from utils.freeze.class_map import check_class_map_spec
+from utils.freeze.transfer import check_class_map_spec
 from utils.data.download import ensure_dataset, parse_download, upstream_note
 from utils.data.label_formats import load_coco_json
 from utils.safe_yaml import load_yaml_file
+from utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]  # utils/<wing>/<module>.py
 FORMATS = ('yolo', 'voc', 'coco')
@@ -39,7 +40,7 @@ def load_yaml(file, what='YAML'):
     and deep nesting included, see utils/safe_yaml.py)."""
     d = load_yaml_file(file, what)
     if not isinstance(d, dict):
-        raise ValueError(f'{file}: expected a YAML mapping of keys, got {type(d).__name__}')
+        raise InputError(f'{file}: expected a YAML mapping of keys, got {type(d).__name__}')
     return d
 
 
@@ -53,9 +54,9 @@ def load_hyp(hyp=None):
     where = hyp if not isinstance(hyp, dict) else 'hyp'
     missing = [k for k in HYP_KEYS if k not in d]
     if missing:
-        raise ValueError(f'{where}: missing keys {", ".join(missing)}')
+        raise InputError(f'{where}: missing keys {", ".join(missing)}')
     if d.get('keep_difficult', 0) not in (0, 1):
-        raise ValueError(f"{where}: keep_difficult {d['keep_difficult']!r}: expected 0 (VOC difficult boxes left out "
+        raise InputError(f"{where}: keep_difficult {d['keep_difficult']!r}: expected 0 (VOC difficult boxes left out "
                          f"of training, upstream's rule) or 1 (trained on as objects)")
     return d
 
@@ -109,12 +110,12 @@ def check_dataset(data):
         from utils.data.shapes import ensure_shapes  # only the demo set needs it
         ensure_shapes(root)
     elif cfg.get('generate'):
-        raise ValueError(f"{where}: unknown generate: '{cfg['generate']}' (only 'shapes' is built in)")
+        raise InputError(f"{where}: unknown generate: '{cfg['generate']}' (only 'shapes' is built in)")
     out = {**cfg, 'path': root, 'names': names, 'nc': nc, 'format': fmt, 'yaml_file': yaml_file}
     for split in SPLITS:
         out[split] = _sources(cfg.get(split), root, where, split)
     if not out['train'] and not out['val']:
-        raise ValueError(f"{where}: needs 'train' and 'val' entries")
+        raise InputError(f"{where}: needs 'train' and 'val' entries")
     ensure_dataset(archives, root, where, out['train'] + out['val'])  # first use: download and unpack
     for p in out['val']:
         if not Path(p).exists():
@@ -143,7 +144,7 @@ def datasets_override(path, yaml_file):
 def _root(path, base, where):
     """The data set's root folder: ``path:`` (absolute, or relative to the YAML's folder), else that folder."""
     if path is not None and not isinstance(path, (str, Path)):
-        raise ValueError(f'{where}: path must be a folder, got {type(path).__name__} {path!r:.80}')
+        raise InputError(f'{where}: path must be a folder, got {type(path).__name__} {path!r:.80}')
     root = Path(path or base)
     return (root if root.is_absolute() else base / root).resolve()
 
@@ -152,16 +153,16 @@ def _names_and_nc(cfg, where):
     names, nc = cfg.get('names'), cfg.get('nc')
     if isinstance(names, dict):
         if not all(type(k) is int for k in names) or sorted(names) != list(range(len(names))):
-            raise ValueError(f'{where}: names mapping must have ids 0..{len(names) - 1}')
+            raise InputError(f'{where}: names mapping must have ids 0..{len(names) - 1}')
         names = [str(names[i]) for i in range(len(names))]
     elif isinstance(names, (list, tuple)):
         names = [str(n) for n in names]
     elif names is not None:
-        raise ValueError(f'{where}: names must be a list or an {{id: name}} mapping')
+        raise InputError(f'{where}: names must be a list or an {{id: name}} mapping')
     if nc is not None and (type(nc) is not int or nc < 1):
-        raise ValueError(f'{where}: nc must be a positive integer, got {nc!r}')
+        raise InputError(f'{where}: nc must be a positive integer, got {nc!r}')
     if names is not None and nc is not None and len(names) != nc:
-        raise ValueError(f'{where}: nc is {nc} but {len(names)} names are given')
+        raise InputError(f'{where}: nc is {nc} but {len(names)} names are given')
     if names is None and nc is not None:
         names = [f'class{i}' for i in range(nc)]
     return names, (len(names) if names is not None else None)
@@ -173,7 +174,7 @@ def _format(cfg, where):
         srcs = [s for k in SPLITS for s in as_list(cfg.get(k))]
         fmt = 'voc' if any('ImageSets' in Path(str(s)).parts for s in srcs) else 'yolo'
     if fmt not in FORMATS:
-        raise ValueError(f"{where}: format '{fmt}' is not one of {', '.join(FORMATS)}")
+        raise InputError(f"{where}: format '{fmt}' is not one of {', '.join(FORMATS)}")
     return fmt
 
 
@@ -185,7 +186,7 @@ def _sources(value, root, where, split):
     out = []
     for s in as_list(value):
         if not isinstance(s, (str, Path)):
-            raise ValueError(f'{where}: {split} entry {s!r} is not a path')
+            raise InputError(f'{where}: {split} entry {s!r} is not a path')
         p = Path(s)
         out.append(str(p if p.is_absolute() else (root / p).resolve()))
     return out
@@ -205,7 +206,7 @@ def _annotations(cfg, out, root, where):
     for split in SPLITS:
         if split in given:
             if not isinstance(given[split], str):
-                raise ValueError(f'{where}: {split} annotations must be a JSON file path, got {given[split]!r:.80}')
+                raise InputError(f'{where}: {split} annotations must be a JSON file path, got {given[split]!r:.80}')
             p = Path(given[split])
             p = p if p.is_absolute() else (root / p).resolve()
             if not p.is_file():
@@ -229,13 +230,13 @@ def _eval_kind(cfg, out, where):
         elif out['format'] == 'voc':
             kind = 'voc07' if any('VOC2007' in s for s in out['val']) else 'voc12'
     if kind not in EVALS:
-        raise ValueError(f"{where}: eval '{kind}' is not one of coco, voc07, voc12")
+        raise InputError(f"{where}: eval '{kind}' is not one of coco, voc07, voc12")
     return kind
 
 
 def _names_from_json(out, where):
     ann = out['annotations'].get('train') or out['annotations'].get('val')
     if ann is None:
-        raise ValueError(f"{where}: needs 'names' or 'nc'")
+        raise InputError(f"{where}: needs 'names' or 'nc'")
     cats = sorted(load_coco_json(ann)['categories'], key=lambda c: c['id'])
     return [c['name'] for c in cats], len(cats)

@@ -22,12 +22,11 @@ from utils.data.augment import (Albumentations, augment_hsv, flip_lr, flip_ud, l
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.config import SPLITS, as_list, check_dataset, load_hyp  # noqa: F401 (check_dataset: public here too)
-from utils.data.disk_cache import read_cached
-from utils.data.ram_cache import auto_cache
+from utils.data.image_cache import auto_cache, read_cached
 from utils.data.label_scan import ScanReport, assign_image_ids, scan_source
-from utils.data.sampling import ImageWeightSampler
-from utils.data.workers import SeededDraws, end_workers_at_exit, seed_worker
+from utils.data.workers import ImageWeightSampler, SeededDraws, end_workers_at_exit, seed_worker
 from utils.data.sizes import long_side_to
+from utils.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -57,9 +56,9 @@ class LoaderOptions:
     ``rect`` batches images of similar aspect ratio into the smallest stride-multiple shape (+ ``pad`` strides);
     ``keep_difficult`` keeps VOC difficult boxes in the training labels (COCO crowd regions never are; evaluation
     reads both from the records either way); ``cache='ram'`` keeps the resized images in memory, ``'auto'`` does
-    when they fit (utils/data/ram_cache.py), ``cache='disk'`` reads decoded images from .npy files
-    (utils/data/disk_cache.py); ``image_weights`` draws images by class rarity instead of shuffling
-    (utils/data/sampling.py).
+    when they fit (utils/data/image_cache.py), ``cache='disk'`` reads decoded images from .npy files
+    (utils/data/image_cache.py); ``image_weights`` draws images by class rarity instead of shuffling
+    (utils/data/workers.py).
     """
     hyp: object = None
     augment: bool = False
@@ -88,10 +87,10 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
     data = data or {}
     sources = as_list(path)
     if not sources:
-        raise ValueError(f'{prefix}no image sources given')
+        raise InputError(f'{prefix}no image sources given')
     fmt = data.get('format') or ('voc' if any('ImageSets' in Path(str(s)).parts for s in sources) else 'yolo')
     if fmt == 'voc' and not data.get('names'):
-        raise ValueError(f'{sources[0]}: VOC sources need class names (pass data=check_dataset(...))')
+        raise InputError(f'{sources[0]}: VOC sources need class names (pass data=check_dataset(...))')
     records, report = [], ScanReport()
     for src in sources:
         if not Path(src).exists():
@@ -110,7 +109,7 @@ def load_records(path, data=None, prefix='', use_cache=True, verbose=True):
         if len(report.messages) > 10:
             print(f'{prefix}  ... and {len(report.messages) - 10} more')
     if not records:
-        raise ValueError(f'{sources[0]}: no usable images ({report.summary()})')
+        raise InputError(f'{sources[0]}: no usable images ({report.summary()})')
     return records, report
 
 
@@ -150,7 +149,7 @@ class DetectionDataset(Dataset):
         self.rng = np.random.default_rng(o.seed)
         self.albumentations = Albumentations(seed=o.seed) if o.augment else None
         if o.cache not in (None, False, True, *CACHE_MODES):
-            raise ValueError(f"cache '{o.cache}' must be {', '.join(map(repr, CACHE_MODES))} or None")
+            raise InputError(f"cache '{o.cache}' must be {', '.join(map(repr, CACHE_MODES))} or None")
         self.disk_cache = o.cache == 'disk'
         self.ims = self._cache_images() if self._in_ram(o.cache, o.verbose) else None
 
@@ -189,7 +188,7 @@ class DetectionDataset(Dataset):
 
     def _in_ram(self, cache, verbose):
         """Whether the resized images are kept in RAM: --cache ram, or --cache auto when they fit
-        (utils/data/ram_cache.py, which says which in one line)."""
+        (utils/data/image_cache.py, which says which in one line)."""
         if cache != 'auto':
             return cache in ('ram', True)
         decision = auto_cache([r.shape for r in self.records], self.img_size)

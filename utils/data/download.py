@@ -36,8 +36,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.data.archives import UNREADABLE, Refused, extract_tar, extract_zip, merge_tree
-from utils.errors import one_line
+from utils.errors import InputError, one_line
 from utils.fetch import fetch, partial_path
 
 KEYS = ('url', 'size', 'md5', 'sha256', 'dest', 'strip')
@@ -68,14 +67,14 @@ def parse_download(spec, root, where):
         return []
     items = [spec] if isinstance(spec, dict) else spec
     if not isinstance(items, list) or not items:
-        raise ValueError(f'{where}: download must be a list of archives, each with {SPEC}; got {_show(spec)}')
+        raise InputError(f'{where}: download must be a list of archives, each with {SPEC}; got {_show(spec)}')
     if not Path(root).name:
-        raise ValueError(f'{where}: download needs a path: below the file-system root, got {root}')
+        raise InputError(f'{where}: download needs a path: below the file-system root, got {root}')
     archives = [_archive(item, i, Path(root), where) for i, item in enumerate(items)]
     names = [a.name for a in archives]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise ValueError(f'{where}: download lists two archives named {dup}')
+        raise InputError(f'{where}: download lists two archives named {dup}')
     return archives
 
 
@@ -94,52 +93,52 @@ def _show(v):
 def _archive(item, i, root, where):
     at = f'{where}: download[{i}]'
     if not isinstance(item, dict):
-        raise ValueError(f'{at} must be a mapping with {SPEC}; got {_show(item)}')
+        raise InputError(f'{at} must be a mapping with {SPEC}; got {_show(item)}')
     unknown = [str(k) for k in item if k not in KEYS]
     if unknown:
-        raise ValueError(f"{at}: unknown key '{unknown[0]:.40}' (an archive takes {', '.join(KEYS)})")
+        raise InputError(f"{at}: unknown key '{unknown[0]:.40}' (an archive takes {', '.join(KEYS)})")
     url = item.get('url')
     if not isinstance(url, str) or not url.strip():
-        raise ValueError(f'{at}: needs a url, got {_show(url)}')
+        raise InputError(f'{at}: needs a url, got {_show(url)}')
     try:
         parts = urllib.parse.urlsplit(url.strip())
         host = parts.hostname
     except ValueError:  # e.g. a malformed IPv6 host or port
         parts, host = None, None
     if parts is None or parts.scheme.lower() not in ('http', 'https') or not host:
-        raise ValueError(f"{at}: url '{url:.120}' must be an http:// or https:// address with a host")
+        raise InputError(f"{at}: url '{url:.120}' must be an http:// or https:// address with a host")
     name = posixpath.basename(urllib.parse.unquote(parts.path))
     kind = 'zip' if name.lower().endswith('.zip') else 'tar' if name.lower().endswith(TAR_SUFFIXES) else None
     if not kind or name.startswith('.'):
-        raise ValueError(f"{at}: url '{url:.120}' must name a .zip or .tar (.tar.gz, .tgz, .tar.bz2, .tar.xz) "
+        raise InputError(f"{at}: url '{url:.120}' must name a .zip or .tar (.tar.gz, .tgz, .tar.bz2, .tar.xz) "
                          f"file, got '{name:.60}'")
     at = f'{where}: download[{i}] ({name})'
     if 'size' not in item:
-        raise ValueError(f'{at}: missing size (the archive in bytes; size: unknown where no source gives it)')
+        raise InputError(f'{at}: missing size (the archive in bytes; size: unknown where no source gives it)')
     size = item['size']
     if size == 'unknown':
         size = None
     elif type(size) is not int or size < 1:
-        raise ValueError(f'{at}: size must be a positive number of bytes or unknown, got {_show(size)}')
+        raise InputError(f'{at}: size must be a positive number of bytes or unknown, got {_show(size)}')
     digests = {}
     for algo, n in DIGESTS.items():
         value = item.get(algo)
         if value is None:
             continue
         if not isinstance(value, str) or not re.fullmatch(f'[0-9a-fA-F]{{{n}}}', value.strip()):
-            raise ValueError(f'{at}: {algo} must be {n} hex digits, got {_show(value)}')
+            raise InputError(f'{at}: {algo} must be {n} hex digits, got {_show(value)}')
         digests[algo] = value.strip().lower()
     dest_text = item.get('dest', '.')
     if not isinstance(dest_text, str) or not dest_text.strip():
-        raise ValueError(f'{at}: dest must be a folder under the data set root, got {_show(dest_text)}')
+        raise InputError(f'{at}: dest must be a folder under the data set root, got {_show(dest_text)}')
     if Path(dest_text).is_absolute() or dest_text.startswith(('/', '\\')):
-        raise ValueError(f"{at}: dest '{dest_text:.80}' must be relative to the data set root {root}")
+        raise InputError(f"{at}: dest '{dest_text:.80}' must be relative to the data set root {root}")
     dest = (root / dest_text).resolve()
     if dest != root.resolve() and root.resolve() not in dest.parents:
-        raise ValueError(f"{at}: dest '{dest_text:.80}' escapes the data set root {root}")
+        raise InputError(f"{at}: dest '{dest_text:.80}' escapes the data set root {root}")
     strip = item.get('strip', 0)
     if type(strip) is not int or strip < 0:
-        raise ValueError(f'{at}: strip must be a number of folder levels (0 or more), got {_show(strip)}')
+        raise InputError(f'{at}: strip must be a number of folder levels (0 or more), got {_show(strip)}')
     return Archive(url.strip(), name, kind, size, digests.get('md5'), digests.get('sha256'), dest, strip)
 
 
@@ -283,7 +282,7 @@ def _digest(path, algo, size):
 def _refuse(a, path, where, why):
     aside = path.with_name(path.name + '.corrupt')
     os.replace(path, aside)
-    raise ValueError(f'{where}: {path.name} from {a.url} refused: {why}; nothing was unpacked, the file is kept '
+    raise InputError(f'{where}: {path.name} from {a.url} refused: {why}; nothing was unpacked, the file is kept '
                      f'aside as {aside} (delete it to download again, or put a good copy at {path})')
 
 
@@ -291,6 +290,7 @@ def _refuse(a, path, where, why):
 def _unpack(a, path, staging, where):
     """Unpack into ``<name>.unpack/``, then move the files into ``a.dest`` under a ``.merging`` marker, so a run
     that stops half-way leaves either nothing in place or a marker that makes the next run redo it."""
+    from utils.data.archives import UNREADABLE, Refused, extract_tar, extract_zip, merge_tree  # first use only
     tmp = staging / f'{a.name}.unpack'
     shutil.rmtree(tmp, ignore_errors=True)  # left by a run that stopped mid-unpack
     tmp.mkdir()

@@ -13,6 +13,7 @@ from pathlib import Path
 import defusedxml.ElementTree as DefusedET
 import numpy as np
 from defusedxml import DefusedXmlException
+from utils.errors import InputError
 
 IMG_FORMATS = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp', '.dng', '.mpo', '.pfm')
 
@@ -40,7 +41,7 @@ def list_images(src):
         return [str(src)]
     if not src.exists():
         raise FileNotFoundError(f'{src}: image source not found')
-    raise ValueError(f'{src}: not an image folder, image list (.txt) or image')
+    raise InputError(f'{src}: not an image folder, image list (.txt) or image')
 
 
 def _segment_to_box(row):
@@ -58,16 +59,16 @@ def read_yolo_label(label_file, nc):
     rows = [ln.split() for ln in Path(label_file).read_text().splitlines() if ln.strip()]
     for k, row in enumerate(rows):
         if len(row) != 5 and not (len(row) >= 7 and len(row) % 2):
-            raise ValueError(f'row {k + 1}: expected 5 columns (class cx cy w h) or a polygon, got {len(row)}')
+            raise InputError(f'row {k + 1}: expected 5 columns (class cx cy w h) or a polygon, got {len(row)}')
     try:
         rows = [row if len(row) == 5 else _segment_to_box(row) for row in rows]
         arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
     except ValueError:
-        raise ValueError('non-numeric value in a label row') from None
+        raise InputError('non-numeric value in a label row') from None
     if not np.isfinite(arr).all():
-        raise ValueError('non-finite value in a label row')
+        raise InputError('non-finite value in a label row')
     if len(arr) and (arr[:, 0] != np.round(arr[:, 0])).any():
-        raise ValueError('class id is not an integer')
+        raise InputError('class id is not an integer')
     xywh = arr[:, 1:]
     xyxy = np.concatenate((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
     return arr[:, 0].astype(np.int64), xyxy
@@ -97,21 +98,21 @@ def read_voc_xml(xml_file, names, shape):
         root = DefusedET.parse(xml_file).getroot()
     except DefusedXmlException as e:  # entity name where there is one; external references have none
         what = f"an entity '{e.name}'" if getattr(e, 'name', None) else 'an external entity or DTD'
-        raise ValueError(f'refused: the XML declares {what}, which could expand without bound or read other '
+        raise InputError(f'refused: the XML declares {what}, which could expand without bound or read other '
                          f'files') from None
     except ET.ParseError as e:
-        raise ValueError(f'malformed XML ({e})') from None
+        raise InputError(f'malformed XML ({e})') from None
     h, w = shape
     cls, boxes, difficult = [], [], []
     for obj in root.iter('object'):
         name = (obj.findtext('name') or '').strip()
         if name not in names:
-            raise ValueError(f"unknown class '{name}'")
+            raise InputError(f"unknown class '{name}'")
         bb = obj.find('bndbox')
         try:
             x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ('xmin', 'ymin', 'xmax', 'ymax'))
         except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"object '{name}': missing or non-numeric bndbox") from None
+            raise InputError(f"object '{name}': missing or non-numeric bndbox") from None
         cls.append(names.index(name))
         boxes.append(((x1 - 1) / w, (y1 - 1) / h, x2 / w, y2 / h))  # 1-based inclusive pixels -> edges
         difficult.append((obj.findtext('difficult') or '0').strip() == '1')
@@ -134,20 +135,20 @@ def load_coco_json(json_file):
     except FileNotFoundError:
         raise FileNotFoundError(f'{json_file}: COCO annotation file not found') from None
     except RecursionError:
-        raise ValueError(f'{json_file}: not usable JSON (nested too deeply)') from None
+        raise InputError(f'{json_file}: not usable JSON (nested too deeply)') from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f'{json_file}: not valid JSON ({" ".join(str(e).split())[:200]})') from None
+        raise InputError(f'{json_file}: not valid JSON ({" ".join(str(e).split())[:200]})') from None
     if not isinstance(d, dict) or not {'images', 'annotations', 'categories'} <= d.keys():
-        raise ValueError(f"{json_file}: not a COCO instances file (needs 'images', 'annotations', 'categories')")
+        raise InputError(f"{json_file}: not a COCO instances file (needs 'images', 'annotations', 'categories')")
     for key in ('images', 'annotations', 'categories'):
         if not isinstance(d[key], list):
-            raise ValueError(f"{json_file}: '{key}' must be a list, got {type(d[key]).__name__}")
+            raise InputError(f"{json_file}: '{key}' must be a list, got {type(d[key]).__name__}")
     ids = [c.get('id') if isinstance(c, dict) else None for c in d['categories']]
     for k, (c, i) in enumerate(zip(d['categories'], ids)):
         if not _is_int(i) or not isinstance(c.get('name'), str):
-            raise ValueError(f"{json_file}: categories[{k}] needs an integer 'id' and a string 'name'")
+            raise InputError(f"{json_file}: categories[{k}] needs an integer 'id' and a string 'name'")
     if len(set(ids)) != len(ids):
-        raise ValueError(f'{json_file}: category ids are not unique')
+        raise InputError(f'{json_file}: category ids are not unique')
     return d
 
 

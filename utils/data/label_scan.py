@@ -2,9 +2,27 @@
 
 Every image is verified once (decodable header, size, EXIF orientation, truncated JPEG) and every label row
 checked; bad items are skipped and counted with the file and the reason. Results are cached per source in a
-``.cache`` JSON file, used only while every input file keeps its size and mtime (:mod:`utils.data.label_cache`).
+``.cache`` JSON file, used only while every input file keeps its size and mtime (below).
 The per-format readers live in :mod:`utils.data.label_formats`.
+
+The ``.cache`` file of a scanned image source: where it lives, whether it may be used, and why not.
+
+A cache holds the scan's records and report (above) with the size and mtime of every input file
+(images, label files, the list or JSON) and a key for what the scan depended on (format, classes). It is used
+only when all of that still matches; otherwise the source is scanned again and the reason is one line:
+
+    labels/train.cache: stale (1 file added, 2 changed since it was written), rescanned
+    labels/train.cache: truncated or not JSON, rescanned
+    labels/train.cache: written by cache version 1 (this is 2), rescanned
+
+It is written beside the labels (YOLO), the image-set list (VOC) or the JSON (COCO), or, where that folder is
+read-only (no write permission bits, e.g. a shared data set), under ``$YOLOV5_FREEZE_CACHE/labels`` (default
+``~/.cache/yolov5-freeze/labels``), named by a hash of where it would have been. Writes are atomic.
 """
+import hashlib
+import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +31,10 @@ from PIL import Image, ImageOps
 
 from utils.boxes import xyxy2xywh
 from utils.data.label_formats import (coco_annotations, coco_category_map, coco_images, coco_inputs, coco_rows,
-                                 img2label_path, list_images, load_coco_json, read_voc_xml, read_yolo_label, voc_ids,
-                                 voc_inputs, yolo_inputs)
-from utils.data.label_cache import cache_location, input_stats, read_cache, write_cache
+                                      img2label_path, list_images, load_coco_json, read_voc_xml, read_yolo_label,
+                                      voc_ids, voc_inputs, yolo_inputs)
+from utils.errors import InputError
+from utils.runs import is_writable_dir
 
 COUNTS = ('images', 'found', 'missing', 'empty', 'corrupt', 'dropped')
 COORD_TOL = 0.01  # normalised coordinates may stray this far outside [0, 1] before a row counts as corrupt
@@ -96,18 +115,18 @@ def verify_image(path):
             f.seek(-2, 2)
             tail = f.read(2)
     except OSError as e:
-        raise ValueError(f'unreadable image ({e.strerror or e})') from None
+        raise InputError(f'unreadable image ({e.strerror or e})') from None
     if head == b'\xff\xd8' and tail != b'\xff\xd9':
-        raise ValueError('truncated JPEG (no end-of-image marker)')
+        raise InputError('truncated JPEG (no end-of-image marker)')
     try:
         with Image.open(path) as im:
             im.verify()  # structure check without a full decode
         with Image.open(path) as im:
             w, h = ImageOps.exif_transpose(im).size if _has_rotation(im) else im.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f'unreadable image ({type(e).__name__})') from None
+        raise InputError(f'unreadable image ({type(e).__name__})') from None
     if min(h, w) < MIN_IMAGE_SIDE:
-        raise ValueError(f'image size {w}x{h} below {MIN_IMAGE_SIDE} px')
+        raise InputError(f'image size {w}x{h} below {MIN_IMAGE_SIDE} px')
     return h, w
 
 
@@ -128,10 +147,10 @@ def check_boxes(cls, xyxy, nc):
     notes = []
     if len(cls) and (cls.min() < 0 or (nc is not None and cls.max() >= nc)):
         bad = int(cls[(cls < 0) | (cls >= (nc if nc is not None else np.inf))][0])
-        raise ValueError(f'class id {bad} outside [0, {nc})')
+        raise InputError(f'class id {bad} outside [0, {nc})')
     if len(xyxy) and ((xyxy < -COORD_TOL) | (xyxy > 1 + COORD_TOL)).any():
         row = int(np.nonzero(((xyxy < -COORD_TOL) | (xyxy > 1 + COORD_TOL)).any(1))[0][0])
-        raise ValueError(f'row {row + 1}: coordinates outside [0, 1]')
+        raise InputError(f'row {row + 1}: coordinates outside [0, 1]')
     xyxy = xyxy.clip(0, 1)
     positive = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     if not positive.all():
@@ -268,7 +287,7 @@ def _finish_coco(rec, items, cat_map, nc, report, json_file):
     return _finish(rec, *rows, nc, report, json_file, dedupe=False)
 
 
-# ---------------------------------------------------------------- cache (the file itself: utils/data/label_cache.py)
+# ---------------------------------------------------------------- cache (the file itself: utils/data/label_scan.py)
 def _report_json(report):
     return {**{k: getattr(report, k) for k in COUNTS}, 'messages': report.messages}
 
@@ -280,13 +299,13 @@ def _from_cache(payload, nc):
         report.messages = [(str(f), str(r)) for f, r in payload['report']['messages']]
         records = [Record.from_json(r) for r in payload['records']]
     except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as e:
-        raise ValueError(f'malformed contents ({type(e).__name__})') from None
+        raise InputError(f'malformed contents ({type(e).__name__})') from None
     for r in records:
         if not (isinstance(r.im_file, str) and len(r.shape) == 2 and all(type(v) is int and v > 0 for v in r.shape)
                 and np.isfinite(r.boxes).all() and ((r.boxes >= 0) & (r.boxes <= 1)).all()
                 and len(r.cls) == len(r.boxes) == len(r.difficult) == len(r.crowd)
                 and ((r.cls >= 0) & (r.cls < (nc or np.inf))).all()):
-            raise ValueError(f'malformed contents (the record of {Path(str(r.im_file)).name!r:.80})')
+            raise InputError(f'malformed contents (the record of {Path(str(r.im_file)).name!r:.80})')
     return records, report
 
 
@@ -329,3 +348,91 @@ def scan_source(src, fmt, nc, names, json_file=None, use_cache=True):
              f'label cache not saved (the next run scans again)']
     report.cache_note = '; '.join(n for n in notes if n) or None
     return records, report, False
+
+
+# ---------------------------------------------------------------- the .cache file
+CACHE_VERSION = 2  # 2: per-file sizes and mtimes (1 kept one hash of them all)
+
+
+def fallback_root():
+    base = os.environ.get('YOLOV5_FREEZE_CACHE') or Path.home() / '.cache' / 'yolov5-freeze'
+    return Path(base) / 'labels'
+
+
+def cache_location(preferred):
+    """(cache file, note): ``preferred`` where its folder is writable, else a file under ``fallback_root()``
+    and a note saying so."""
+    preferred = Path(preferred)
+    if is_writable_dir(preferred.parent):
+        return preferred, None
+    digest = hashlib.sha1(str(preferred.resolve()).encode()).hexdigest()[:16]
+    moved = fallback_root() / f'{digest}.{preferred.name}'
+    return moved, f'{preferred.parent} is read-only: label cache kept in {moved}'
+
+
+def input_stats(paths):
+    """{path: [size, mtime_ns]} of every input file, None for a missing one. Folders are left out: what they
+    hold is listed among the inputs already."""
+    stats = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            stats[str(p)] = None
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            stats[str(p)] = [st.st_size, st.st_mtime_ns]
+    return stats
+
+
+def staleness(saved, current):
+    """'' when the inputs match, else e.g. '1 file added, 2 changed'."""
+    added = sum(1 for p, s in current.items() if s is not None and saved.get(p) is None)
+    removed = sum(1 for p, s in saved.items() if s is not None and current.get(p) is None)
+    changed = sum(1 for p, s in current.items() if s is not None and saved.get(p) not in (None, s))
+    parts = [f'{n} {verb}' for n, verb in ((added, 'added'), (removed, 'removed'), (changed, 'changed')) if n]
+    if parts:  # '2 files added, 1 removed'
+        n, verb = parts[0].split(' ', 1)
+        parts[0] = f"{n} file{'s' if n != '1' else ''} {verb}"
+    return ', '.join(parts)
+
+
+def read_cache(cache_file, key, stats):
+    """(payload, None) when ``cache_file`` is usable for these inputs, else (None, why not); why is None when
+    there is no cache yet."""
+    cache_file = Path(cache_file)
+    if not cache_file.exists():
+        return None, None
+    try:
+        d = json.loads(cache_file.read_text(encoding='utf-8'))
+    except RecursionError:
+        return None, 'nested too deeply to be a cache'
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, 'truncated or not JSON' if isinstance(e, ValueError) else f'unreadable ({e.strerror or e})'
+    if not isinstance(d, dict) or not isinstance(d.get('records'), list) or not isinstance(d.get('files'), dict):
+        if isinstance(d, dict) and d.get('version') not in (None, CACHE_VERSION):
+            return None, f"written by cache version {d['version']!r:.20} (this is {CACHE_VERSION})"
+        return None, 'not a label cache (garbage)'
+    if d.get('version') != CACHE_VERSION:
+        return None, f"written by cache version {d.get('version')!r:.20} (this is {CACHE_VERSION})"
+    if d.get('key') != key:
+        return None, 'written for another format or other classes'
+    what = staleness(d['files'], stats)
+    if what:
+        return None, f'stale ({what} since it was written)'
+    return d, None
+
+
+def write_cache(cache_file, key, stats, records, report):
+    """Write the payload atomically (``records``/``report``: JSON-ready). False where it cannot be written."""
+    cache_file = Path(cache_file)
+    payload = {'version': CACHE_VERSION, 'key': key, 'files': stats, 'records': records, 'report': report}
+    tmp = cache_file.with_name(f'.{cache_file.name}.{os.getpid()}.tmp')
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload), encoding='utf-8')
+        os.replace(tmp, cache_file)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False

@@ -19,6 +19,7 @@ from utils.deploy.detections import Detections
 from utils.deploy.predict import Predictor
 from utils.runs import select_device
 from utils.deploy.sources import read_image
+from utils.errors import InputError
 
 
 def _setting(name):
@@ -31,7 +32,7 @@ def as_bgr(im, i):
     """(HWC uint8 BGR array, file name) for a path, a numpy image (BGR, gray or BGRA) or a PIL image."""
     if isinstance(im, (str, Path)):
         if str(im).lower().startswith(('http://', 'https://')):
-            raise ValueError(f'{im}: images are not downloaded; save the file and pass its path')
+            raise InputError(f'{im}: images are not downloaded; save the file and pass its path')
         if not Path(im).is_file():
             raise FileNotFoundError(f'{im}: image not found')
         return read_image(im), Path(im).name
@@ -41,18 +42,18 @@ def as_bgr(im, i):
         from PIL import ImageOps  # pillow is a core dependency; imported only when a PIL image comes in
         rgb = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
         return np.ascontiguousarray(rgb[..., ::-1]), Path(getattr(im, 'filename', '') or f'image{i}.jpg').name
-    raise ValueError(f'image {i}: unsupported type {type(im).__name__} (give a path, a numpy HWC BGR array, a PIL '
+    raise InputError(f'image {i}: unsupported type {type(im).__name__} (give a path, a numpy HWC BGR array, a PIL '
                      f'image, or a list of them)')
 
 
 def _array_to_bgr(im, what):
     if im.dtype != np.uint8:
-        raise ValueError(f'{what}: numpy images must be uint8 (HWC, BGR as OpenCV reads them), got {im.dtype}')
+        raise InputError(f'{what}: numpy images must be uint8 (HWC, BGR as OpenCV reads them), got {im.dtype}')
     if im.ndim == 2 or (im.ndim == 3 and im.shape[2] == 1):
         return cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
     if im.ndim == 3 and im.shape[2] in (3, 4):
         return np.ascontiguousarray(im[..., :3])  # BGRA: drop alpha
-    raise ValueError(f'{what}: expected an HxWx3 (BGR), HxW or HxWx4 array, got shape {tuple(im.shape)}')
+    raise InputError(f'{what}: expected an HxWx3 (BGR), HxW or HxWx4 array, got shape {tuple(im.shape)}')
 
 
 class InferenceModel:
@@ -88,7 +89,7 @@ class InferenceModel:
         """Detect in one image or a list of them; ``size`` overrides the inference size for this call."""
         items = list(ims) if isinstance(ims, (list, tuple)) else [ims]
         if not items:
-            raise ValueError('no images given')
+            raise InputError('no images given')
         ims0, files = zip(*(as_bgr(im, i) for i, im in enumerate(items)))
         before = dict(self.predictor.clock.total)
         preds, shapes = [], []
@@ -117,12 +118,12 @@ def official(name, pretrained=True, channels=3, classes=80, device=None, autosha
     With ``classes`` != 80 the pretrained weights are transferred (``transfer_weights``: class rows re-initialised).
     """
     if channels != 3:
-        raise ValueError(f'channels={channels}: only 3-channel (BGR/RGB) models are supported')
+        raise InputError(f'channels={channels}: only 3-channel (BGR/RGB) models are supported')
     if pretrained and classes == 80:
         return load(f'{name}.pt', device, autoshape=autoshape)
     from models.yolo import Model
     from utils.weights.checkpoint import read_weights
-    from utils.weights.download import resolve_weights
+    from utils.weights.official import resolve_weights
     from utils.freeze.transfer import format_transfer_report, transfer_weights
     if pretrained:
         path = resolve_weights(f'{name}.pt')

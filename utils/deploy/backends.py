@@ -19,6 +19,7 @@ import yaml
 
 from utils.optional import require
 from utils.deploy.signal_stack import keep_signal_stack
+from utils.errors import InputError
 
 FORMATS = {'.pt': 'PyTorch', '.torchscript': 'TorchScript', '.onnx': 'ONNX', '.xml': 'OpenVINO'}
 
@@ -53,7 +54,7 @@ def read_metadata(raw, source, nc=None):
         names = [names[k] for k in sorted(names, key=int)]
     if not isinstance(names, (list, tuple)) or (nc is not None and len(names) != nc):
         if nc is None:
-            raise ValueError(f'{source}: its metadata has no class names (export it with export.py)')
+            raise InputError(f'{source}: its metadata has no class names (export it with export.py)')
         print(f'note: {source} carries no class names for its {nc} classes; using their ids')
         names = [str(i) for i in range(nc)]
     meta['names'] = [str(n) for n in names]
@@ -88,9 +89,9 @@ class Backend:
     def check_input(self, x):
         h, w = x.shape[2:]
         if h % self.stride or w % self.stride:
-            raise ValueError(f'{self.path}: image size {h}x{w} is not a multiple of the stride {self.stride}')
+            raise InputError(f'{self.path}: image size {h}x{w} is not a multiple of the stride {self.stride}')
         if self.imgsz is not None and (h > self.imgsz[0] or w > self.imgsz[1]):
-            raise ValueError(f'{self.path}: takes {self.imgsz[0]}x{self.imgsz[1]} images (fixed at export), got '
+            raise InputError(f'{self.path}: takes {self.imgsz[0]}x{self.imgsz[1]} images (fixed at export), got '
                              f'{h}x{w}; re-export with --dynamic or use --imgsz {max(self.imgsz)}')
 
     def embed(self, x):
@@ -161,7 +162,7 @@ class TorchScriptBackend(Backend):
                 warnings.simplefilter('ignore', FutureWarning)
                 self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f'{path}: not a TorchScript model ({str(e).strip().splitlines()[0][:160]})') from None
+            raise InputError(f'{path}: not a TorchScript model ({str(e).strip().splitlines()[0][:160]})') from None
         raw = _parse_value(extra['config.txt'] or '{}')
         meta = read_metadata(raw if isinstance(raw, dict) else {}, path)
         shape = meta.get('shape') or [None] * 4
@@ -196,7 +197,7 @@ class OnnxBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f'{path}: not a readable ONNX model ({str(e).strip().splitlines()[0][:160]})') from None
+            raise InputError(f'{path}: not a readable ONNX model ({str(e).strip().splitlines()[0][:160]})') from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.input_dtype = inp.name, np.float16 if 'float16' in inp.type else np.float32
         nc = out.shape[-1] - 5 if isinstance(out.shape[-1], int) else None
@@ -216,7 +217,7 @@ def openvino_files(path):
     if path.is_dir():
         xmls = sorted(path.glob('*.xml'))
         if len(xmls) != 1:
-            raise ValueError(f'{path}: an OpenVINO export folder holds one .xml model; found {len(xmls)}')
+            raise InputError(f'{path}: an OpenVINO export folder holds one .xml model; found {len(xmls)}')
         path = xmls[0]
     return path, path.parent / 'metadata.yaml'
 
@@ -233,7 +234,7 @@ class OpenVinoBackend(Backend):
         try:
             model = core.read_model(str(xml))
         except RuntimeError as e:
-            raise ValueError(f'{xml}: not a readable OpenVINO model ({str(e).strip().splitlines()[0][:160]})') \
+            raise InputError(f'{xml}: not a readable OpenVINO model ({str(e).strip().splitlines()[0][:160]})') \
                 from None
         raw = yaml.safe_load(meta_file.read_text()) if meta_file.is_file() else {}
         out_dim = model.outputs[0].get_partial_shape()[-1]
@@ -260,7 +261,7 @@ def model_format(path):
         return 'OpenVINO'
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown model format '{path.suffix}' (expected .pt, .torchscript, .onnx, "
+        raise InputError(f"{path}: unknown model format '{path.suffix}' (expected .pt, .torchscript, .onnx, "
                          f'or an OpenVINO export folder)')
     return fmt
 
@@ -270,7 +271,7 @@ def load_backend(weights, device='cpu', fp16=False):
 
     ``fp16`` runs .pt models in half precision on CUDA; exports run in the precision they were exported in.
     """
-    from utils.weights.download import resolve_weights
+    from utils.weights.official import resolve_weights
     device = torch.device(device) if isinstance(device, str) else device
     path = Path(weights)
     if not path.exists():

@@ -1,7 +1,7 @@
 """Writing a fused eval model to TorchScript, ONNX and OpenVINO, each with its metadata (``export_metadata``).
 
 Every exported graph maps a (b, 3, h, w) float batch in [0, 1] to the decoded predictions (b, n, 5 + nc), which
-``utils/backends.load_backend`` reads back. The ONNX and OpenVINO packages are imported only here, lazily.
+``utils/deploy/backends.load_backend`` reads back. The ONNX and OpenVINO packages are imported only here, lazily.
 
     meta = export_metadata(model.names, 32, im.shape, dynamic=False)
     export_onnx(DecodedOutput(model), im, Path('best.onnx'), meta, dynamic=True, simplify=True)

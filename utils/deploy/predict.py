@@ -16,18 +16,19 @@ import torch
 from utils.data.augment import letterbox
 from utils.boxes import Placement, non_max_suppression, scale_boxes
 from utils.data.sizes import check_imgsz
+from utils.errors import InputError
 
 
 def check_thresholds(conf_thres, iou_thres, max_det, classes, nc):
     """Reject out-of-range values with a one-line ValueError naming the flag."""
     for flag, value in (('--conf-thres', conf_thres), ('--iou-thres', iou_thres)):
         if not 0 <= value <= 1:
-            raise ValueError(f'{flag} {value}: must be between 0 and 1')
+            raise InputError(f'{flag} {value}: must be between 0 and 1')
     if max_det < 1:
-        raise ValueError(f'--max-det {max_det}: must be at least 1')
+        raise InputError(f'--max-det {max_det}: must be at least 1')
     bad = [c for c in (classes or []) if not 0 <= int(c) < nc]
     if bad:
-        raise ValueError(f'--classes {" ".join(map(str, bad))}: the model has {nc} classes (ids 0-{nc - 1})')
+        raise InputError(f'--classes {" ".join(map(str, bad))}: the model has {nc} classes (ids 0-{nc - 1})')
 
 
 def input_size(backend, imgsz):

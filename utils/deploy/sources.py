@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
+from utils.errors import InputError
 
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
 VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
@@ -86,7 +87,7 @@ def check_media_file(path):
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path}: source not found')
     if not (is_image(path) or is_video(path)):
-        raise ValueError(f"{path}: unsupported file type '.{suffix_of(path)}' "
+        raise InputError(f"{path}: unsupported file type '.{suffix_of(path)}' "
                          f'(images: {", ".join(IMG_FORMATS)}; videos: {", ".join(VID_FORMATS)})')
     return str(path)
 
@@ -128,7 +129,7 @@ def read_image(path):
     """BGR image, or raise ValueError naming the file when OpenCV cannot decode it."""
     image = cv2.imread(str(path))
     if image is None or image.size == 0:
-        raise ValueError(f'{path}: unreadable or corrupt image')
+        raise InputError(f'{path}: unreadable or corrupt image')
     return image
 
 
@@ -137,7 +138,7 @@ def open_video(path):
         cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
-        raise ValueError(f'{path}: unreadable or corrupt video')
+        raise InputError(f'{path}: unreadable or corrupt video')
     return cap
 
 
@@ -202,7 +203,7 @@ class WebcamSource:
             self.cap = cv2.VideoCapture(self.index)
         if not self.cap.isOpened():
             self.cap.release()
-            raise ValueError(f'webcam {self.index}: no camera found at this index (is one connected?)')
+            raise InputError(f'webcam {self.index}: no camera found at this index (is one connected?)')
 
     def __len__(self):
         return 1
@@ -233,7 +234,7 @@ class StreamSource:
             self.cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
         if not self.cap.isOpened():
             self.cap.release()
-            raise ValueError(f'{redact_url(url)}: cannot open the stream (OpenCV FFmpeg backend; is the address '
+            raise InputError(f'{redact_url(url)}: cannot open the stream (OpenCV FFmpeg backend; is the address '
                              f'right and reachable?)')
 
     def __len__(self):
@@ -247,14 +248,14 @@ def open_source(source, vid_stride=1):
     """Check ``source`` and return an iterable of ``Frame``s (see the module docstring)."""
     source = str(source).strip()
     if not source:
-        raise ValueError('--source is empty: give an image, folder, glob, .txt list, video or webcam index')
+        raise InputError('--source is empty: give an image, folder, glob, .txt list, video or webcam index')
     if not isinstance(vid_stride, int) or vid_stride < 1:
-        raise ValueError(f'--vid-stride {vid_stride}: must be a whole number >= 1')
+        raise InputError(f'--vid-stride {vid_stride}: must be a whole number >= 1')
     if source.isdecimal():
         return WebcamSource(source, vid_stride)
     if source.lower().startswith(STREAM_PREFIXES):
         if is_image(urlsplit(source).path):
-            raise ValueError(f'{redact_url(source)}: images are not downloaded; save the file and pass its path '
+            raise InputError(f'{redact_url(source)}: images are not downloaded; save the file and pass its path '
                              f'(URLs are read as video streams)')
         return StreamSource(source, vid_stride)
     return FileSource(resolve_files(source), vid_stride)

@@ -15,6 +15,7 @@ import numpy as np
 
 from utils.eval.metrics import DetectionEvaluator
 from utils.eval.voc_eval import voc_ap
+from utils.errors import InputError
 
 
 class ImageMatches:
@@ -22,7 +23,7 @@ class ImageMatches:
 
     def __init__(self, nc, voc_rule='voc07'):
         if voc_rule not in ('voc07', 'voc12'):
-            raise ValueError(f"VOC rule {voc_rule!r}: expected 'voc07' or 'voc12' (the data YAML's eval: key)")
+            raise InputError(f"VOC rule {voc_rule!r}: expected 'voc07' or 'voc12' (the data YAML's eval: key)")
         self.evaluator = DetectionEvaluator(nc, voc_rule=voc_rule)
 
     def on_image(self, meta, det, gt):
@@ -78,9 +79,9 @@ def paired_bootstrap(a, b, resamples=2000, seed=0, level=0.95):
     """Point estimates of a, b and b - a (mAP50) and their ``level`` percentile intervals over ``resamples`` draws
     of the images, the same draws for both; ``p_not_better``: the share of draws where b does not beat a."""
     if a.n_images != b.n_images:
-        raise ValueError(f'paired bootstrap needs the same images: {a.n_images} vs {b.n_images}')
+        raise InputError(f'paired bootstrap needs the same images: {a.n_images} vs {b.n_images}')
     if resamples < 1:
-        raise ValueError(f'resamples {resamples}: expected at least 1')
+        raise InputError(f'resamples {resamples}: expected at least 1')
     rng = np.random.default_rng(seed)
     n = a.n_images
     draws = np.empty((resamples, 2))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.eval.metrics import GroundTruth
+from utils.errors import InputError
 
 
 def coco80_to_coco91():
@@ -86,7 +87,7 @@ def run_cocoeval(anno_json, pred_json, image_ids=None, verbose=True):
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as e:
-        raise ValueError(f'pycocotools is needed to evaluate {pred_json}: pip install pycocotools') from e
+        raise InputError(f'pycocotools is needed to evaluate {pred_json}: pip install pycocotools') from e
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(anno_json))
     preds = _read_json(pred_json)
@@ -94,7 +95,7 @@ def run_cocoeval(anno_json, pred_json, image_ids=None, verbose=True):
         return 0.0, 0.0, np.zeros(12)
     unknown = {p['image_id'] for p in preds} - set(gt.getImgIds())
     if unknown:
-        raise ValueError(f'{pred_json}: image ids {sorted(unknown, key=str)[:5]} are not in {anno_json}')
+        raise InputError(f'{pred_json}: image ids {sorted(unknown, key=str)[:5]} are not in {anno_json}')
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         ev = COCOeval(gt, gt.loadRes(str(pred_json)), 'bbox')
@@ -116,7 +117,7 @@ def _read_json(path):
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from None
+        raise InputError(f'{path}: not valid JSON ({e})') from None
 
 
 def add_crowd_regions(gt, official):

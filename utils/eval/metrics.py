@@ -15,6 +15,7 @@ trapezoid variant of it (``method='interp'``). Counting at most 100 detections p
 from dataclasses import dataclass, field
 
 import numpy as np
+from utils.errors import InputError
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # the same values as pycocotools' Params.iouThrs
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # pycocotools' Params.recThrs
@@ -265,7 +266,7 @@ class DetectionEvaluator:
 
     def __init__(self, nc, voc_rule=None, confusion=None, iou_thresholds=IOU_THRESHOLDS):
         if voc_rule not in (None, 'voc07', 'voc12'):
-            raise ValueError(f"VOC rule '{voc_rule}': expected 'voc07' or 'voc12'")
+            raise InputError(f"VOC rule '{voc_rule}': expected 'voc07' or 'voc12'")
         self.nc, self.voc_rule, self.confusion, self.iou_thresholds = nc, voc_rule, confusion, iou_thresholds
         self.images = []  # per image: dict of arrays
 

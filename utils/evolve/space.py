@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
+from utils.errors import InputError
 
 # upstream YOLOv5's evolution ranges: key -> (low, high); lr0 is searched on a log scale
 HYP_RANGES = {
@@ -100,9 +101,9 @@ def read_overrides(items):
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise ValueError(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
+            raise InputError(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
         if not isinstance(data, dict):
-            raise ValueError(f'{path}: expected a mapping of key: value, [low, high] or [choices]')
+            raise InputError(f'{path}: expected a mapping of key: value, [low, high] or [choices]')
         out.update(data)
     return out
 
@@ -126,13 +127,13 @@ def apply_overrides(space, overrides, epochs, source='--evolve-space'):
         if key == 'search':
             continue
         if key not in space:
-            raise ValueError(f"{source}: unknown key '{key}' (searchable: {', '.join(space)}, search)")
+            raise InputError(f"{source}: unknown key '{key}' (searchable: {', '.join(space)}, search)")
         space[key] = _override(space[key], raw, source)
     if only is not None:
         only = [only] if isinstance(only, str) else list(only)
         unknown = [k for k in only if k not in space]
         if unknown:
-            raise ValueError(f"{source}: search={','.join(map(str, unknown))}: unknown key(s)")
+            raise InputError(f"{source}: search={','.join(map(str, unknown))}: unknown key(s)")
         space = {k: p if k in only or p.kind == 'fixed' else _fix_at_default(p) for k, p in space.items()}
     _check_unfreeze_epoch(space['unfreeze_epoch'], epochs, source)
     return space
@@ -154,20 +155,20 @@ def _override(p, raw, source):
     elif isinstance(raw, dict) and 'range' in raw:
         raw = raw['range']
         if p.low is None:
-            raise ValueError(f'{source}: {name} takes choices (a,b,c), not a range')
+            raise InputError(f'{source}: {name} takes choices (a,b,c), not a range')
     if isinstance(raw, list) and len(raw) == 2 and p.low is not None and \
             all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
         lo, hi = (float(v) for v in raw)
         kind = 'int' if name == 'unfreeze_epoch' else 'float'
         if lo > hi:
-            raise ValueError(f'{source}: {name}={lo:g}:{hi:g}: low is above high')
+            raise InputError(f'{source}: {name}={lo:g}:{hi:g}: low is above high')
         if kind == 'int' and (lo != int(lo) or hi != int(hi)):
-            raise ValueError(f'{source}: {name} takes whole numbers')
+            raise InputError(f'{source}: {name} takes whole numbers')
         return replace(p, kind=kind, low=lo, high=hi, log=p.log and lo > 0)
     if isinstance(raw, (list, tuple)):
         choices = tuple(_clean(name, v) for v in raw)
         if not choices:
-            raise ValueError(f'{source}: {name}: empty list of choices')
+            raise InputError(f'{source}: {name}: empty list of choices')
         return replace(p, kind='choice', choices=tuple(dict.fromkeys(choices)))
     return replace(p, kind='fixed', value=_clean(name, raw))
 
@@ -181,14 +182,14 @@ def _clean(name, v):
     if name == 'unfreeze_epoch' and isinstance(v, (int, float)):
         return int(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"--evolve-space: {name}={v!r}: expected a number")
+        raise InputError(f"--evolve-space: {name}={v!r}: expected a number")
     return float(v)
 
 
 def _check_unfreeze_epoch(p, epochs, source):
     for v in _values(p) or [p.low, p.high]:
         if v is not None and not -1 <= int(v) < epochs:
-            raise ValueError(f'{source}: unfreeze_epoch {v}: must be -1 (never) or an epoch 0-{epochs - 1}')
+            raise InputError(f'{source}: unfreeze_epoch {v}: must be -1 (never) or an epoch 0-{epochs - 1}')
 
 
 def build_space(hyp, opt, items=None):
@@ -197,7 +198,7 @@ def build_space(hyp, opt, items=None):
     space = fill_fixed(space, base_values(hyp, opt))
     for v in _values(space['freeze_bn_stats']):
         if v not in ('true', 'false', 'all'):
-            raise ValueError(f"--evolve-space: freeze_bn_stats={v}: expected true, false or all")
+            raise InputError(f"--evolve-space: freeze_bn_stats={v}: expected true, false or all")
     return space
 
 

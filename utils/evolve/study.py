@@ -7,7 +7,8 @@ with --val-every 1) with the fitness (0.1 mAP50 + 0.9 mAP50-95), which the trial
 stops it early when the pruner says so.
 Results (evolve.csv, hyp_evolved.yaml, the best command, evolve.png) are rewritten after every trial.
 
-This module never imports a script: ``train.py`` hands in ``train_trial(opt, on_epoch_end)``.
+This module never imports a script: ``train.py`` hands in ``train_trial(opt, callbacks)``; the pruner is a training
+callback (``TrialPruning``, utils/train/callbacks.py).
 """
 import argparse
 import gc
@@ -20,10 +21,11 @@ import torch
 import yaml
 
 from utils.data.config import load_hyp
-from utils.errors import Interrupted
+from utils.errors import InputError, Interrupted
 from utils.evolve.report import write_outputs
 from utils.evolve.space import base_values, baseline_params, build_space, describe, suggest
 from utils.runs import increment_path
+from utils.train.callbacks import VALIDATED, Callback
 
 EVOLVE_PROJECT = 'runs/evolve'
 OPTIONS_FILE = 'evolve_opt.yaml'
@@ -35,7 +37,7 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise ValueError('--evolve needs the optuna package: pip install optuna') from None
+        raise InputError('--evolve needs the optuna package: pip install optuna') from None
     return optuna
 
 
@@ -53,7 +55,7 @@ def make_pruner(optuna, spec, epochs):
             return optuna.pruners.ThresholdPruner(lower=float(spec.split('=', 1)[1]))
         except ValueError:
             pass
-    raise ValueError(f"--evolve-pruner {spec}: expected median, hyperband, none or threshold=X (a fitness)")
+    raise InputError(f"--evolve-pruner {spec}: expected median, hyperband, none or threshold=X (a fitness)")
 
 
 class Objective:
@@ -67,23 +69,36 @@ class Objective:
         values = suggest(self.space, trial)
         opt = trial_options(self.base, self.hyp, values, self.save_dir / 'trials', trial.number)
         trial.set_user_attr('epochs', opt.epochs)
-        progress = {'epochs_run': 0, 'best': 0.0}
+        pruning = TrialPruning(self.optuna, trial, opt.epochs)
         t0 = time.time()
         try:
-            self.train_trial(opt, lambda epoch, fit: self.report(trial, progress, epoch, fit, opt.epochs))
+            self.train_trial(opt, [pruning])
         finally:
-            trial.set_user_attr('epochs_run', progress['epochs_run'])
+            trial.set_user_attr('epochs_run', pruning.epochs_run)
             trial.set_user_attr('seconds', round(time.time() - t0, 2))
-            trial.set_user_attr('best_fitness', progress['best'])
+            trial.set_user_attr('best_fitness', pruning.best)
             release_memory()
-        return progress['best']
+        return pruning.best
 
-    def report(self, trial, progress, epoch, fit, epochs):
-        progress['epochs_run'] = epoch + 1
-        progress['best'] = max(progress['best'], float(fit))
-        trial.report(float(fit), epoch)
-        if epoch < epochs - 1 and trial.should_prune():
-            raise self.optuna.TrialPruned(f'pruned after epoch {epoch + 1}/{epochs}: fitness {fit:.4f}')
+
+class TrialPruning(Callback):
+    """A trial's training callback: after each validated epoch (once its checkpoints are saved) the fitness goes
+    to the Optuna trial, and the run ends (``TrialPruned``) when the pruner says so, before its last epoch."""
+
+    def __init__(self, optuna, trial, epochs):
+        self.optuna, self.trial, self.epochs = optuna, trial, epochs
+        self.epochs_run, self.best = 0, 0.0
+
+    def on_epoch_done(self, run, state, row, result):
+        if VALIDATED in row:
+            self.report(row['epoch'], result.fitness if result is not None else 0.0)
+
+    def report(self, epoch, fit):
+        self.epochs_run = epoch + 1
+        self.best = max(self.best, float(fit))
+        self.trial.report(float(fit), epoch)
+        if epoch < self.epochs - 1 and self.trial.should_prune():
+            raise self.optuna.TrialPruned(f'pruned after epoch {epoch + 1}/{self.epochs}: fitness {fit:.4f}')
 
 
 def release_memory():
@@ -120,7 +135,7 @@ def open_storage(optuna, url, attempts=5):
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
         except Exception as e:  # bad URL, unreachable database, missing driver, a table-creation race
             if attempt == attempts - 1:
-                raise ValueError(f'--evolve-storage {url}: cannot open ({str(e).splitlines()[0]})') from None
+                raise InputError(f'--evolve-storage {url}: cannot open ({str(e).splitlines()[0]})') from None
             time.sleep(1 + attempt)
 
 
@@ -230,7 +245,7 @@ def run_evolve(opt, train_trial, defaults, pruner=None):
 
 def _run_study(optuna, opt, train_trial, defaults, pruner):
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
-        raise ValueError('--evolve runs one process per trial; share a study between processes with '
+        raise InputError('--evolve runs one process per trial; share a study between processes with '
                          '--evolve-storage instead of torch.distributed.run')
     resuming = bool(opt.resume)
     if resuming:
@@ -265,7 +280,7 @@ def _run_study(optuna, opt, train_trial, defaults, pruner):
         if isinstance(e, (KeyboardInterrupt, Interrupted)):
             hint = f'continue with: python train.py --evolve --resume {save_dir}'
             print(f'evolve: interrupted; {hint}')
-            if isinstance(e, Interrupted):  # a signal (utils/train/interrupt.py): the study, not the trial, resumes
+            if isinstance(e, Interrupted):  # a signal (StopOnSignal): the study, not the trial, resumes
                 raise Interrupted(f'{str(e).split(":")[0]}: evolve interrupted during a trial; {hint}',
                                   e.signum) from None
         raise

@@ -1,8 +1,8 @@
 """The freezing and transfer wing, the project's headline.
 
 Owns which layers are frozen and the ``FreezePlan`` that applies, releases and verifies it (``plan``), optimizer
-groups over the trainable parameters only (``optim``), data class <- checkpoint classes (``class_map``), the
-class-by-class weight transfer (``transfer``) and the coco64 transfer sets (``transfer_set``).
+groups over the trainable parameters only (``optim``), the class-by-class weight transfer and its class map (data
+class <- checkpoint classes; ``transfer``) and the coco64 transfer sets (``transfer_set``).
 
 Re-exports what the README shows: ``from utils.freeze import FreezePlan, freeze, freeze_report``.
 """

@@ -6,6 +6,7 @@
 """
 import torch
 import torch.nn as nn
+from utils.errors import InputError
 
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 
@@ -56,7 +57,7 @@ def make_optimizer(groups, name='SGD', lr=0.01, momentum=0.937, impl='default'):
     (benchmarks/freeze.py --optimizer-impl)."""
     groups = [g for g in groups if g['params']]
     if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"optimizer implementation {impl}: expected one of {', '.join(IMPLEMENTATIONS)}")
+        raise InputError(f"optimizer implementation {impl}: expected one of {', '.join(IMPLEMENTATIONS)}")
     kwargs = IMPLEMENTATIONS[impl]
     if name == 'SGD':
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, **kwargs)
@@ -65,7 +66,7 @@ def make_optimizer(groups, name='SGD', lr=0.01, momentum=0.937, impl='default'):
     elif name == 'AdamW':
         opt = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), **kwargs)
     else:
-        raise ValueError(f"--optimizer {name}: expected {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}")
+        raise InputError(f"--optimizer {name}: expected {', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}")
     for g in opt.param_groups:
         g['initial_lr'] = lr
     return opt

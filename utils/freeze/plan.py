@@ -22,11 +22,12 @@ from pathlib import Path
 import torch.nn as nn
 
 from utils.freeze.optim import ramped_param_groups
+from utils.errors import InputError
 
 
 def _layer_prefix(i, n_layers, spec):
     if not 0 <= i < n_layers:
-        raise ValueError(f"--freeze {spec}: layer {i} is out of range (the model has layers 0-{n_layers - 1})")
+        raise InputError(f"--freeze {spec}: layer {i} is out of range (the model has layers 0-{n_layers - 1})")
     return f'model.{i}.'
 
 
@@ -39,7 +40,7 @@ def parse_freeze(spec, model):
     if len(items) == 1 and _is_index(items[0]):  # YOLOv5: a single N means the first N layers
         n = int(items[0])
         if n > n_layers:
-            raise ValueError(f'--freeze {n}: the model has only {n_layers} layers')
+            raise InputError(f'--freeze {n}: the model has only {n_layers} layers')
         return [f'model.{i}.' for i in range(n)]
     prefixes = []
     for item in items:
@@ -53,10 +54,10 @@ def parse_freeze(spec, model):
             p = item if item.endswith('.') else item + '.'
             whole_layer = p in {f'model.{i}.' for i in range(n_layers)}  # may hold no parameters (Upsample)
             if not whole_layer and not any((n + '.').startswith(p) for n in names):
-                raise ValueError(f"--freeze {item}: no parameter name starts with '{p}'")
+                raise InputError(f"--freeze {item}: no parameter name starts with '{p}'")
             prefixes.append(p)
         else:
-            raise ValueError(f"--freeze {item}: expected a layer count, layer indices, 'backbone', 'all' "
+            raise InputError(f"--freeze {item}: expected a layer count, layer indices, 'backbone', 'all' "
                              f"or a name prefix like 'model.24.'")
     return sorted(set(prefixes), key=_natural_key)
 

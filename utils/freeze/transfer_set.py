@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]  # utils/<wing>/<module>.py
 SOURCE = REPO.parent / 'shared' / 'data' / 'coco64dev'
@@ -70,7 +71,7 @@ def stratified_split(labels, nc):
 def make_transfer_set(variant='grouped', out=None, source=SOURCE):
     """Build the variant under ``out`` (default ``datasets/coco64<variant>``) once; returns its data YAML path."""
     if variant not in VARIANTS:
-        raise ValueError(f"transfer set variant '{variant}': expected one of {', '.join(VARIANTS)}")
+        raise InputError(f"transfer set variant '{variant}': expected one of {', '.join(VARIANTS)}")
     source = Path(source)
     if not (source / 'coco64dev.yaml').is_file():
         raise FileNotFoundError(f'{source}: coco64dev not found (expected coco64dev.yaml there)')

@@ -1,8 +1,8 @@
 """The training wing: one training run.
 
-Owns the run's set-up steps (``setup``), its epochs, checkpoints and frozen check (``trainer``), warm-up and the
-epoch loop (``engine``), the loss (``loss``), the EMA (``ema``), anchors (``autoanchor``), ``--batch-size -1``
-(``autobatch``), TensorBoard (``loggers``), where the time goes (``phases``), which epochs are validated
-(``val_schedule``), Ctrl-C/SIGTERM (``interrupt``) and the line on where a command differs from upstream
-(``upstream_defaults``).
+Owns the run's one configuration and the line on where a command differs from upstream (``config``), its set-up
+steps and its one state (``setup``), the epoch loop, checkpoints and frozen check (``trainer``), one epoch of
+training with its LR schedule, warm-up, EMA and Ctrl-C/SIGTERM handling (``engine``), the loss and its anchors
+(``loss``), ``--batch-size -1`` (``autobatch``) and what watches a run: results.csv, plots, TensorBoard, MLflow
+(``callbacks``).
 """

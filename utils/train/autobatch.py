@@ -7,6 +7,7 @@ solves for ``fraction`` of the memory that was free before measuring. CUDA only:
 """
 import numpy as np
 import torch
+from utils.errors import InputError
 
 PROBE_SIZES = (1, 2, 4, 8, 16)
 NEEDS_CUDA = '--batch-size -1 (AutoBatch) needs a CUDA device; give a batch size on CPU, e.g. --batch-size 16'
@@ -49,7 +50,7 @@ def measure_peak(model, imgsz, batch, device, amp=True):
 def autobatch(model, imgsz, device, fraction=0.8, log=print, sizes=PROBE_SIZES):
     """Batch size for ``model`` at ``imgsz`` on ``device`` (CUDA) using ``fraction`` of its free memory."""
     if device.type != 'cuda':
-        raise ValueError(NEEDS_CUDA)
+        raise InputError(NEEDS_CUDA)
     free, total = torch.cuda.mem_get_info(device)
     was_training = model.training
     model.train()

@@ -1,6 +1,6 @@
 """The weights wing: files of weights in and out.
 
-Owns our checkpoints (atomic save, safe load; ``checkpoint``), naming damaged or foreign ``.pt`` files
-(``checkpoint_probe``), official YOLOv5 ``.pt`` read through an allow-list (``official``) and weight downloads
-(``download``).
+Owns our checkpoints (atomic save, safe load; ``checkpoint``) and official YOLOv5 ``.pt`` files (``official``):
+found on disk or downloaded on request, read through an allow-list, and a damaged or foreign ``.pt`` named in
+one line.
 """

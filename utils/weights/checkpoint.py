@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from utils.weights.checkpoint_probe import describe_object
-from utils.errors import WriteFailed, one_line
+from utils.weights.official import describe_object
+from utils.errors import InputError, WriteFailed, one_line
 
 FORMAT = 'yolov5-freeze/1'
 PARTIAL_SUFFIX = '.partial'  # a checkpoint being written; renamed over the target when complete
@@ -117,7 +117,7 @@ def load_checkpoint(path, map_location='cpu'):
     ckpt, error = _load_plain(path, map_location)
     if error is not None:
         from utils.weights.official import describe_pickle
-        raise ValueError(f'{path}: not a yolov5-freeze checkpoint: {describe_pickle(path)}')
+        raise InputError(f'{path}: not a yolov5-freeze checkpoint: {describe_pickle(path)}')
     return _require_ours(path, ckpt, 'a yolov5-freeze')
 
 
@@ -128,12 +128,12 @@ def _require_ours(path, ckpt, label):
     tag = ckpt.get('format') if isinstance(ckpt, dict) else None
     what = (f'format {tag!r} (this version reads {FORMAT!r})' if isinstance(tag, str) and tag.startswith(
         'yolov5-freeze') else describe_object(ckpt))
-    raise ValueError(f'{path}: not {label} checkpoint: {what}')
+    raise InputError(f'{path}: not {label} checkpoint: {what}')
 
 
 def training_checkpoint(learner, epoch, best_fitness, opt, hyp, freeze_state=None):
     """The dict train.py saves each epoch (see the module docstring): everything a resume needs. ``learner``
-    holds model, ema, optimizer and scaler (``utils.train.engine.Learner``); ``freeze_state`` is
+    holds model, ema, optimizer and scaler (``utils.train.setup.TrainState``); ``freeze_state`` is
     ``FreezePlan.state_dict()``."""
     m = getattr(learner.model, 'module', learner.model)  # DDP wrapper -> model
     return {
@@ -191,11 +191,11 @@ def model_from_weights(weights, path=''):
     try:
         model = Model(weights['yaml'])
     except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ValueError(f'{path}: cannot rebuild the model from its YAML ({e})') from None
+        raise InputError(f'{path}: cannot rebuild the model from its YAML ({e})') from None
     try:
         model.load_state_dict(weights['state_dict'])
     except RuntimeError as e:
-        raise ValueError(f'{path}: weights do not fit the model rebuilt from its YAML '
+        raise InputError(f'{path}: weights do not fit the model rebuilt from its YAML '
                          f'({str(e).strip().splitlines()[-1].strip()[:200]})') from None
     model.names = list(weights['names'])
     return model.eval()
