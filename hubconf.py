@@ -2,6 +2,7 @@
 
     model = torch.hub.load('path/to/yolov5-freeze', 'custom', path='best.pt', source='local')  # or .onnx, ...
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5n', source='local')  # ./yolov5n.pt, else downloaded
+    model = torch.hub.load('path/to/yolov5-freeze', 'yolov5s6', source='local')  # P6 model; use size=1280
     results = model('bus.jpg'); results.print()
 
 The logic lives in utils/deploy/api.py; see the README's "Python API".
@@ -38,3 +39,24 @@ def yolov5l(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=Tr
 
 def yolov5x(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=True, device=None):
     return _official('yolov5x', pretrained, channels, classes, autoshape, device)
+
+
+# P6 models: four output levels (P3-P6, strides 8-64), trained at 1280 px (models/v6/yolov5?6.yaml)
+def yolov5n6(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=True, device=None):
+    return _official('yolov5n6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5s6(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=True, device=None):
+    return _official('yolov5s6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5m6(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=True, device=None):
+    return _official('yolov5m6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5l6(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=True, device=None):
+    return _official('yolov5l6', pretrained, channels, classes, autoshape, device)
+
+
+def yolov5x6(pretrained=True, channels=3, classes=80, autoshape=True, _verbose=True, device=None):
+    return _official('yolov5x6', pretrained, channels, classes, autoshape, device)
