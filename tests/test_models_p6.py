@@ -4,10 +4,12 @@ checkpoints, hub entry points, and a train/val/detect run.
 The upstream reference is data (tests/data/p6_upstream_shapes.json.gz, written once by
 benchmarks/upstream_p6_shapes.py in a separate environment); upstream is never imported here.
 """
+import copy
 import gzip
 import json
 import urllib.error
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import detect
 import hubconf
 import train
 from models.yolo import Detect, Model, load_yaml_cfg, parse_model
+from utils.train.autoanchor import check_anchors
 from utils.train.loss import ComputeLoss
 from utils.weights.checkpoint import load_model, read_weights
 
@@ -94,6 +97,19 @@ def test_loss_weighs_four_levels_as_upstream(n6):
     n6.train()
     total, items = loss(n6(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))), targets)
     assert torch.isfinite(total).all() and (items > 0).all()
+
+
+def test_autoanchor_spreads_new_anchors_over_the_four_levels_small_to_large(n6):
+    model = copy.deepcopy(n6)
+    rng = np.random.default_rng(0)
+    sizes = np.geomspace(0.01, 0.8, 60)  # long thin boxes (10:1) from ~13 px to ~1000 px wide at 1280 px
+    labels = [np.array([[0, .5, .5, w, w / 10]], np.float32) for w in sizes * rng.uniform(0.95, 1.05, 60)]
+    ds = SimpleNamespace(shapes=np.full((60, 2), 1280.0), labels=labels)
+    bpr, new_bpr = check_anchors(ds, model, imgsz=1280, log=lambda s: None)
+    assert bpr < 0.98 and new_bpr > bpr
+    det = model.model[-1]
+    area = (det.anchors * det.stride.view(-1, 1, 1)).prod(-1).flatten()  # pixels, level by level
+    assert (area[1:] >= area[:-1]).all()  # the smallest anchors at P3/8, the largest at P6/64
 
 
 @pytest.fixture(scope='module')
