@@ -130,10 +130,10 @@ def test_official_p6_checkpoint_loads_through_the_allow_list(official_n6):
         assert torch.equal(model(x)[0], expected(x)[0])
 
 
-@pytest.mark.parametrize('size', SIZES)
-def test_hub_entry_points_exist(size):
-    entry = getattr(hubconf, f'yolov5{size}6')
-    assert entry.__defaults__[:2] == (True, 3)  # pretrained=True, channels=3, as the P5 entry points
+def test_hub_lists_the_p5_and_p6_entry_points():
+    names = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith('_')}  # as torch.hub.list
+    assert {f'yolov5{s}{p}' for s in SIZES for p in ('', '6')} <= names and 'custom' in names
+    assert hubconf.yolov5x6.__name__ == 'yolov5x6' and 'yolov5x6.pt' in hubconf.yolov5x6.__doc__
 
 
 def test_hub_p6_from_a_local_file_and_untrained(tmp_path, official_n6, monkeypatch):
