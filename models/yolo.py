@@ -3,6 +3,7 @@
 Usage:
     python models/yolo.py --cfg yolov5s.yaml          # print the layer table
     python models/yolo.py --cfg v6/yolov5s.yaml --nc 20
+    python models/yolo.py --cfg v6/yolov5s6.yaml --imgsz 1280  # P6: four levels, strides 8-64
 """
 import argparse
 import itertools

@@ -88,3 +88,32 @@ def _train_cmd(data, project, *extra, epochs=2):
     return [sys.executable, str(ROOT / 'train.py'), '--data', str(data), '--cfg', 'v6/yolov5n.yaml',
             '--epochs', str(epochs), '--imgsz', '64', '--batch-size', '4', '--workers', '0', '--noplots',
             '--noautoanchor', '--project', str(project), *extra]
+
+
+@pytest.fixture(scope='session')
+def official_like_file():
+    """``official_like_file(folder, cfg, legacy=False, name='official_like.pt')`` -> (path, expected model): a
+    checkpoint written in the official YOLOv5 layout and the model it must load as."""
+    return _official_like_file
+
+
+def _official_like_file(tmp_path, cfg, legacy=False, name='official_like.pt'):
+    """Pickle one of our models the way YOLOv5 saves releases (whole fp16 module; our class paths coincide
+    with the official ``models.common``/``models.yolo`` names), with a YAML dict free of our extra keys.
+    ``legacy`` writes torch's pre-1.6 (non-zip) format, as the v1-v2 releases were saved."""
+    import numpy as np
+    import torch
+    from models.yolo import Model
+    model = Model(cfg).eval()
+    for p in model.parameters():
+        p.data.uniform_(-0.2, 0.2)
+    expected = Model(model.yaml).eval()
+    expected.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    model.yaml = {k: v for k, v in model.yaml.items() if k not in ('activation', 'csp_activation',
+                                                                      'anchor_grid_buffer')}
+    model.names = {i: f'class{i}' for i in range(model.yaml['nc'])}  # v7.0 stores a dict
+    path = tmp_path / name
+    extras = {'best_fitness': np.array([0.5]), 'opt': {'save_dir': Path('runs/train/exp')}}  # as v3-v5 saved
+    torch.save({'epoch': -1, 'model': model.half(), 'ema': None, 'optimizer': None, **extras}, path,
+               _use_new_zipfile_serialization=not legacy)
+    return path, expected

@@ -97,28 +97,9 @@ def test_fused_model_gives_the_same_output(yolov5n):
         assert torch.allclose(fused(x)[0], yolov5n(x)[0], atol=1e-3, rtol=1e-4)
 
 
-def official_like_file(tmp_path, cfg, legacy=False):
-    """Pickle one of our models the way YOLOv5 saves releases (whole fp16 module; our class paths coincide
-    with the official ``models.common``/``models.yolo`` names), with a YAML dict free of our extra keys.
-    ``legacy`` writes torch's pre-1.6 (non-zip) format, as the v1-v2 releases were saved."""
-    model = Model(cfg).eval()
-    for p in model.parameters():
-        p.data.uniform_(-0.2, 0.2)
-    expected = Model(model.yaml).eval()
-    expected.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-    model.yaml = {k: v for k, v in model.yaml.items() if k not in ('activation', 'csp_activation',
-                                                                      'anchor_grid_buffer')}
-    model.names = {i: f'class{i}' for i in range(model.yaml['nc'])}  # v7.0 stores a dict
-    path = tmp_path / 'official_like.pt'
-    extras = {'best_fitness': np.array([0.5]), 'opt': {'save_dir': Path('runs/train/exp')}}  # as v3-v5 saved
-    torch.save({'epoch': -1, 'model': model.half(), 'ema': None, 'optimizer': None, **extras}, path,
-               _use_new_zipfile_serialization=not legacy)
-    return path, expected
-
-
 @pytest.mark.parametrize('act,csp_act,release', [
     ('LeakyReLU', None, 'v1-v2'), ('Hardswish', 'LeakyReLU', 'v3'), ('SiLU', None, 'v4-v5')])
-def test_v3_family_activation_and_anchor_grid_detected(tmp_path, act, csp_act, release):
+def test_v3_family_activation_and_anchor_grid_detected(tmp_path, official_like_file, act, csp_act, release):
     cfg = dict(Model('yolov5n.yaml', nc=3).yaml, activation=act, csp_activation=csp_act)
     path, expected = official_like_file(tmp_path, cfg, legacy=release == 'v1-v2')
     w = read_weights(path)

@@ -113,7 +113,7 @@ def load(path, device=None, imgsz=640, fp16=False, autoshape=True):
 
 
 def official(name, pretrained=True, channels=3, classes=80, device=None, autoshape=True):
-    """Upstream's ``yolov5n`` ... ``yolov5x`` entry points: ``name``.pt with ``pretrained``, else a fresh v6 model.
+    """Upstream's ``yolov5n`` ... ``yolov5x6`` entry points: ``name``.pt with ``pretrained``, else a fresh v6 model.
 
     With ``classes`` != 80 the pretrained weights are transferred (``transfer_weights``: class rows re-initialised).
     """
