@@ -19,8 +19,7 @@ import detect
 import hubconf
 import train
 from models.yolo import Detect, Model, load_yaml_cfg, parse_model
-from utils.train.autoanchor import check_anchors
-from utils.train.loss import ComputeLoss
+from utils.train.loss import ComputeLoss, check_anchors
 from utils.weights.checkpoint import load_model, read_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +148,7 @@ def test_hub_p6_from_a_local_file_and_untrained(tmp_path, official_n6, monkeypat
 def test_hub_p6_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     def offline(url, dest):
         raise urllib.error.URLError('no network')
-    monkeypatch.setattr('utils.weights.download.fetch', offline)
+    monkeypatch.setattr('utils.weights.official.fetch', offline)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as e:
         hubconf.yolov5m6(device='cpu')
