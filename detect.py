@@ -1,4 +1,4 @@
-"""Run a YOLOv5 model (.pt, TorchScript, ONNX, OpenVINO) on images, folders, globs, .txt lists, videos, a webcam
+"""Run a YOLOv5 model (.pt, TorchScript, ONNX, OpenVINO, TFLite) on images, folders, globs, .txt lists, videos, a webcam
 or a network stream, and save what it finds.
 
 Usage:
@@ -166,7 +166,7 @@ def report(log, detector, n, skipped, writer):
 
 def parse_opt(argv=None):
     p = ArgumentParser(description='YOLOv5 inference on images, folders, globs, lists, videos, webcams, streams.')
-    p.add_argument('--weights', required=True, help='.pt checkpoint, .torchscript, .onnx or OpenVINO folder')
+    p.add_argument('--weights', required=True, help='.pt checkpoint, .torchscript, .onnx, .tflite or OpenVINO folder')
     p.add_argument('--source', required=True,
                    help='image, folder, glob, .txt list of paths, video, webcam index, or rtsp:// / http(s):// stream')
     p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')

@@ -1,15 +1,19 @@
-"""Export a model (ours or an official YOLOv5 .pt) to TorchScript, ONNX and OpenVINO, saved beside the weights.
+"""Export a model (ours or an official YOLOv5 .pt) to TorchScript, ONNX, OpenVINO and TFLite, beside the weights.
 
 Usage:
     python export.py --weights yolov5n.pt --include torchscript onnx --imgsz 640 --batch-size 1 --device cpu
     python export.py --weights best.pt --include onnx --dynamic --simplify        # any batch and image size
     python export.py --weights best.pt --include openvino                          # best_openvino_model/
     python export.py --weights best.pt --include onnx --half --device 0            # FP16, CUDA only
+    python export.py --weights best.pt --include tflite                            # best.tflite (LiteRT)
+    python export.py --weights best.pt --include tflite --half                     # best-fp16.tflite, any device
 
 The exported graph is the fused eval model and returns only the decoded tensor (B, N, 5 + nc): xywh in input
 pixels, sigmoid objectness and class scores, ready for ``non_max_suppression``. Every export carries its class
 names, stride and input shape (TorchScript: ``config.txt`` extra file; ONNX: ``metadata_props``; OpenVINO:
-``metadata.yaml``), so detect.py and val.py run it as they run the .pt.
+``metadata.yaml``; TFLite: a ``metadata.json`` zip entry appended to the file), so detect.py and val.py run it as
+they run the .pt. TFLite exports take channels-last (b, h, w, 3) input of a fixed size; ``--half`` stores their
+weights in FP16 on any device (the model still takes and returns FP32).
 """
 import sys
 from pathlib import Path
@@ -23,12 +27,14 @@ from utils.deploy.backends import export_metadata  # noqa: E402
 from utils.weights.checkpoint import load_model  # noqa: E402
 from utils.cli import ArgumentParser, run_cli  # noqa: E402
 from utils.weights.official import resolve_weights  # noqa: E402
-from utils.deploy.exporters import DecodedOutput, export_onnx, export_openvino, export_torchscript  # noqa: E402
+from utils.deploy.exporters import (DecodedOutput, export_onnx, export_openvino, export_tflite,  # noqa: E402
+                                    export_torchscript)
 from utils.optional import MissingPackage  # noqa: E402
 from utils.runs import is_writable_dir, select_device  # noqa: E402
 from utils.errors import InputError
 
-FORMATS = ('torchscript', 'onnx', 'openvino')
+FORMATS = ('torchscript', 'onnx', 'openvino', 'tflite')
+HALF_ON_ANY_DEVICE = ('tflite',)  # formats whose --half stores FP16 weights without running the model in FP16
 
 
 def _image_size(imgsz):
@@ -45,8 +51,9 @@ def check_options(include, batch_size, half, device):
         raise InputError(f"--include {' '.join(unknown)}: unknown format (choose from {', '.join(FORMATS)})")
     if batch_size < 1:
         raise InputError(f'--batch-size {batch_size}: must be at least 1')
-    if half and device.type != 'cuda':
-        raise InputError(f'--half needs a CUDA device (e.g. --device 0); exports on {device.type} are FP32')
+    if half and device.type != 'cuda' and any(f not in HALF_ON_ANY_DEVICE for f in include):
+        raise InputError(f'--half needs a CUDA device (e.g. --device 0) for {", ".join(include)}; exports on '
+                         f'{device.type} are FP32 (only --include tflite --half works on any device)')
 
 
 def export_format(fmt, wrapped, im, weights, meta, opset, dynamic, simplify, half):
@@ -56,6 +63,12 @@ def export_format(fmt, wrapped, im, weights, meta, opset, dynamic, simplify, hal
             return export_torchscript(wrapped, im, weights.with_suffix('.torchscript'), meta)
         if fmt == 'onnx':
             return export_onnx(wrapped, im, weights.with_suffix('.onnx'), meta, opset, dynamic, simplify)
+        if fmt == 'tflite':
+            if dynamic:
+                print('note: tflite exports take a fixed input size; --dynamic applies to the other formats',
+                      file=sys.stderr)
+            path = weights.with_name(f"{weights.stem}{'-fp16' if half else ''}.tflite")
+            return export_tflite(wrapped, im, path, {**meta, 'dynamic': False}, half)
         return export_openvino(wrapped, im, weights.parent / f'{weights.stem}_openvino_model', meta, dynamic, half)
     except MissingPackage as e:
         print(f'{fmt} export skipped: {e}', file=sys.stderr)
@@ -77,8 +90,9 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     if h % stride or w % stride:
         raise InputError(f'--imgsz {imgsz}: must be a multiple of the model stride {stride}')
     im = torch.zeros(batch_size, 3, h, w, device=device)
-    wrapped = DecodedOutput(model.half() if half else model).eval()
-    im = im.half() if half else im
+    half_graph = half and device.type == 'cuda'  # FP16 arithmetic in the graph (tflite --half: FP16 weights only)
+    wrapped = DecodedOutput(model.half() if half_graph else model).eval()
+    im = im.half() if half_graph else im
     with torch.no_grad():
         wrapped(im)  # one dry run: shapes settle and errors surface before writing files
     meta = export_metadata(model.names, stride, im.shape, dynamic, half)
@@ -94,7 +108,7 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description='Export a YOLOv5 model to TorchScript, ONNX and OpenVINO.')
+    parser = ArgumentParser(description='Export a YOLOv5 model to TorchScript, ONNX, OpenVINO and TFLite.')
     parser.add_argument('--weights', default='yolov5s.pt', help='our checkpoint or an official .pt')
     parser.add_argument('--include', nargs='+', default=['torchscript', 'onnx'], choices=FORMATS)
     parser.add_argument('--imgsz', '--img', nargs='+', type=int, default=[640], help='image size h (w)')
@@ -103,7 +117,7 @@ def parse_args(argv=None):
     parser.add_argument('--opset', type=int, default=12, help='ONNX opset')
     parser.add_argument('--dynamic', action='store_true', help='ONNX/OpenVINO: any batch size and image size')
     parser.add_argument('--simplify', action='store_true', help='ONNX: simplify the graph with onnxslim')
-    parser.add_argument('--half', action='store_true', help='FP16 export (CUDA only)')
+    parser.add_argument('--half', action='store_true', help='FP16 export (CUDA only; tflite: FP16 weights, any device)')
     return parser.parse_args(argv)
 
 

@@ -11,7 +11,7 @@ dependencies = ['torch', 'torchvision', 'numpy', 'cv2', 'yaml']
 
 
 def custom(path='yolov5s.pt', autoshape=True, _verbose=True, device=None):
-    """A model from any weights file: our or official .pt, .torchscript, .onnx, or an OpenVINO export folder."""
+    """A model from any weights file: our or official .pt, .torchscript, .onnx, .tflite or an OpenVINO folder."""
     from utils.deploy.api import load
     return load(path, device=device, autoshape=autoshape)
 

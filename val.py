@@ -46,7 +46,7 @@ def build_dataloader(data, split, imgsz, batch_size, stride, workers, single_cls
 
 
 def load_for_val(weights, device, half=False):
-    """Any weights file (.pt, TorchScript, ONNX, OpenVINO) as a ``utils/deploy/backends`` Backend: a callable that maps
+    """Any weights file (.pt, TorchScript, ONNX, OpenVINO, TFLite) as a ``utils/deploy/backends`` Backend: a callable that maps
     a batch to decoded predictions, which ``evaluate`` takes as it takes a model."""
     if not weights:
         raise InputError('--weights is required')
@@ -153,7 +153,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
 def parse_opt(argv=None):
     p = ArgumentParser(description='Validate a YOLOv5 model on a dataset.')
     p.add_argument('--data', default='data/coco128.yaml', help='dataset YAML')
-    p.add_argument('--weights', help='.pt checkpoint, .torchscript, .onnx or OpenVINO folder')
+    p.add_argument('--weights', help='.pt checkpoint, .torchscript, .onnx, .tflite or OpenVINO folder')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='inference size (pixels)')
     p.add_argument('--conf-thres', type=float, default=0.001)

@@ -98,7 +98,8 @@ class Detect(nn.Module):
         yv, xv = torch.meshgrid(torch.arange(ny, device=y.device), torch.arange(nx, device=y.device), indexing='ij')
         grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2).to(y.dtype)
         anchor_wh = (self.anchors[i] * self.stride[i]).view(1, self.na, 1, 1, 2).to(y.dtype)  # pixels
-        return (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i], (y[..., 2:4] * 2) ** 2 * anchor_wh
+        wh = y[..., 2:4] * 2
+        return (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i], wh * wh * anchor_wh  # wh * wh: LiteRT has no pow
 
     def decode_into(self, maps):
         """``decode`` of every level written into one (B, N, no) tensor: the same numbers, one level's copy at a

@@ -126,10 +126,11 @@ def test_export_notes_for_missing_packages(weights, monkeypatch, capsys):
 def test_half_refused_on_cpu_and_bad_files(weights, tmp_path):
     with pytest.raises(SystemExit) as e:
         export.main(['--weights', str(weights), '--half', '--device', 'cpu'])
-    assert str(e.value) == 'error: --half needs a CUDA device (e.g. --device 0); exports on cpu are FP32'
-    (tmp_path / 'x.tflite').write_text('')
-    with pytest.raises(ValueError, match=r"x\.tflite: unknown model format '\.tflite'"):
-        load_backend(tmp_path / 'x.tflite', 'cpu')
+    assert str(e.value) == ('error: --half needs a CUDA device (e.g. --device 0) for torchscript, onnx; exports on '
+                            'cpu are FP32 (only --include tflite --half works on any device)')
+    (tmp_path / 'x.engine').write_text('')
+    with pytest.raises(ValueError, match=r"x\.engine: unknown model format '\.engine'"):
+        load_backend(tmp_path / 'x.engine', 'cpu')
     with pytest.raises(FileNotFoundError, match='absent.onnx: weights file not found'):
         load_backend(tmp_path / 'absent.onnx', 'cpu')
     (tmp_path / 'bad.torchscript').write_bytes(b'garbage')

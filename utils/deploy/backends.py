@@ -1,16 +1,18 @@
 """One model-loading room: any weights file becomes a ``Backend`` that maps a letterboxed batch to predictions.
 
-    backend = load_backend('best.onnx', device)       # .pt (ours or official), .torchscript, .onnx, OpenVINO folder
+    backend = load_backend('best.onnx', device)  # .pt (ours or official), .torchscript, .onnx, .tflite, OpenVINO folder
     pred = backend(x)        # x (b, 3, h, w) float in [0, 1] -> (b, n, 5 + nc) float32: xywh pixels, obj, classes
     backend.names, backend.stride, backend.imgsz     # imgsz: (h, w) fixed at export, or None (any stride multiple)
 
 Exports carry their metadata (see ``export_metadata``): TorchScript in the ``config.txt`` extra file, ONNX in
-``metadata_props``, OpenVINO in ``metadata.yaml`` beside the ``.xml``. A fixed input batch is handled here: larger
+``metadata_props``, OpenVINO in ``metadata.yaml`` beside the ``.xml``, TFLite in a ``metadata.json`` zip entry appended
+to the ``.tflite``. A fixed input batch is handled here: larger
 batches are split, a short one is padded. Runtimes are imported lazily (``utils/optional.py``).
 """
 import ast
 import json
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,8 @@ from utils.optional import require
 from utils.deploy.signal_stack import keep_signal_stack
 from utils.errors import InputError
 
-FORMATS = {'.pt': 'PyTorch', '.torchscript': 'TorchScript', '.onnx': 'ONNX', '.xml': 'OpenVINO'}
+TFLITE_METADATA = 'metadata.json'  # the zip entry export.py appends to a .tflite file (the interpreter ignores it)
+FORMATS = {'.pt': 'PyTorch', '.torchscript': 'TorchScript', '.onnx': 'ONNX', '.xml': 'OpenVINO', '.tflite': 'TFLite'}
 
 
 def export_metadata(names, stride, shape, dynamic=False, half=False):
@@ -254,15 +257,52 @@ class OpenVinoBackend(Backend):
         return torch.from_numpy(out[0])
 
 
+class TfliteBackend(Backend):
+    """A .tflite export run by the LiteRT interpreter (``ai-edge-litert``) on the CPU. Its input is channels-last."""
+
+    format = 'TFLite'
+
+    def __init__(self, path, device, fp16=False):
+        litert = require('ai_edge_litert.interpreter', 'ai-edge-litert', feature=f'running {Path(path).name}')
+        if device.type == 'cuda':
+            print(f'note: LiteRT runs on the CPU here; {Path(path).name} ignores --device {device}')
+        try:
+            self.interpreter = litert.Interpreter(model_path=str(path))
+        except ValueError as e:
+            raise InputError(f'{path}: not a readable TFLite model ({str(e).strip().splitlines()[0][:160]})') from None
+        self.interpreter.allocate_tensors()
+        inp, out = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
+        self.input_index, self.output_index = inp['index'], out['index']
+        meta = read_metadata(tflite_metadata(path), path, int(out['shape'][-1]) - 5)
+        b, h, w, _ = (int(d) for d in inp['shape'])  # channels-last
+        super().__init__(path, meta['names'], meta['stride'], (h, w), b, device=torch.device('cpu'))
+
+    def forward(self, x):
+        self.interpreter.set_tensor(self.input_index, x.detach().cpu().float().permute(0, 2, 3, 1).numpy())
+        self.interpreter.invoke()
+        return torch.from_numpy(self.interpreter.get_tensor(self.output_index).copy())  # the interpreter reuses it
+
+
+def tflite_metadata(path):
+    """The metadata mapping that export.py appends to a .tflite file as a zip entry; {} when it has none."""
+    if not zipfile.is_zipfile(path):
+        return {}
+    with zipfile.ZipFile(path) as zf:
+        if TFLITE_METADATA not in zf.namelist():
+            return {}
+        raw = _parse_value(zf.read(TFLITE_METADATA))
+    return raw if isinstance(raw, dict) else {}
+
+
 def model_format(path):
-    """'PyTorch', 'TorchScript', 'ONNX' or 'OpenVINO' from the path (an OpenVINO export is a folder or .xml)."""
+    """'PyTorch', 'TorchScript', 'ONNX', 'OpenVINO' or 'TFLite' from the path (OpenVINO: a folder or .xml)."""
     path = Path(path)
     if path.is_dir():
         return 'OpenVINO'
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise InputError(f"{path}: unknown model format '{path.suffix}' (expected .pt, .torchscript, .onnx, "
-                         f'or an OpenVINO export folder)')
+                         f'.tflite, or an OpenVINO export folder)')
     return fmt
 
 
@@ -278,5 +318,5 @@ def load_backend(weights, device='cpu', fp16=False):
         path = resolve_weights(path)  # an official name is downloaded; anything else: one-line FileNotFoundError
     fmt = model_format(path)
     cls = {'PyTorch': PyTorchBackend, 'TorchScript': TorchScriptBackend, 'ONNX': OnnxBackend,
-           'OpenVINO': OpenVinoBackend}[fmt]
+           'OpenVINO': OpenVinoBackend, 'TFLite': TfliteBackend}[fmt]
     return cls(path, device, fp16)

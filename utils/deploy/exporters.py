@@ -1,7 +1,8 @@
-"""Writing a fused eval model to TorchScript, ONNX and OpenVINO, each with its metadata (``export_metadata``).
+"""Writing a fused eval model to TorchScript, ONNX, OpenVINO and TFLite, each with its metadata (``export_metadata``).
 
-Every exported graph maps a (b, 3, h, w) float batch in [0, 1] to the decoded predictions (b, n, 5 + nc), which
-``utils/deploy/backends.load_backend`` reads back. The ONNX and OpenVINO packages are imported only here, lazily.
+Every exported graph maps a (b, 3, h, w) float batch in [0, 1] (TFLite: (b, h, w, 3), the layout LiteRT apps feed)
+to the decoded predictions (b, n, 5 + nc), which ``utils/deploy/backends.load_backend`` reads back. The ONNX, OpenVINO and
+litert-torch packages are imported only here, lazily.
 
     meta = export_metadata(model.names, 32, im.shape, dynamic=False)
     export_onnx(DecodedOutput(model), im, Path('best.onnx'), meta, dynamic=True, simplify=True)
@@ -10,11 +11,13 @@ import copy
 import json
 import sys
 import warnings
+import zipfile
 
 import torch
 import torch.nn as nn
 import yaml
 
+from utils.deploy.backends import TFLITE_METADATA
 from utils.optional import MissingPackage, require
 
 
@@ -77,8 +80,7 @@ def export_openvino(wrapped, im, folder, meta, dynamic=False, half=False):
     ``half`` stores FP16 weights (``compress_to_fp16``); the model still takes and returns FP32.
     """
     ov = require('openvino', feature='OpenVINO export')
-    module = copy.deepcopy(wrapped).float().cpu()  # OpenVINO runs on the CPU: convert from an FP32 CPU copy
-    example = im.float().cpu()
+    module, example = _fp32_cpu(wrapped, im)  # OpenVINO runs on the CPU
     shape = (-1, 3, -1, -1) if dynamic else tuple(example.shape)
     with warnings.catch_warnings():  # conversion traces the module, which torch announces as deprecated
         warnings.simplefilter('ignore', FutureWarning)
@@ -87,3 +89,30 @@ def export_openvino(wrapped, im, folder, meta, dynamic=False, half=False):
     ov.save_model(model, str(folder / f"{folder.name.removesuffix('_openvino_model')}.xml"), compress_to_fp16=half)
     (folder / 'metadata.yaml').write_text(yaml.safe_dump(meta, sort_keys=False))
     return folder
+
+
+def _fp32_cpu(wrapped, im):
+    """An FP32 CPU copy of the module and of the example batch: what the CPU-side converters start from."""
+    return copy.deepcopy(wrapped).float().cpu(), im.float().cpu()
+
+
+def export_tflite(wrapped, im, path, meta, half=False):
+    """``path`` (.tflite) through litert-torch: PyTorch to LiteRT directly, without TensorFlow or ONNX.
+
+    The input is channels-last (b, h, w, 3) float32, fixed in size; the output is the decoded (b, n, 5 + nc).
+    ``half`` stores FP16 weights (litert-torch's fp16 weight-only recipe); the model still takes and returns
+    FP32. ``meta`` travels as a JSON zip entry appended to the flatbuffer (read it with ``zipfile``).
+    Raises MissingPackage when ``litert-torch`` is not installed.
+    """
+    litert_torch = require('litert_torch', 'litert-torch', feature='TFLite export')
+    quant = None
+    if half:
+        quant = require('litert_torch.generative.quantize.quant_recipes', 'litert-torch').full_fp16_recipe()
+    module, example = _fp32_cpu(wrapped, im)
+    channels_last = litert_torch.to_channel_last_io(module, args=[0]).eval()
+    with torch.no_grad():
+        edge = litert_torch.convert(channels_last, (example.permute(0, 2, 3, 1).contiguous(),), quant_config=quant)
+    edge.export(str(path))
+    with zipfile.ZipFile(path, 'a') as zf:
+        zf.writestr(TFLITE_METADATA, json.dumps(meta))
+    return path
