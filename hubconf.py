@@ -4,7 +4,7 @@
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5n', source='local')  # ./yolov5n.pt, else downloaded
     results = model('bus.jpg'); results.print()
 
-The logic lives in utils/deploy/api.py; see the README's "Python API".
+The logic lives in utils/deploy/api.py; see docs/deployment.md, "Python API".
 """
 dependencies = ['torch', 'torchvision', 'numpy', 'cv2', 'yaml']
 
