@@ -5,7 +5,7 @@
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5s6', source='local')  # P6 model; use size=1280
     results = model('bus.jpg'); results.print()
 
-The logic lives in utils/deploy/api.py; see the README's "Python API".
+The logic lives in utils/deploy/api.py; see docs/deployment.md, "Python API".
 """
 dependencies = ['torch', 'torchvision', 'numpy', 'cv2', 'yaml']
 

@@ -4,7 +4,7 @@
     model.set_frozen_fast_path(channels_last=False)   # each idea can be switched off (benchmarks/freeze.py)
     model.set_frozen_fast_path(None)                  # back to the plain forward
 
-The ideas, each measured in ``benchmarks/freeze.py --fast-path`` (README, Freezing):
+The ideas, each measured in ``benchmarks/freeze.py --fast-path`` (docs/performance.md):
 
 - ``fold``: a Conv (or BottleneckCSP) whose weights are frozen and whose BatchNorm is in eval mode runs as one
   convolution with BN folded into it. The folded copies are plain attributes (never in ``state_dict``), are

@@ -1,6 +1,6 @@
 """Training on a CUDA device: AMP with a frozen backbone, and --deterministic resume.
 
-These need a GPU and skip elsewhere (CI has none); they were run on the device machine (README: "On a GPU").
+These need a GPU and skip elsewhere (CI has none); they were run on the device machine (docs/development.md, "Tests").
 """
 from pathlib import Path
 

@@ -1,9 +1,9 @@
-"""The README's hero command as typed, from another working directory: ``python train.py --weights yolov5s.pt
+"""The README's VOC fine-tune command as typed, from another working directory: ``python train.py --weights yolov5s.pt
 --data voc.yaml --freeze 10`` (+ only what makes it one short CPU epoch), then val.py on its best.pt, and the same
 command with a yolov5m.pt that is neither on disk nor downloadable.
 
 data/voc.yaml is used unedited: its ``path: ../datasets/VOC`` is pointed at a small VOCdevkit under a temporary
-datasets root by $YOLOV5_FREEZE_DATASETS (README, Datasets): VOC2007 trainval (16 ids) + test (8 ids) and a
+datasets root by $YOLOV5_FREEZE_DATASETS (docs/datasets.md): VOC2007 trainval (16 ids) + test (8 ids) and a
 VOC2012 trainval (8 other VOC2007 images filed under VOC2012: ../shared has no VOC2012, the layout is what is
 tested), image and XML folders symlinked to ../shared/data/voc07mini. The network is blocked in every subprocess
 (proxies at 127.0.0.1:9, which refuses), so nothing here can reach the internet.

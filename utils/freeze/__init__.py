@@ -4,6 +4,6 @@ Owns which layers are frozen and the ``FreezePlan`` that applies, releases and v
 groups over the trainable parameters only (``optim``), the class-by-class weight transfer and its class map (data
 class <- checkpoint classes; ``transfer``) and the coco64 transfer sets (``transfer_set``).
 
-Re-exports what the README shows: ``from utils.freeze import FreezePlan, freeze, freeze_report``.
+Re-exports what the README and docs/freezing.md show: ``from utils.freeze import FreezePlan, freeze, freeze_report``.
 """
 from utils.freeze.plan import FreezePlan, freeze, freeze_report  # noqa: F401
