@@ -105,19 +105,24 @@ def main(argv=None):
     p.add_argument('--timing-batches', type=int, default=4, help='batches timed interleaved, plain then TTA')
     p.add_argument('--out', default=str(ROOT / 'benchmarks/results/tta_voc'), help='writes OUT.md and OUT.json')
     opt = p.parse_args(argv)
+    cmd = ('python benchmarks/tta.py ' + ' '.join(sys.argv[1:] if argv is None else argv)).strip()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(opt, w, Path(tmp)) for w in opt.weights]
+        for w in opt.weights:  # the table is rewritten after each model: a long run keeps what it has measured
+            rows.append(measure(opt, w, Path(tmp)))
+            write(rows, opt, cmd)
+    return rows
+
+
+def write(rows, opt, cmd):
     text = table(rows, opt, rows[0]['images'])
     print(text)
     out = Path(opt.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = 'python benchmarks/tta.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    out.with_suffix('.md').write_text(f'# Test-time augmentation on VOC\n\n`{cmd.strip()}`\n\n{text}\n')
-    out.with_suffix('.json').write_text(json.dumps({'command': cmd.strip(), 'config': vars(opt),
+    out.with_suffix('.md').write_text(f'# Test-time augmentation on VOC\n\n`{cmd}`\n\n{text}\n')
+    out.with_suffix('.json').write_text(json.dumps({'command': cmd, 'config': vars(opt),
                                                     'machine': platform.platform(), 'results': rows}, indent=2))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
-    return rows
-
 
 if __name__ == '__main__':
     main()
