@@ -3,6 +3,7 @@
     model = torch.hub.load('path/to/yolov5-freeze', 'custom', path='best.pt', source='local')  # or .onnx, ...
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5n', source='local')  # ./yolov5n.pt, else downloaded
     results = model('bus.jpg'); results.print()
+    results = model(cv2.imread('bus.jpg')[..., ::-1], augment=True)  # numpy images are RGB; test-time augmentation
 
 The logic lives in utils/deploy/api.py; see the README's "Python API".
 """

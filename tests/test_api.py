@@ -184,3 +184,14 @@ def test_hubconf_works_from_another_folder_without_the_repo_on_the_path(tmp_path
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert torch.allclose(torch.tensor(json.loads(out.stdout.splitlines()[-1])), detect_bus, atol=1e-4)
+
+
+@needs_weights
+def test_augment_finds_the_same_objects_in_the_original_frame(model):
+    """Test-time augmentation (three views, one mirrored, mapped back): every object of the plain run is found
+    again in the same place, of the same class (a box mapped back wrongly, e.g. unmirrored, would miss)."""
+    from utils.boxes import box_iou
+    plain, augmented = model(str(BUS)).xyxy[0], model(str(BUS), augment=True).xyxy[0]
+    assert not torch.equal(plain, augmented)
+    iou = box_iou(plain[:, :4], augmented[:, :4]) * (plain[:, None, 5] == augmented[None, :, 5])
+    assert (iou.max(1).values > 0.8).all(), iou.max(1).values
