@@ -3,33 +3,22 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import tta  # noqa: E402
 
-from models.yolo import Model  # noqa: E402
-from utils.weights.checkpoint import FORMAT, save_checkpoint  # noqa: E402
 
 
-def test_table_and_json_agree_with_val(tmp_path, tiny_data):
+def test_table_and_json_agree_with_val(tmp_path, tiny_data, make_tiny_checkpoint, single_thread):
     """On a tiny model and data: the benchmark's AP columns are val.run's, with and without augment."""
     import val
-    torch.manual_seed(0)
-    model = Model('v6/yolov5n.yaml', nc=4)
-    weights = save_checkpoint({'format': FORMAT, 'yaml': model.yaml, 'names': ['circle', 'square', 'triangle', 'star'],
-                               'model': model.state_dict(), 'ema': None, 'epoch': 0}, tmp_path / 'tiny.pt')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rows = tta.main(['--weights', str(weights), '--data', str(tiny_data), '--imgsz', '64', '--batch-size', '4',
-                         '--workers', '0', '--timing-batches', '1', '--out', str(tmp_path / 'tta')])
-        common = dict(data=str(tiny_data), weights=str(weights), imgsz=64, batch_size=4, workers=0, device='cpu',
-                      plots=False, save_dir=tmp_path / 'val')
-        plain, augmented = val.run(**common), val.run(augment=True, **common)
-    finally:
-        torch.set_num_threads(threads)
+    weights = make_tiny_checkpoint(tmp_path / 'tiny.pt')
+    rows = tta.main(['--weights', str(weights), '--data', str(tiny_data), '--imgsz', '64', '--batch-size', '4',
+                     '--workers', '0', '--timing-batches', '1', '--out', str(tmp_path / 'tta')])
+    common = dict(data=str(tiny_data), weights=str(weights), imgsz=64, batch_size=4, workers=0, device='cpu',
+                  plots=False, save_dir=tmp_path / 'val')
+    plain, augmented = val.run(**common), val.run(augment=True, **common)
     row, = rows
     assert (row['plain_map50'], row['tta_map50']) == (plain.map50, augmented.map50)
     assert row['gain_map50'] == augmented.map50 - plain.map50 and row['images'] == 8

@@ -2,13 +2,10 @@
 import csv
 
 import pytest
-import torch
 
 import val
-from models.yolo import Model
 from utils.errors import InputError
 from utils.eval.study import DEFAULT_SIZES, parse_sizes
-from utils.weights.checkpoint import FORMAT, save_checkpoint
 
 
 def test_parse_sizes_ranges_lists_and_errors():
@@ -21,18 +18,11 @@ def test_parse_sizes_ranges_lists_and_errors():
         parse_sizes(['640:320:64'])
 
 
-def test_study_cli_two_sizes_writes_table_csv_and_plot(tmp_path, tiny_data, capsys):
-    torch.manual_seed(0)
-    model = Model('v6/yolov5n.yaml', nc=4)
-    weights = save_checkpoint({'format': FORMAT, 'yaml': model.yaml, 'names': ['circle', 'square', 'triangle', 'star'],
-                               'model': model.state_dict(), 'ema': None, 'epoch': 0}, tmp_path / 'tiny.pt')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        val.main(['--weights', str(weights), '--data', str(tiny_data), '--task', 'study', '--study-sizes', '64', '96',
-                  '--workers', '0', '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'study'])
-    finally:
-        torch.set_num_threads(threads)
+def test_study_cli_two_sizes_writes_table_csv_and_plot(tmp_path, tiny_data, capsys, make_tiny_checkpoint,
+                                                       single_thread):
+    weights = make_tiny_checkpoint(tmp_path / 'tiny.pt')
+    val.main(['--weights', str(weights), '--data', str(tiny_data), '--task', 'study', '--study-sizes', '64', '96',
+              '--workers', '0', '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'study'])
     out = capsys.readouterr().out
     folder = tmp_path / 'runs' / 'study'
     table = (folder / 'study.md').read_text()

@@ -8,21 +8,11 @@ import torch
 
 import detect
 import val
-from models.yolo import Model
 from utils.deploy.ensemble import Ensemble, load_models
 from utils.deploy.tta import TestTimeAugment, level_sizes, scale_view, to_input_frame, with_tta
 from utils.errors import InputError
-from utils.weights.checkpoint import FORMAT, save_checkpoint
 
 SQUARE = (20, 30, 60, 70)  # x1, y1, x2, y2 of the white square in a 128 x 160 input: off-centre, so a flip shows
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class SquareFinder:
@@ -102,23 +92,10 @@ def test_ensemble_joins_members_and_refuses_other_classes():
         Ensemble([SquareFinder(path='a.pt'), SquareFinder(['square', 'cat'], 'b.pt')])
 
 
-def tiny_weights(path, nc=4, seed=0, names=None, blind=False):
-    """A random v6 'n' checkpoint; ``blind``: objectness biased down so that it finds nothing."""
-    torch.manual_seed(seed)
-    model = Model('v6/yolov5n.yaml', nc=nc)
-    if blind:
-        with torch.no_grad():
-            for conv in model.model[-1].m:
-                conv.bias.view(model.model[-1].na, -1)[:, 4] = -40.0
-    names = names or ['circle', 'square', 'triangle', 'star'][:nc]
-    return save_checkpoint({'format': FORMAT, 'yaml': model.yaml, 'names': names, 'model': model.state_dict(),
-                            'ema': None, 'epoch': 0}, path)
-
-
-def test_tta_of_a_real_model_starts_with_the_plain_run(tmp_path):
+def test_tta_of_a_real_model_starts_with_the_plain_run(tmp_path, make_tiny_checkpoint, single_thread):
     """A real (random) model through load_models(augment=True): the first view is the plain run, less its
     stride-32 level, and the three views together give as many rows as their levels say."""
-    backend = load_models(tiny_weights(tmp_path / 'a.pt'), 'cpu', augment=True)
+    backend = load_models(make_tiny_checkpoint(tmp_path / 'a.pt'), 'cpu', augment=True)
     assert isinstance(backend, TestTimeAugment) and backend.strides == [8, 16, 32] and backend.names[0] == 'circle'
     x = torch.rand(1, 3, 64, 96)
     out = backend(x)
@@ -129,10 +106,11 @@ def test_tta_of_a_real_model_starts_with_the_plain_run(tmp_path):
     assert torch.allclose(out[:, :n_full], backend.backend(x)[:, :n_full])
 
 
-def test_val_and_detect_cli_with_augment_and_an_ensemble(tmp_path, tiny_data, capsys):
+def test_val_and_detect_cli_with_augment_and_an_ensemble(tmp_path, tiny_data, capsys, make_tiny_checkpoint,
+                                                          single_thread):
     """Smoke runs, and what joining before NMS means: a member that finds nothing changes nothing."""
-    a, b, blind = (tiny_weights(tmp_path / 'a.pt'), tiny_weights(tmp_path / 'b.pt', seed=1),
-                   tiny_weights(tmp_path / 'blind.pt', blind=True))
+    a, b, blind = (make_tiny_checkpoint(tmp_path / 'a.pt'), make_tiny_checkpoint(tmp_path / 'b.pt', seed=1),
+                   make_tiny_checkpoint(tmp_path / 'blind.pt', blind=True))
     common = dict(data=str(tiny_data), imgsz=64, batch_size=8, device='cpu', workers=0, plots=False,
                   save_dir=tmp_path / 'val')
     single = val.run(weights=str(a), **common)
@@ -155,9 +133,9 @@ def test_val_and_detect_cli_with_augment_and_an_ensemble(tmp_path, tiny_data, ca
     assert len(plain['det']) and torch.equal(plain['det'], joined['det'])
 
 
-def test_ensemble_of_other_classes_is_one_line_cli_error(tmp_path, tiny_data):
-    a = tiny_weights(tmp_path / 'a.pt')
-    b = tiny_weights(tmp_path / 'b.pt', nc=3, names=['cat', 'dog', 'cow'])
+def test_ensemble_of_other_classes_is_one_line_cli_error(tmp_path, tiny_data, make_tiny_checkpoint):
+    a = make_tiny_checkpoint(tmp_path / 'a.pt')
+    b = make_tiny_checkpoint(tmp_path / 'b.pt', nc=3, names=['cat', 'dog', 'cow'])
     with pytest.raises(SystemExit) as e:
         val.main(['--weights', str(a), str(b), '--data', str(tiny_data), '--imgsz', '64', '--device', 'cpu'])
     assert str(e.value) == (f"error: --weights {b}: its classes differ from {a}'s (3 classes, a.pt has 4); an "
