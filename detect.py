@@ -7,6 +7,8 @@ Usage:
     python detect.py --weights best.pt --source clip.mp4 --vid-stride 2 --save-crop     # video
     python detect.py --weights best.pt --source 0                                       # webcam 0
     python detect.py --weights best.onnx --source rtsp://192.168.1.5/live --vid-stride 5 # stream, every 5th frame
+    python detect.py --weights best.pt --source path/to/images --augment                # test-time augmentation
+    python detect.py --weights a.pt b.pt --source path/to/images                        # ensemble
 
 Results go to runs/detect/exp{N}/: annotated images (same name) and videos (<name>.mp4), labels/<name>.txt
 (`cls cx cy w h [conf]`, normalised; video frames as <name>_<frame>.txt) and crops/<class>/<name>.jpg.
@@ -17,7 +19,7 @@ from pathlib import Path
 import cv2
 
 from utils.deploy.annotate import annotate, crop_box
-from utils.deploy.backends import load_backend
+from utils.deploy.ensemble import load_models
 from utils.boxes import yolo_label_lines
 from utils.cli import ArgumentParser, run_cli
 from utils.deploy.predict import Predictor, describe
@@ -116,8 +118,9 @@ def progress_prefix(frame):
 def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=1000, device='', save_txt=False,
         save_conf=False, save_crop=False, nosave=False, classes=None, agnostic_nms=False, project='runs/detect',
         name='exp', exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False,
-        vid_stride=1, verbose=True):
+        vid_stride=1, verbose=True, augment=False):
     """Detect objects in ``source`` and save results; see ``parse_opt`` for what each argument means.
+    ``weights`` is one file or a list of them (an ensemble, joined before NMS).
 
     Returns one dict per image or video frame: ``path``, ``frame`` (None for images), ``shape`` (h, w) of the
     original, ``det`` (n, 6) float tensor [x1, y1, x2, y2, conf, cls] in original pixels, ``names`` and
@@ -127,7 +130,7 @@ def run(weights, source, imgsz=640, conf_thres=0.25, iou_thres=0.45, max_det=100
     if line_thickness is not None and line_thickness < 0:
         raise InputError(f'--line-thickness {line_thickness}: must be >= 0 (0 = automatic)')
     device = select_device(device)
-    backend = load_backend(weights, device, fp16=check_half(half, device))
+    backend = load_models(weights, device, fp16=check_half(half, device), augment=augment)
     detector = Predictor(backend, imgsz, conf_thres, iou_thres, classes, agnostic_nms, max_det)
     frames = open_source(source, vid_stride)  # checked before any run folder is made
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
@@ -166,7 +169,8 @@ def report(log, detector, n, skipped, writer):
 
 def parse_opt(argv=None):
     p = ArgumentParser(description='YOLOv5 inference on images, folders, globs, lists, videos, webcams, streams.')
-    p.add_argument('--weights', required=True, help='.pt checkpoint, .torchscript, .onnx, .tflite or OpenVINO folder')
+    p.add_argument('--weights', nargs='+', required=True,
+                   help='.pt checkpoint, .torchscript, .onnx, .tflite or OpenVINO folder; several: an ensemble')
     p.add_argument('--source', required=True,
                    help='image, folder, glob, .txt list of paths, video, webcam index, or rtsp:// / http(s):// stream')
     p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
@@ -188,6 +192,7 @@ def parse_opt(argv=None):
     p.add_argument('--hide-conf', action='store_true', help='hide confidences')
     p.add_argument('--half', action='store_true', help='FP16 half-precision inference (CUDA only)')
     p.add_argument('--vid-stride', type=int, default=1, help='video frame-rate stride')
+    p.add_argument('--augment', action='store_true', help='test-time augmentation (3 scales, a flip)')
     return p.parse_args(argv)
 
 

@@ -111,7 +111,7 @@ def parse_args(argv=None):
     parser = ArgumentParser(description='Export a YOLOv5 model to TorchScript, ONNX, OpenVINO and TFLite.')
     parser.add_argument('--weights', default='yolov5s.pt', help='our checkpoint or an official .pt')
     parser.add_argument('--include', nargs='+', default=['torchscript', 'onnx'], choices=FORMATS)
-    parser.add_argument('--imgsz', '--img', nargs='+', type=int, default=[640], help='image size h (w)')
+    parser.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='image size h (w)')
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument('--device', default='cpu', help="'cpu' or a CUDA index such as 0")
     parser.add_argument('--opset', type=int, default=12, help='ONNX opset')

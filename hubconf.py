@@ -4,6 +4,7 @@
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5n', source='local')  # ./yolov5n.pt, else downloaded
     model = torch.hub.load('path/to/yolov5-freeze', 'yolov5s6', source='local')  # P6 model; use size=1280
     results = model('bus.jpg'); results.print()
+    results = model(cv2.imread('bus.jpg')[..., ::-1], augment=True)  # numpy images are RGB; test-time augmentation
 
 The logic lives in utils/deploy/api.py; see docs/deployment.md, "Python API".
 """

@@ -117,3 +117,36 @@ def _official_like_file(tmp_path, cfg, legacy=False, name='official_like.pt'):
     torch.save({'epoch': -1, 'model': model.half(), 'ema': None, 'optimizer': None, **extras}, path,
                _use_new_zipfile_serialization=not legacy)
     return path, expected
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models at tiny sizes: one torch thread (on a busy machine, spin-waiting threads only slow them)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_checkpoint(path, nc=4, seed=0, names=None, blind=False):
+    """A random v6 'n' checkpoint of ``tiny_data``'s classes (or ``nc`` / ``names``) written to ``path``;
+    ``blind``: objectness biased down so that it finds nothing."""
+    import torch
+    from models.yolo import Model
+    from utils.weights.checkpoint import FORMAT, save_checkpoint
+    torch.manual_seed(seed)
+    model = Model('v6/yolov5n.yaml', nc=nc)
+    if blind:
+        with torch.no_grad():
+            for conv in model.model[-1].m:
+                conv.bias.view(model.model[-1].na, -1)[:, 4] = -40.0
+    names = names or ['circle', 'square', 'triangle', 'star'][:nc]
+    return save_checkpoint({'format': FORMAT, 'yaml': model.yaml, 'names': names, 'model': model.state_dict(),
+                            'ema': None, 'epoch': 0}, path)
+
+
+@pytest.fixture
+def make_tiny_checkpoint():
+    """``tiny_checkpoint`` as a fixture (test modules do not import conftest)."""
+    return tiny_checkpoint

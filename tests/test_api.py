@@ -39,14 +39,46 @@ def detect_bus(tmp_path_factory):
 @needs_weights
 def test_hub_custom_gives_detect_boxes_for_every_input_kind(model, detect_bus):
     assert isinstance(model, InferenceModel) and model.names[5] == 'bus' and model.stride == 32
-    bgr = cv2.imread(str(BUS))
-    pil = Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]))  # the same pixels, as a PIL RGB image
-    results = model([str(BUS), BUS, bgr, pil, cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)])
+    rgb = cv2.imread(str(BUS))[..., ::-1]  # numpy images are RGB, as upstream's
+    pil = Image.fromarray(np.ascontiguousarray(rgb))  # the same pixels, as a PIL RGB image
+    results = model([str(BUS), BUS, rgb, pil, np.dstack((rgb, np.full(rgb.shape[:2], 255, np.uint8)))])  # + RGBA
     assert len(results) == 5 and results.files[:3] == ['bus.jpg', 'bus.jpg', 'image2.jpg']
     for det in results.xyxy:
         assert det.shape == detect_bus.shape == (5, 6)
         assert torch.allclose(det, detect_bus, atol=1e-4)
     assert torch.equal(model(str(BUS)).xyxy[0], results.xyxy[0])  # one image, not in a list
+
+
+@needs_weights
+def test_upstream_numpy_idiom_gives_the_file_detections(model):
+    """Upstream's documented idiom, cv2.imread(f)[..., ::-1], passes RGB: the same boxes as the file path. The
+    array in OpenCV's own BGR order is another picture to the model (as upstream), with other boxes."""
+    by_path = model(str(BUS)).xyxy[0]
+    assert len(by_path) == 5
+    assert torch.equal(model(cv2.imread(str(BUS))[..., ::-1]).xyxy[0], by_path)
+    swapped = model(cv2.imread(str(BUS))).xyxy[0]
+    assert swapped.shape != by_path.shape or not torch.allclose(swapped, by_path, atol=1e-3)
+
+
+def test_numpy_images_are_read_as_rgb_without_shared(tmp_path):
+    """Without ../shared: a tiny random model gives a file and its RGB array the same boxes; the arrays reach
+    the predictor as the BGR image cv2.imread gives (colour, gray and RGBA)."""
+    from models.yolo import Model
+    from utils.deploy.api import as_bgr
+    from utils.deploy.backends import PyTorchBackend
+    torch.manual_seed(0)
+    im = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    im[:, :48, 2] = 255  # a red left half (BGR)
+    path = tmp_path / 'red.png'
+    cv2.imwrite(str(path), im)
+    rgb = cv2.imread(str(path))[..., ::-1]
+    assert np.array_equal(as_bgr(rgb, 0)[0], im)
+    assert np.array_equal(as_bgr(np.dstack((rgb, rgb[..., :1])), 0)[0], im)  # RGBA: alpha dropped
+    assert np.array_equal(as_bgr(rgb[..., 0], 0)[0], np.dstack([rgb[..., 0]] * 3))  # gray: three equal channels
+    model = InferenceModel(PyTorchBackend('tiny.pt', torch.device('cpu'), model=Model('v6/yolov5n.yaml', nc=3)),
+                           imgsz=64, conf=0.0)
+    by_path, by_array = model(path).xyxy[0], model(rgb).xyxy[0]
+    assert len(by_path) > 0 and torch.equal(by_path, by_array)
 
 
 @pytest.fixture
@@ -152,3 +184,14 @@ def test_hubconf_works_from_another_folder_without_the_repo_on_the_path(tmp_path
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert torch.allclose(torch.tensor(json.loads(out.stdout.splitlines()[-1])), detect_bus, atol=1e-4)
+
+
+@needs_weights
+def test_augment_finds_the_same_objects_in_the_original_frame(model):
+    """Test-time augmentation (three views, one mirrored, mapped back): every object of the plain run is found
+    again in the same place, of the same class (a box mapped back wrongly, e.g. unmirrored, would miss)."""
+    from utils.boxes import box_iou
+    plain, augmented = model(str(BUS)).xyxy[0], model(str(BUS), augment=True).xyxy[0]
+    assert not torch.equal(plain, augmented)
+    iou = box_iou(plain[:, :4], augmented[:, :4]) * (plain[:, None, 5] == augmented[None, :, 5])
+    assert (iou.max(1).values > 0.8).all(), iou.max(1).values

@@ -116,3 +116,13 @@ def test_export_refuses_read_only_weights_folder(tmp_path):
         assert sorted(p.name for p in path.parent.iterdir()) == ['w.pt']
     finally:
         path.parent.chmod(stat.S_IRWXU)
+
+
+def test_img_size_alias_as_the_other_scripts_accept(tmp_path, weights):
+    """--img-size (and --img) set the export size, as in train.py, val.py and detect.py."""
+    for flag in ('--img-size', '--img', '--imgsz'):
+        assert export.parse_args(['--weights', 'w.pt', flag, '96', '128']).imgsz == [96, 128]
+    export.main(['--weights', str(weights), '--include', 'torchscript', '--img-size', '96'])
+    meta = {'config.txt': ''}
+    torch.jit.load(str(weights.with_suffix('.torchscript')), _extra_files=meta)
+    assert json.loads(meta['config.txt'])['imgsz'] == [96, 96]

@@ -3,11 +3,13 @@
     from utils.deploy.api import load
     model = load('best.pt')                    # or best.torchscript, best.onnx, best_openvino_model/
     model.conf, model.classes = 0.4, [0]       # settable: conf, iou, classes, agnostic, max_det
-    results = model(['bus.jpg', cv2.imread('zidane.jpg')])  # paths, numpy HWC BGR, PIL images, or a list
+    results = model(['bus.jpg', cv2.imread('zidane.jpg')[..., ::-1]])  # paths, numpy HWC RGB, PIL, or a list
+    results = model('bus.jpg', augment=True)   # test-time augmentation (utils/deploy/tta.py)
     results.print(); results.xyxy[0]; results.save()
 
 Each image is letterboxed, run and NMS-ed exactly as detect.py does (the same ``utils/predict.Predictor``), so
-the boxes are detect.py's.
+the boxes are detect.py's. Numpy images are RGB, as upstream YOLOv5's (``cv2.imread(f)[..., ::-1]``); the
+arrays the results hold and draw on (``Detections.ims``, ``render()``, crops) are BGR, as OpenCV writes them.
 """
 from pathlib import Path
 
@@ -29,7 +31,8 @@ def _setting(name):
 
 
 def as_bgr(im, i):
-    """(HWC uint8 BGR array, file name) for a path, a numpy image (BGR, gray or BGRA) or a PIL image."""
+    """(HWC uint8 BGR array, file name) for a path, a numpy image (RGB, gray or RGBA, as upstream YOLOv5 takes
+    them) or a PIL image."""
     if isinstance(im, (str, Path)):
         if str(im).lower().startswith(('http://', 'https://')):
             raise InputError(f'{im}: images are not downloaded; save the file and pass its path')
@@ -37,23 +40,24 @@ def as_bgr(im, i):
             raise FileNotFoundError(f'{im}: image not found')
         return read_image(im), Path(im).name
     if isinstance(im, np.ndarray):
-        return _array_to_bgr(im, f'image{i}'), f'image{i}.jpg'
+        return _rgb_array_to_bgr(im, f'image{i}'), f'image{i}.jpg'
     if type(im).__module__.startswith('PIL.'):
         from PIL import ImageOps  # pillow is a core dependency; imported only when a PIL image comes in
         rgb = np.asarray(ImageOps.exif_transpose(im).convert('RGB'))
         return np.ascontiguousarray(rgb[..., ::-1]), Path(getattr(im, 'filename', '') or f'image{i}.jpg').name
-    raise InputError(f'image {i}: unsupported type {type(im).__name__} (give a path, a numpy HWC BGR array, a PIL '
+    raise InputError(f'image {i}: unsupported type {type(im).__name__} (give a path, a numpy HWC RGB array, a PIL '
                      f'image, or a list of them)')
 
 
-def _array_to_bgr(im, what):
+def _rgb_array_to_bgr(im, what):
+    """An RGB (or gray, or RGBA) uint8 array as the BGR image that detect.py reads from a file."""
     if im.dtype != np.uint8:
-        raise InputError(f'{what}: numpy images must be uint8 (HWC, BGR as OpenCV reads them), got {im.dtype}')
+        raise InputError(f'{what}: numpy images must be uint8 (HWC, RGB: cv2.imread(f)[..., ::-1]), got {im.dtype}')
     if im.ndim == 2 or (im.ndim == 3 and im.shape[2] == 1):
         return cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
     if im.ndim == 3 and im.shape[2] in (3, 4):
-        return np.ascontiguousarray(im[..., :3])  # BGRA: drop alpha
-    raise InputError(f'{what}: expected an HxWx3 (BGR), HxW or HxWx4 array, got shape {tuple(im.shape)}')
+        return np.ascontiguousarray(im[..., 2::-1])  # RGB(A) -> BGR, alpha dropped
+    raise InputError(f'{what}: expected an HxWx3 (RGB), HxW or HxWx4 array, got shape {tuple(im.shape)}')
 
 
 class InferenceModel:
@@ -85,8 +89,9 @@ class InferenceModel:
     def __repr__(self):
         return f'InferenceModel({self.backend!r})'
 
-    def __call__(self, ims, size=None):
-        """Detect in one image or a list of them; ``size`` overrides the inference size for this call."""
+    def __call__(self, ims, size=None, augment=False):
+        """Detect in one image or a list of them; ``size`` overrides the inference size for this call, ``augment``
+        turns on test-time augmentation for it (``utils/deploy/tta.py``)."""
         items = list(ims) if isinstance(ims, (list, tuple)) else [ims]
         if not items:
             raise InputError('no images given')
@@ -94,7 +99,7 @@ class InferenceModel:
         before = dict(self.predictor.clock.total)
         preds, shapes = [], []
         for im in ims0:
-            det, shape, _ = self.predictor(im, size)
+            det, shape, _ = self.predictor(im, size, augment)
             preds.append(det)
             shapes.append(shape)
         times = [(self.predictor.clock.total.get(k, 0) - before.get(k, 0)) / len(ims0)

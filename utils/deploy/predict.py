@@ -16,6 +16,7 @@ import torch
 from utils.data.augment import letterbox
 from utils.boxes import Placement, non_max_suppression, scale_boxes
 from utils.data.sizes import check_imgsz
+from utils.deploy.tta import with_tta
 from utils.errors import InputError
 
 
@@ -87,6 +88,7 @@ class Predictor:
         self.check()
         self.imgsz = input_size(backend, imgsz)
         self.clock = Stopwatch(backend.device)
+        self.augmented = None  # the backend with test-time augmentation, made at the first call that asks
         backend.warmup(self.imgsz)  # start-up costs are not timed
 
     def check(self):
@@ -96,16 +98,23 @@ class Predictor:
         return non_max_suppression(pred, self.conf, self.iou, classes=self.classes, agnostic=self.agnostic,
                                    max_det=self.max_det)[0]
 
-    def __call__(self, im0, imgsz=None):
+    def model(self, augment=False):
+        """The backend, or with ``augment`` the backend with test-time augmentation (utils/deploy/tta.py)."""
+        if augment and self.augmented is None:
+            self.augmented = with_tta(self.backend)
+        return self.augmented if augment else self.backend
+
+    def __call__(self, im0, imgsz=None, augment=False):
         """Returns (det as a CPU float tensor in ``im0`` pixels, network input shape (h, w), inference ms).
 
-        ``imgsz`` overrides the size given at construction for this call (ignored by fixed-size exports).
+        ``imgsz`` overrides the size given at construction for this call (ignored by fixed-size exports);
+        ``augment`` runs this call with test-time augmentation.
         """
         self.check()
         size = self.imgsz if imgsz is None or not self.backend.dynamic else check_imgsz(imgsz, self.backend.stride)
         (x, placement), _ = self.clock('pre-process', preprocess, im0, size, self.backend.stride,
                                        self.backend.device)
-        pred, ms = self.clock('inference', self.backend, x)
+        pred, ms = self.clock('inference', self.model(augment), x)
         det, _ = self.clock('NMS', self.nms, pred)
         det = det.float().cpu()
         det[:, :4] = scale_boxes(det[:, :4], placement)
