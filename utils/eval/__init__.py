@@ -3,5 +3,5 @@
 Owns ``evaluate(model, loader, config) -> EvalResult`` (``evaluator``), AP, P/R and the confusion matrix
 (``metrics``), the pycocotools bridge (``coco``), the VOC devkit rule (``voc_eval``), val's printed table and speed
 lines (``report``), --save-txt/--save-json and batch plots (``outputs``), every figure (``plots``) and
-``results.csv`` by column name (``results_csv``), and how sure a change in VOC AP50 is (``bootstrap``).
+``results.csv`` by column name (``report`` too), and how sure a change in VOC AP50 is (``bootstrap``).
 """
