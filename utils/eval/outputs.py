@@ -60,11 +60,11 @@ class CocoJson:
     def compare(self, result, stem='model'):
         """Write ``<stem>_predictions.json``, run pycocotools, print its mAP beside ours; returns ``result`` with
         the pycocotools fields filled in."""
-        pred_json = write_json(self.results, self.save_dir / f'{stem}_predictions.json')
+        pred_json = self.coco.write_json(self.results, self.save_dir / f'{stem}_predictions.json')
         anno = self.anno_json
         if anno is None:
-            anno = self.coco.write_json(self.coco.ground_truth_to_coco(self.images, self.names, self.category_ids),
-                              self.save_dir / 'ground_truth_from_labels.json')
+            labels = self.coco.ground_truth_to_coco(self.images, self.names, self.category_ids)
+            anno = self.coco.write_json(labels, self.save_dir / 'ground_truth_from_labels.json')
         print(f'\nEvaluating pycocotools mAP on {pred_json} against {anno}')
         coco_map, coco_map50, _ = self.coco.run_cocoeval(anno, pred_json, image_ids=[i for i, *_ in self.images])
         print(f"{'':>10s}{'ours':>10s}{'ours@COCO':>12s}{'pycocotools':>13s}   (ours@COCO: same rules as COCOeval, "
