@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from utils.eval.results_csv import append_row
+from utils.eval.report import append_row
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location('transfer_study', ROOT / 'benchmarks' / 'transfer.py')

@@ -6,7 +6,7 @@ import math
 import pytest
 
 import train
-from utils.eval.results_csv import read_rows
+from utils.eval.report import read_rows
 from utils.train.callbacks import HOOKS, Callback, Callbacks, MLflowLogger
 
 TINY = ['--cfg', 'v6/yolov5n.yaml', '--imgsz', '64', '--batch-size', '8', '--workers', '0', '--noautoanchor',

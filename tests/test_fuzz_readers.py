@@ -327,8 +327,8 @@ def model_cfgs(draw, base):
 @pytest.fixture
 def small_model_limit(monkeypatch):
     """A 20M-parameter ceiling: the size guard answers more of the examples, and none takes long to build."""
-    import models.yaml_checks
-    monkeypatch.setattr(models.yaml_checks, 'MAX_PARAMS', 20_000_000)
+    import models.probe
+    monkeypatch.setattr(models.probe, 'MAX_PARAMS', 20_000_000)
 
 
 @given(data=st.data())

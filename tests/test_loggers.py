@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.eval.results_csv import epoch_row
+from utils.eval.report import epoch_row
 from utils.train.callbacks import TensorBoardLogger
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models.summary import layer_table
+from models.yolo import layer_table
 from models.yolo import Model
 
 # Parameter counts (nc=80). s and m of both families and v6 n are the official figures

@@ -8,7 +8,7 @@ import train
 from models.prefix_memo import PrefixMemo, frozen_prefix_len
 from models.yolo import Model
 from utils.freeze.plan import FreezePlan
-from utils.eval.results_csv import read_rows
+from utils.eval.report import read_rows
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""results.csv: one fixed header, cells by column name, read back by name (utils/eval/results_csv.py, plot_results)."""
+"""results.csv: one fixed header, cells by column name, read back by name (utils/eval/report.py, plot_results)."""
 import math
 from types import SimpleNamespace
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from utils.eval.plots import plot_results, results_figure
-from utils.eval.results_csv import COLUMNS, append_row, epoch_row, read_rows
+from utils.eval.report import COLUMNS, append_row, epoch_row, read_rows
 
 
 def groups(*names):

@@ -13,7 +13,7 @@ import torch
 import train
 from utils.data.config import load_hyp
 from utils.weights.checkpoint import load_checkpoint
-from utils.eval.results_csv import COLUMNS, read_rows
+from utils.eval.report import COLUMNS, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'

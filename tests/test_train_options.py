@@ -9,7 +9,7 @@ import torch
 import train
 from utils.weights.checkpoint import load_checkpoint
 from utils.data.sizes import MultiScale
-from utils.eval.results_csv import read_rows
+from utils.eval.report import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'

@@ -10,7 +10,7 @@ import torch
 from utils.train.autobatch import BATCH_LIMIT, autobatch, fit_batch_size
 from utils.data.image_cache import folder_writable, npy_path, read_cached
 from utils.data.sizes import MultiScale, multi_scale_sizes
-from utils.data.workers import ImageWeightSampler, class_weights, image_weights
+from utils.data.datasets import ImageWeightSampler, class_weights, image_weights
 
 
 # ---------------------------------------------------------------- --multi-scale

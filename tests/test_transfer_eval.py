@@ -15,7 +15,7 @@ from utils.weights.checkpoint import load_model
 from utils.data.config import check_dataset
 from utils.data.datasets import create_dataloader
 from utils.eval.evaluator import EvalConfig, evaluate
-from utils.eval.results_csv import read_rows
+from utils.eval.report import read_rows
 from utils.train.setup import build_model
 from utils.freeze.transfer_set import make_transfer_set
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import train
-from utils.eval.results_csv import COLUMNS, read_rows
+from utils.eval.report import COLUMNS, read_rows
 from utils.train import trainer
 from utils.train.config import is_validated, parse_val_every, schedule_note, val_interval
 from utils.weights.checkpoint import load_checkpoint

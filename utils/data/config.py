@@ -15,7 +15,6 @@ import os
 from pathlib import Path, PurePosixPath
 
 from utils.freeze.transfer import check_class_map_spec
-from utils.data.download import ensure_dataset, parse_download, upstream_note
 from utils.data.label_formats import load_coco_json
 from utils.safe_yaml import load_yaml_file
 from utils.errors import InputError
@@ -105,7 +104,10 @@ def check_dataset(data):
     root = _root(datasets_override(cfg.get('path'), yaml_file), base, where)
     names, nc = _names_and_nc(cfg, where)
     fmt = _format(cfg, where)
-    archives = parse_download(cfg.get('download'), root, where)  # checked even when the data are on disk
+    archives = []
+    if cfg.get('download') is not None:  # checked even when the data are on disk
+        from utils.data.download import parse_download  # lazy: the download machinery only for data that has one
+        archives = parse_download(cfg['download'], root, where)
     if cfg.get('generate') == 'shapes':
         from utils.data.shapes import ensure_shapes  # only the demo set needs it
         ensure_shapes(root)
@@ -116,9 +118,12 @@ def check_dataset(data):
         out[split] = _sources(cfg.get(split), root, where, split)
     if not out['train'] and not out['val']:
         raise InputError(f"{where}: needs 'train' and 'val' entries")
-    ensure_dataset(archives, root, where, out['train'] + out['val'])  # first use: download and unpack
+    if archives:
+        from utils.data.download import ensure_dataset
+        ensure_dataset(archives, root, where, out['train'] + out['val'])  # first use: download and unpack
     for p in out['val']:
         if not Path(p).exists():
+            from utils.data.download import upstream_note
             raise FileNotFoundError(f"{where}: val source {p} not found{upstream_note(cfg.get('download'))}")
     out['test'] = [p for p in out['test'] if Path(p).exists()]
     out['annotations'] = _annotations(cfg, out, root, where)

@@ -31,7 +31,6 @@ import torch
 from tqdm import tqdm
 
 from utils.boxes import non_max_suppression, scale_boxes, xywhn2xyxy
-from utils.eval.coco import add_crowd_regions, category_ids_for, ground_truth_from_coco
 from utils.eval.metrics import APResult, ConfusionMatrix, DetectionEvaluator, GroundTruth
 
 
@@ -129,6 +128,17 @@ def ground_truth(records, meta, targets, input_hw, single_cls):
     return GroundTruth(boxes.cpu().numpy(), np.zeros_like(cls) if single_cls else cls)
 
 
+def _official_crowd(nc, anno):
+    """Ground truth by image id from the official JSON ``anno`` (its crowd regions count)."""
+    from utils.eval.coco import category_ids_for, ground_truth_from_coco  # lazy: the COCO bridge only for COCO rules
+    return ground_truth_from_coco(anno, category_ids_for(nc, anno))
+
+
+def _with_crowd(gt, official):
+    from utils.eval.coco import add_crowd_regions  # loaded by _official_crowd already
+    return add_crowd_regions(gt, official)
+
+
 class _Pass:
     """The running state of one evaluation: matcher, crowd regions, timings, summed loss."""
 
@@ -137,8 +147,7 @@ class _Pass:
         confusion = ConfusionMatrix(config.nc) if config.confusion else None
         self.matcher = DetectionEvaluator(config.nc, voc_rule=config.voc_rule, confusion=confusion)
         self.records = getattr(loader.dataset, 'records', None)
-        anno = config.crowd_json
-        self.crowd = ground_truth_from_coco(anno, category_ids_for(config.nc, anno)) if anno else {}
+        self.crowd = _official_crowd(config.nc, config.crowd_json) if config.crowd_json else {}
         self.seen, self.times, self.loss = 0, np.zeros(3), None
 
     def add_images(self, imgs, targets, metas, dets):
@@ -147,7 +156,8 @@ class _Pass:
                 raise ValueError(f'{meta.path}: no letterbox placement (augmented loader?); evaluate needs a val '
                                  f'loader')
             gt = ground_truth(self.records, meta, targets[targets[:, 0] == i], imgs.shape[2:], self.config.single_cls)
-            gt = add_crowd_regions(gt, self.crowd.get(meta.image_id))
+            if self.crowd:
+                gt = _with_crowd(gt, self.crowd.get(meta.image_id))
             det = pred.detach().clone()
             if self.config.single_cls:
                 det[:, 5] = 0

@@ -6,7 +6,6 @@ from pathlib import Path
 import torch
 
 from utils.boxes import xyxy2xywh, yolo_label_lines
-from utils.eval.coco import category_ids_for, detections_to_results, ground_truth_to_coco, run_cocoeval, write_json
 from utils.runs import UniqueStems
 
 
@@ -49,23 +48,25 @@ class CocoJson:
 
     def __init__(self, save_dir, names, anno_json=None):
         self.save_dir, self.names, self.anno_json = Path(save_dir), names, anno_json
-        self.category_ids = category_ids_for(len(names), anno_json)
+        from utils.eval import coco  # lazy: the COCO bridge only with --save-json
+        self.coco = coco
+        self.category_ids = coco.category_ids_for(len(names), anno_json)
         self.results, self.images = [], []
 
     def on_image(self, meta, det, gt):
-        self.results += detections_to_results(det, meta.image_id, self.category_ids)
+        self.results += self.coco.detections_to_results(det, meta.image_id, self.category_ids)
         self.images.append((meta.image_id, Path(meta.path).name, meta.orig_hw, gt))
 
     def compare(self, result, stem='model'):
         """Write ``<stem>_predictions.json``, run pycocotools, print its mAP beside ours; returns ``result`` with
         the pycocotools fields filled in."""
-        pred_json = write_json(self.results, self.save_dir / f'{stem}_predictions.json')
+        pred_json = self.coco.write_json(self.results, self.save_dir / f'{stem}_predictions.json')
         anno = self.anno_json
         if anno is None:
-            anno = write_json(ground_truth_to_coco(self.images, self.names, self.category_ids),
-                              self.save_dir / 'ground_truth_from_labels.json')
+            labels = self.coco.ground_truth_to_coco(self.images, self.names, self.category_ids)
+            anno = self.coco.write_json(labels, self.save_dir / 'ground_truth_from_labels.json')
         print(f'\nEvaluating pycocotools mAP on {pred_json} against {anno}')
-        coco_map, coco_map50, _ = run_cocoeval(anno, pred_json, image_ids=[i for i, *_ in self.images])
+        coco_map, coco_map50, _ = self.coco.run_cocoeval(anno, pred_json, image_ids=[i for i, *_ in self.images])
         print(f"{'':>10s}{'ours':>10s}{'ours@COCO':>12s}{'pycocotools':>13s}   (ours@COCO: same rules as COCOeval, "
               f'maxDets=100 per image and class)')
         print(f"{'mAP50-95':>10s}{result.map:10.4f}{result.coco_rules_map:12.4f}{coco_map:13.4f}")

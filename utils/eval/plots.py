@@ -163,7 +163,7 @@ def _draw_boxes(tile, rows, size, scale, names, conf_thres):
 
 def plot_results(csv_path):
     """results.png beside ``results.csv``: train/val losses, P, R and mAPs per epoch, columns read by name."""
-    from utils.eval.results_csv import read_rows
+    from utils.eval.report import read_rows
     csv_path = Path(csv_path)
     rows = read_rows(csv_path)
     if not rows:
@@ -174,7 +174,7 @@ def plot_results(csv_path):
 def results_figure(rows):
     """The figure of results.png from results.csv rows ({column: float}): one panel per plotted column, each
     drawing the epochs whose cell is filled (an epoch --val-every skipped has empty metric cells)."""
-    from utils.eval.results_csv import PLOTTED
+    from utils.eval.report import PLOTTED
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 6), tight_layout=True)
     epochs = np.array([r.get('epoch', np.nan) for r in rows]) + 1

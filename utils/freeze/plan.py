@@ -141,7 +141,7 @@ def tensor_digests(model_or_state, names):
 
 def freeze_summary(model, img_size=640):
     """Counts behind the report: per-layer rows and totals (parameters and FLOPs frozen)."""
-    from models.summary import layer_flops  # lazy: FLOPs need a forward pass
+    from models.yolo import layer_flops  # lazy: FLOPs need a forward pass
     flops = layer_flops(model, img_size)
     rows = []
     for layer, f in zip(model.model, flops):

@@ -10,7 +10,7 @@ names a logger. A callback is a class with any of these methods (the others are 
     on_run_end(run, state, result, error)           # always, last: the final EvalResult (or None), the exception
 
 ``run`` is the TrainConfig (utils/train/config.py), ``state`` the TrainState (utils/train/setup.py). ``row`` is
-keyed by the results.csv columns (utils/eval/results_csv.py); an epoch that --val-every does not validate has no
+keyed by the results.csv columns (utils/eval/report.py); an epoch that --val-every does not validate has no
 metric cells, and the zero-shot evaluation of a ``--weights`` start is the row of epoch -1 (``ZERO_SHOT_EPOCH``).
 Callbacks run in the main process only, in the order given. A logger of your own is one file:
 
@@ -30,7 +30,7 @@ import cv2
 
 from utils.errors import InputError, Interrupted, one_line
 from utils.eval.plots import plot_images, plot_results
-from utils.eval.results_csv import append_row
+from utils.eval.report import append_row
 
 ZERO_SHOT_EPOCH = -1  # results.csv row of the evaluation before the first step (drawn at 0 in results.png)
 VALIDATED = 'metrics/mAP_0.5'  # a row with this cell went through validation
@@ -99,7 +99,7 @@ def metric_of(result, key):
 
 
 class ResultsCsv(Callback):
-    """results.csv in the run folder: one row per epoch, and the zero-shot row (utils/eval/results_csv.py)."""
+    """results.csv in the run folder: one row per epoch, and the zero-shot row (utils/eval/report.py)."""
 
     def on_epoch_end(self, run, state, row, result):
         append_row(run.save_dir / 'results.csv', row)

@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 
 from utils.data.sizes import MultiScale
-from utils.data.workers import reseed_loader
+from utils.data.datasets import reseed_loader
 from utils.errors import Interrupted
 from utils.eval.evaluator import EvalConfig, evaluate, official_json
 from utils.eval.outputs import BatchPlotter
-from utils.eval.report import HEADER, print_speed, print_table, print_voc, save_plots
-from utils.eval.results_csv import epoch_row
+from utils.eval.report import HEADER, epoch_row, print_speed, print_table, print_voc, save_plots
 from utils.runs import cudnn_autotune, increment_path
 from utils.train.callbacks import ZERO_SHOT_EPOCH, Callbacks
 from utils.train.config import is_validated, schedule_note

@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 
 from utils.errors import InputError
-from utils.fetch import fetch  # the one HTTP download (progress bar, atomic rename); a module name tests replace
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -275,6 +274,13 @@ OFFICIAL_NAME = re.compile(r'yolov5[nsmlx]6?\.pt')  # yolov5n.pt ... yolov5x6.pt
 
 def is_official_name(name):
     return bool(OFFICIAL_NAME.fullmatch(Path(name).name))
+
+
+def fetch(url, path):
+    """The one HTTP download (utils/fetch.py: progress bar, atomic rename), loaded only when a file is missing;
+    a module name tests replace."""
+    from utils.fetch import fetch as http_fetch  # lazy: a run on weights already on disk never needs HTTP
+    return http_fetch(url, path)
 
 
 def resolve_weights(name_or_path):
