@@ -393,7 +393,7 @@ def test_shapes_set_is_deterministic_complete_and_regenerated_when_incomplete(tm
     assert len(files) == 15 and files == sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     rows = np.loadtxt(a / 'labels' / 'train' / 'train_0000.txt', ndmin=2)
-    assert rows.shape[1] == 5 and ((rows[:, 3:] * 320 >= 20) & (rows[:, 3:] * 320 <= 121)).all()
+    assert rows.shape[1] == 5 and ((rows[:, 3:] * 192 >= 20) & (rows[:, 3:] * 192 <= 121)).all()
     (a / 'labels' / 'val' / 'val_0001.txt').unlink()
     ensure_shapes(tmp_path / 'a', splits={'train': 5, 'val': 2})
     assert (a / 'labels' / 'val' / 'val_0001.txt').read_bytes() == (b / 'labels' / 'val' / 'val_0001.txt').read_bytes()
