@@ -441,6 +441,7 @@ def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_pat
     assert meta.index == 2 and meta.gain_xy is None and meta.pad_xy is None  # four images: no single placement
 
 
+@pytest.mark.slow
 def test_a_process_exits_while_a_loader_with_kept_workers_is_still_referenced(tiny_data, tmp_path):
     """Kept workers ignore SIGTERM; a script whose kept-workers loader is a module global once waited forever at
     exit (benchmarks/val_memo.py did). The loader's exit hook ends them first."""
