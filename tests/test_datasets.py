@@ -295,7 +295,7 @@ def test_coco_unknown_category_dropped_and_missing_json_is_an_error(tmp_path):
 # ---------------------------------------------------------------- loader
 @pytest.fixture(scope='module')
 def shapes_data(tmp_path_factory):
-    root = ensure_shapes(tmp_path_factory.mktemp('s') / 'shapes', splits={'train': 24, 'val': 10})
+    root = ensure_shapes(tmp_path_factory.mktemp('s') / 'shapes', splits={'train': 24, 'val': 10}, img_size=320)
     return check_dataset({'path': str(root), 'train': 'images/train', 'val': 'images/val', 'nc': 4,
                           'names': ['circle', 'square', 'triangle', 'star']})
 
