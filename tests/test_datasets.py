@@ -393,7 +393,14 @@ def test_shapes_set_is_deterministic_complete_and_regenerated_when_incomplete(tm
     assert len(files) == 15 and files == sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     rows = np.loadtxt(a / 'labels' / 'train' / 'train_0000.txt', ndmin=2)
-    assert rows.shape[1] == 5 and ((rows[:, 3:] * 192 >= 20) & (rows[:, 3:] * 192 <= 121)).all()
+    assert rows.shape[1] == 5 and ((rows[:, 3:] * 192 >= 30) & (rows[:, 3:] * 192 <= 121)).all()
+    for f in (a / 'labels').rglob('*.txt'):  # no label hidden under a later shape
+        r = np.loadtxt(f, ndmin=2)
+        lo, hi = r[:, 1:3] - r[:, 3:5] / 2, r[:, 1:3] + r[:, 3:5] / 2
+        wh = np.clip(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0, None)
+        area = r[:, 3] * r[:, 4]
+        cover = wh.prod(2) / np.minimum(area[:, None], area[None])  # of the smaller box
+        assert (cover[~np.eye(len(r), dtype=bool)] < 0.35).all(), f  # placements < 0.25; tight boxes are smaller
     (a / 'labels' / 'val' / 'val_0001.txt').unlink()
     ensure_shapes(tmp_path / 'a', splits={'train': 5, 'val': 2})
     assert (a / 'labels' / 'val' / 'val_0001.txt').read_bytes() == (b / 'labels' / 'val' / 'val_0001.txt').read_bytes()
