@@ -1,4 +1,5 @@
-# make demo: train on the built-in shapes dataset.  make test: run the test suite.
+# make demo: train on the built-in shapes dataset.  make test: run the test suite (CI runs it).
+# make test-fast: the suite without the tests marked slow (training, export, benchmark runs), for the inner loop.
 # Both build .venv as a fresh machine would: no system site-packages, exact versions from the locks
 # (requirements.lock for the demo, requirements-extra.lock, a superset, for the tests). The venv is kept:
 # a second run reinstalls only when a lock changed.
@@ -10,7 +11,7 @@ LATEST := .venv-latest
 COMPILE := .venv-lock/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
            --no-emit-find-links --no-emit-trusted-host -c requirements-pins.txt
 
-.PHONY: demo test test-latest lock bench clean
+.PHONY: demo test test-fast test-latest lock bench clean
 
 $(VENV)/.installed: requirements.lock
 	python3 -m venv $(VENV)
@@ -28,6 +29,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-extra
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed-extra
+	$(PY) -m pytest -q -m 'not slow'
 
 $(LATEST)/.installed: requirements.txt requirements-extra.txt
 	python3 -m venv $(LATEST)

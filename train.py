@@ -26,8 +26,8 @@ from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoin
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
-        'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 15, 'imgsz': 192}
-STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640}
+        'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 30, 'imgsz': 128, 'batch_size': 8}
+STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640, 'batch_size': 16}
 PRETRAINED_HYP = str(ROOT / 'data/hyps/hyp.transfer.yaml')  # the default hyp with --weights (see the file)
 FILLED = {'weights': '', 'freeze_bn_stats': 'true'}  # left unset: said by upstream_differences, then filled
 
@@ -42,8 +42,9 @@ def parse_opt(argv=None):
                    help='hyper-parameter YAML: a path or a name in data/hyps/ (default hyp.scratch-low.yaml; '
                         'hyp.transfer.yaml with --weights)')
     p.add_argument('--epochs', type=int, default=None, help='default 100')
-    p.add_argument('--batch-size', type=int, default=16,
-                   help='total batch size over all processes; -1: AutoBatch (largest that fits, one CUDA device)')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help='total batch size over all processes, default 16; -1: AutoBatch (largest that fits, one '
+                        'CUDA device)')
     p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None, help='train/val image size, default 640')
     p.add_argument('--rect', action='store_true', help='rectangular training batches')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the latest run, or this last.pt')
@@ -99,9 +100,9 @@ def parse_opt(argv=None):
 
 def fill_defaults(opt):
     """YOLOv5's defaults (hyp.transfer.yaml when starting from --weights), except without --data: then the built-in
-    demo (shapes, 192 px, 15 epochs, hyp.shapes.yaml; v6/yolov5n unless --weights decides the model) for every
-    option left unset, so `python train.py` finishes in minutes on a CPU. --weights decides the architecture unless
-    --cfg is given, with or without --data."""
+    demo (shapes, 128 px, batch 8, 30 epochs, hyp.shapes.yaml; v6/yolov5n unless --weights decides the model) for
+    every option left unset, so `python train.py` finishes in minutes on a CPU. --weights decides the architecture
+    unless --cfg is given, with or without --data."""
     demo = opt.data is None
     preset = DEMO if demo else {**STANDARD, **({'hyp': PRETRAINED_HYP} if opt.weights else {})}
     if opt.weights:

@@ -78,6 +78,18 @@ def tiny_shapes(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def trained_run(tiny_data, tmp_path_factory):
+    """The run folder of one epoch of v6/yolov5n on ``tiny_data`` (64 px, batch 8, plots on), trained once per
+    session: the run-folder test reads it and the fine-tune tests start from its ``weights/last.pt``. Read-only:
+    a test that would write into it works on a copy."""
+    import train
+    project = tmp_path_factory.mktemp('trained')
+    train.run(data=str(tiny_data), cfg='v6/yolov5n.yaml', epochs=1, imgsz=64, batch_size=8, workers=0,
+              noplots=False, project=str(project), name='exp', exist_ok=False)
+    return project / 'exp'
+
+
+@pytest.fixture(scope='session')
 def train_cmd():
     """``train_cmd(data, project, *flags, epochs=2)``: the train.py command line of a tiny run (v6/yolov5n, 64 px,
     batch 4, no plots, no autoanchor)."""

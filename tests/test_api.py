@@ -36,6 +36,7 @@ def detect_bus(tmp_path_factory):
     return res[0]['det']
 
 
+@pytest.mark.slow
 @needs_weights
 def test_hub_custom_gives_detect_boxes_for_every_input_kind(model, detect_bus):
     assert isinstance(model, InferenceModel) and model.names[5] == 'bus' and model.stride == 32
@@ -89,12 +90,14 @@ def weights_in_cwd(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 @needs_weights
 def test_hub_official_name_resolves_like_detect(weights_in_cwd, detect_bus):
     model = torch.hub.load(str(REPO), 'yolov5n', source='local', device='cpu')
     assert torch.allclose(model(str(BUS)).xyxy[0], detect_bus, atol=1e-4)
 
 
+@pytest.mark.slow
 @needs_weights
 def test_settings_are_read_at_every_call(model, detect_bus):
     try:
@@ -153,6 +156,7 @@ def test_pandas_views_and_missing_pandas(monkeypatch):
         r.pandas()
 
 
+@pytest.mark.slow
 @needs_weights
 def test_bad_inputs_are_one_line(model, tmp_path):
     for bad, message in ((tmp_path / 'absent.jpg', 'absent.jpg: image not found'),
@@ -166,6 +170,7 @@ def test_bad_inputs_are_one_line(model, tmp_path):
         load(tmp_path / 'nope.pt')
 
 
+@pytest.mark.slow
 @needs_weights
 def test_official_entry_point_with_other_class_count(weights_in_cwd, capsys):
     model = official('yolov5n', classes=3, device='cpu')
@@ -174,6 +179,7 @@ def test_official_entry_point_with_other_class_count(weights_in_cwd, capsys):
     assert len(official('yolov5n', pretrained=False, classes=2, device='cpu').names) == 2
 
 
+@pytest.mark.slow
 @needs_weights
 def test_hubconf_works_from_another_folder_without_the_repo_on_the_path(tmp_path, detect_bus):
     (tmp_path / 'yolov5n.pt').symlink_to(WEIGHTS)

@@ -33,6 +33,7 @@ def reference(weights, x):
         return load_model(weights)(x)[0]
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_fixed_batch_is_split_and_padded(weights):
     onnx_path, = export.run(weights=weights, include=['onnx'], imgsz=64, batch_size=2)
@@ -42,6 +43,7 @@ def test_fixed_batch_is_split_and_padded(weights):
     assert torch.allclose(backend(x), reference(weights, x), atol=1e-3)  # 2 + (1 padded to 2)
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_fixed_size_export_places_a_smaller_input_on_its_canvas(weights):
     onnx_path, = export.run(weights=weights, include=['onnx'], imgsz=[96, 128])
@@ -56,6 +58,7 @@ def test_fixed_size_export_places_a_smaller_input_on_its_canvas(weights):
         backend(torch.zeros(1, 3, 128, 128))
 
 
+@pytest.mark.slow
 @needs_onnx
 def test_dynamic_and_simplified_onnx_takes_any_size(weights):
     if not HAVE['onnxslim']:
@@ -67,6 +70,7 @@ def test_dynamic_and_simplified_onnx_takes_any_size(weights):
     assert torch.allclose(backend(x), reference(weights, x), atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE['openvino'], reason='openvino not installed')
 def test_openvino_export_folder_and_xml(weights):
     folder, = export.run(weights=weights, include=['openvino'], imgsz=64)
@@ -84,6 +88,7 @@ def test_openvino_export_folder_and_xml(weights):
         assert not np.shares_memory(backend.request.get_output_tensor().data, y.numpy())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE['openvino'], reason='openvino not installed')
 def test_openvino_models_freed_in_creation_order_leave_signals_working(weights):
     """On AMX CPUs each compiled model put the thread on a signal stack of its own and, when freed, restored the one
@@ -111,6 +116,7 @@ def test_missing_runtime_is_one_line(tmp_path, monkeypatch, module, make):
                            f'(pip install {module})'
 
 
+@pytest.mark.slow
 def test_export_notes_for_missing_packages(weights, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'openvino', None)
     monkeypatch.setitem(sys.modules, 'onnxslim', None)

@@ -33,6 +33,7 @@ def small_voc(root, n=6, rule='voc07'):
     return path
 
 
+@pytest.mark.slow
 @needs_shared
 def test_the_same_weights_gain_nothing_and_the_table_and_json_say_so(tmp_path, capsys):
     data = small_voc(tmp_path / 'voc')

@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 from dataloader import run, workers_to_keep_up  # noqa: E402
@@ -16,6 +18,7 @@ def test_workers_to_keep_up_is_the_fewest_fast_enough_worker_count():
     assert workers_to_keep_up(rows, 500) is None
 
 
+@pytest.mark.slow
 def test_table_and_json_have_loader_and_step_rows(tiny_shapes, tmp_path, capsys):
     out = tmp_path / 'dl.json'
     run(tiny_shapes, imgsz=64, batch_size=2, workers=(0,), batches=1, json_path=out, step_freeze=('10',),

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_worker_runs_the_step_candidates_and_records_them(tiny_shapes):
     out = subprocess.run([sys.executable, 'benchmarks/freeze.py', '--worker', '--freeze', '10', '--cfg',
                           'v6/yolov5n.yaml', '--data', str(tiny_shapes), '--imgsz', '64', '--batch-size', '2',

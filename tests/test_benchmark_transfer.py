@@ -102,6 +102,7 @@ SHARED = ROOT.parent / 'shared'
 VOC07 = SHARED / 'data' / 'voc07mini' / 'VOCdevkit' / 'VOC2007'
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (VOC07.is_dir() and (SHARED / 'weights' / 'yolov5n.pt').is_file()),
                     reason='needs ../shared/data/voc07mini and ../shared/weights/yolov5n.pt')
 def test_tiny_voc_study_end_to_end(tmp_path, monkeypatch):

@@ -99,6 +99,7 @@ def listing(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob('*'))
 
 
+@pytest.mark.slow
 def test_read_only_data_set_still_trains(tmp_path, capsys, private_cache_home):
     import train
     from utils.data.shapes import ensure_shapes

@@ -47,6 +47,7 @@ def recorded(tiny_data, tmp_path_factory):
     return recorder.events, project / 'exp'
 
 
+@pytest.mark.slow
 def test_a_run_fires_every_hook_in_order(recorded):
     events, run_dir = recorded
     assert [e[0] for e in events] == ['run_start', 'first_batch', 'epoch_end', 'checkpoint_saved', 'epoch_done',
@@ -57,6 +58,7 @@ def test_a_run_fires_every_hook_in_order(recorded):
     assert [r['epoch'] for r in read_rows(run_dir / 'results.csv')] == [0, 1]  # the default callbacks ran too
 
 
+@pytest.mark.slow
 def test_a_callback_raising_ends_the_run_and_run_end_still_comes(tiny_data, tmp_path):
     class Stop(Callback):
         def on_epoch_done(self, run, state, row, result):
@@ -110,6 +112,7 @@ def test_mlflow_missing_package_is_one_line(monkeypatch):
                      'mlflow-skinny)']
 
 
+@pytest.mark.slow
 def test_mlflow_logs_params_metrics_and_best_weights(tiny_data, tmp_path, monkeypatch):
     mlflow = pytest.importorskip('mlflow', reason='mlflow is an optional extra: pip install mlflow-skinny')
     store = tmp_path / 'mlruns'

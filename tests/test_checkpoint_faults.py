@@ -137,6 +137,7 @@ def test_official_pickles_with_foreign_classes_stay_refused(tmp_path, monkeypatc
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_names_the_file_in_one_line(tmp_path, ours, monkeypatch):
     zero = make_foreign('zero_byte', tmp_path, ours, monkeypatch)
     cut = make_foreign('truncated_zip', tmp_path, ours, monkeypatch)
@@ -178,6 +179,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch, ours):
         save_checkpoint(load_checkpoint(src), tmp_path / 'w' / 'new.pt')
 
 
+@pytest.mark.slow
 def test_training_stops_in_one_line_when_the_disk_fills(tmp_path, monkeypatch, capsys, tiny_shapes, train_cmd):
     import train
     attempts = []
@@ -213,6 +215,7 @@ train.cli(sys.argv[1:])
 '''
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_during_checkpoint_write(tmp_path, tiny_shapes, train_cmd):
     import signal
     import time

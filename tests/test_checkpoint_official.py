@@ -83,12 +83,14 @@ def detect_names(model, image):
     ('bus.jpg', ['bus', 'person', 'person', 'person', 'person']),
     ('zidane.jpg', ['person', 'person', 'tie']),
 ])
+@pytest.mark.slow
 def test_official_detections(yolov5n, image, expected):
     if not (SHARED / 'images' / image).is_file():
         pytest.skip(f'../shared/images/{image} not present')
     assert detect_names(yolov5n, SHARED / 'images' / image) == expected
 
 
+@pytest.mark.slow
 @needs_yolov5n
 def test_fused_model_gives_the_same_output(yolov5n):
     fused = load_model(YOLOV5N, fuse=True)

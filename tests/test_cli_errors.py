@@ -34,6 +34,7 @@ def test_input_errors_and_os_errors_are_one_line_others_propagate(capsys):
             run_cli(lambda: fail(bug)(), type('Opt', (), {})())
 
 
+@pytest.mark.slow
 def test_malformed_label_via_the_cli_is_one_line(tmp_path):
     """A label file that cannot be read is named in one line (the scan counts it; with nothing left, the run stops
     with one line naming the source)."""
@@ -49,6 +50,7 @@ def test_malformed_label_via_the_cli_is_one_line(tmp_path):
     assert last.startswith('error: ') and 'images/train' in last and 'no usable images' in last, last
 
 
+@pytest.mark.slow
 def test_a_bug_in_the_training_path_keeps_its_traceback(tiny_shapes, tmp_path):
     """A ValueError from a programming error (here an unpacking bug injected into the epoch) is not an input
     error: the CLI shows the traceback with the file and line where it happened."""

@@ -377,6 +377,7 @@ def test_data_yaml_names_resolve_to_ours_case_insensitively(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------- the command line
+@pytest.mark.slow
 def test_val_cli_with_an_unreachable_download_is_one_error_line(tmp_path):
     s = socket.socket()
     s.bind(('127.0.0.1', 0))

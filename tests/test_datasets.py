@@ -295,7 +295,7 @@ def test_coco_unknown_category_dropped_and_missing_json_is_an_error(tmp_path):
 # ---------------------------------------------------------------- loader
 @pytest.fixture(scope='module')
 def shapes_data(tmp_path_factory):
-    root = ensure_shapes(tmp_path_factory.mktemp('s') / 'shapes', splits={'train': 24, 'val': 10})
+    root = ensure_shapes(tmp_path_factory.mktemp('s') / 'shapes', splits={'train': 24, 'val': 10}, img_size=320)
     return check_dataset({'path': str(root), 'train': 'images/train', 'val': 'images/val', 'nc': 4,
                           'names': ['circle', 'square', 'triangle', 'star']})
 
@@ -393,7 +393,14 @@ def test_shapes_set_is_deterministic_complete_and_regenerated_when_incomplete(tm
     assert len(files) == 15 and files == sorted(p.relative_to(b) for p in b.rglob('*') if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     rows = np.loadtxt(a / 'labels' / 'train' / 'train_0000.txt', ndmin=2)
-    assert rows.shape[1] == 5 and ((rows[:, 3:] * 320 >= 20) & (rows[:, 3:] * 320 <= 121)).all()
+    assert rows.shape[1] == 5 and ((rows[:, 3:] * 192 >= 30) & (rows[:, 3:] * 192 <= 121)).all()
+    for f in (a / 'labels').rglob('*.txt'):  # no label hidden under a later shape
+        r = np.loadtxt(f, ndmin=2)
+        lo, hi = r[:, 1:3] - r[:, 3:5] / 2, r[:, 1:3] + r[:, 3:5] / 2
+        wh = np.clip(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0, None)
+        area = r[:, 3] * r[:, 4]
+        cover = wh.prod(2) / np.minimum(area[:, None], area[None])  # of the smaller box
+        assert (cover[~np.eye(len(r), dtype=bool)] < 0.35).all(), f  # placements < 0.25; tight boxes are smaller
     (a / 'labels' / 'val' / 'val_0001.txt').unlink()
     ensure_shapes(tmp_path / 'a', splits={'train': 5, 'val': 2})
     assert (a / 'labels' / 'val' / 'val_0001.txt').read_bytes() == (b / 'labels' / 'val' / 'val_0001.txt').read_bytes()
@@ -441,6 +448,7 @@ def test_image_meta_identifies_each_image_and_its_placement(shapes_data, tmp_pat
     assert meta.index == 2 and meta.gain_xy is None and meta.pad_xy is None  # four images: no single placement
 
 
+@pytest.mark.slow
 def test_a_process_exits_while_a_loader_with_kept_workers_is_still_referenced(tiny_data, tmp_path):
     """Kept workers ignore SIGTERM; a script whose kept-workers loader is a module global once waited forever at
     exit (benchmarks/val_memo.py did). The loader's exit hook ends them first."""

@@ -8,6 +8,7 @@ import detect
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 WEIGHTS = SHARED / 'weights' / 'yolov5n.pt'
+pytestmark = pytest.mark.slow  # the official yolov5n at 640 px
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason='needs ../shared/weights/yolov5n.pt (official YOLOv5n)')

@@ -93,6 +93,7 @@ def test_pruner_choices():
         make_pruner(optuna, 'threshold=high', 10)
 
 
+@pytest.mark.slow
 def test_missing_optuna_is_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, 'optuna', None)  # `import optuna` now raises ImportError
     with pytest.raises(SystemExit) as e:
@@ -110,6 +111,7 @@ class PruneTrialOne(optuna.pruners.BasePruner):
         return trial.number == 1
 
 
+@pytest.mark.slow
 def test_tiny_study_three_trials_one_pruned(tiny_data, tmp_path):
     opt = options('--data', str(tiny_data), *TINY, '--epochs', '2', '--evolve', '3', '--project', str(tmp_path),
                   '--evolve-space', 'search=lr0,mosaic', 'lr0=0.001:0.005', 'mosaic=0,1')
@@ -137,6 +139,7 @@ def test_tiny_study_three_trials_one_pruned(tiny_data, tmp_path):
     assert parsed.data == str(tiny_data) and parsed.epochs == 2 and parsed.noautoanchor
 
 
+@pytest.mark.slow
 def test_interrupted_study_resumes(tiny_data, tmp_path):
     argv = ('--data', str(tiny_data), *TINY, '--epochs', '1', '--evolve', '2', '--project', str(tmp_path),
             '--evolve-space', 'search=lr0')
@@ -164,6 +167,7 @@ def test_interrupted_study_resumes(tiny_data, tmp_path):
     assert len(study.get_trials()) == 3
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(tiny_data, tmp_path):
     db = tmp_path / 'shared.db'
     procs = [subprocess.Popen(

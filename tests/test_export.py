@@ -29,6 +29,7 @@ def weights(tmp_path):
     return make_weights(tmp_path)
 
 
+@pytest.mark.slow
 def test_torchscript_output_equals_pytorch(weights):
     paths = export.run(weights=weights, include=['torchscript'], imgsz=[128, 160], batch_size=2, device='cpu')
     assert paths == [weights.with_suffix('.torchscript')]
@@ -44,6 +45,7 @@ def test_torchscript_output_equals_pytorch(weights):
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_output_equals_pytorch(weights):
     if importlib.util.find_spec('onnx') is None or importlib.util.find_spec('onnxruntime') is None:
         pytest.skip('onnx and onnxruntime are not both installed')
@@ -58,6 +60,7 @@ def test_onnx_output_equals_pytorch(weights):
     assert torch.allclose(torch.from_numpy(got), expected, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_grouped_class_rows_export_with_their_reduction(tmp_path):
     """A head whose classes keep several checkpoint rows (transfer, max rule) exports with the reduction inside."""
     path = make_weights(tmp_path, class_rows=[1, 3, 1, 2])

@@ -25,8 +25,9 @@ from utils.deploy.predict import Predictor
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 WEIGHTS = SHARED / 'weights' / 'yolov5n.pt'
 COCO64 = SHARED / 'data' / 'coco64dev'
-pytestmark = pytest.mark.skipif(not WEIGHTS.is_file() or not (COCO64 / 'coco64dev.yaml').is_file(),
-                                reason='needs ../shared/weights/yolov5n.pt and ../shared/data/coco64dev')
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not WEIGHTS.is_file() or not (COCO64 / 'coco64dev.yaml').is_file(),
+                                 reason='needs ../shared/weights/yolov5n.pt and ../shared/data/coco64dev')]
 HAVE = {m: importlib.util.find_spec(m) is not None for m in ('onnx', 'onnxruntime', 'openvino')}
 needs_onnx = pytest.mark.skipif(not (HAVE['onnx'] and HAVE['onnxruntime']), reason='onnx/onnxruntime not installed')
 needs_openvino = pytest.mark.skipif(not HAVE['openvino'], reason='openvino not installed')

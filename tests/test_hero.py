@@ -23,8 +23,9 @@ YOLOV5S = SHARED / 'weights' / 'yolov5s.pt'
 NO_NETWORK = {k: 'http://127.0.0.1:9' for k in ('http_proxy', 'https_proxy', 'HTTP_PROXY', 'HTTPS_PROXY')}
 SHORT = ['--epochs', '1', '--imgsz', '160', '--batch-size', '8', '--workers', '0', '--device', 'cpu']
 
-pytestmark = pytest.mark.skipif(not (VOC07.is_dir() and YOLOV5S.is_file()),
-                                reason='needs ../shared/data/voc07mini and ../shared/weights/yolov5s.pt')
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (VOC07.is_dir() and YOLOV5S.is_file()),
+                                 reason='needs ../shared/data/voc07mini and ../shared/weights/yolov5s.pt')]
 
 
 @pytest.fixture(scope='module')

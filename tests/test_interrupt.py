@@ -7,12 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import train
 from utils.weights.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # training subprocesses
 
 # train.py with every loss computation slowed by SLOW_STEP seconds (numerics untouched), touching STEP_FILE when
 # the training loop is running, so that a test can send its signal in the middle of an epoch.

@@ -87,6 +87,7 @@ def test_without_tensorboard_one_line_and_nothing_written(tmp_path, monkeypatch)
     assert not (tmp_path / 'exp').exists()
 
 
+@pytest.mark.slow
 def test_the_writer_thread_ends_when_a_run_raises(tiny_data, tmp_path):
     """A run that stops by an exception (Ctrl-C, a pruned --evolve trial) still closes its TensorBoard writer,
     whose background thread would otherwise live on for the rest of the process."""

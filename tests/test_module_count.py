@@ -51,6 +51,7 @@ def tiny_voc(root, n_train=4, n_val=2):
     return root / 'voc.yaml'
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (VOC.is_dir() and WEIGHTS.is_file()), reason='needs ../shared (voc07mini, yolov5n.pt)')
 def test_hero_command_imports_few_project_modules(tmp_path):
     data = tiny_voc(tmp_path / 'voc')

@@ -74,6 +74,7 @@ def tiny_run(tmp_path_factory):
     return out.stdout, root / 'runs' / 'exp', data
 
 
+@pytest.mark.slow
 def test_train_ends_with_one_line_breakdown_that_adds_up(tiny_run):
     stdout, _, _ = tiny_run
     last = stdout.strip().splitlines()[-1]
@@ -86,6 +87,7 @@ def test_train_ends_with_one_line_breakdown_that_adds_up(tiny_run):
     assert sum(float(v) for v in parts.values()) <= float(m.group(1)) + 0.05 * len(parts)  # rounding to 0.1 s
 
 
+@pytest.mark.slow
 def test_best_pt_is_linked_and_the_final_val_is_what_val_py_measures(tiny_run, tmp_path, capsys):
     import train
     _, run_dir, data = tiny_run

@@ -81,13 +81,14 @@ def test_budget_training_mode_and_autograd(frozen):
     assert deepcopy(memoized).prefix_memo.entries == {}  # a copy starts empty
 
 
-def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_data, tmp_path, monkeypatch):
-    """A --freeze 10 fine-tune: the EMA's memo serves every validation after the first, and results.csv is the
-    same as without it, to the last digit."""
+@pytest.mark.slow
+def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_data, trained_run, tmp_path,
+                                                                        monkeypatch):
+    """A --freeze 10 fine-tune (from the session's 1-epoch checkpoint): the EMA's memo serves every validation
+    after the first, and results.csv is the same as without it, to the last digit."""
     common = dict(data=str(tiny_data), cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True,
                   project=str(tmp_path), noautoanchor=True)
-    train.run(epochs=1, name='src', **common)
-    fine = dict(common, epochs=2, weights=str(tmp_path / 'src/weights/last.pt'), freeze=['10'])
+    fine = dict(common, epochs=2, weights=str(trained_run / 'weights' / 'last.pt'), freeze=['10'])
     memos = []
     made = PrefixMemo.for_frozen
     monkeypatch.setattr(PrefixMemo, 'for_frozen', lambda *a, **k: memos.append(made(*a, **k)) or memos[-1])

@@ -121,6 +121,7 @@ def test_unknown_or_broken_layers_get_the_meta_probes_error():
             probe.upsample_output(torch.nn.Upsample(**fraction_or_size), (8, 8))
 
 
+@pytest.mark.slow
 def test_building_models_importing_the_scripts_and_nms_import_neither_dynamo_nor_torchvision():
     """The meta device's Python shape functions import torch._dynamo and sympy, and so does torchvision's package
     import: over a second per process each. Only torchvision's NMS kernel is needed, loaded on its own.
@@ -136,6 +137,7 @@ def test_building_models_importing_the_scripts_and_nms_import_neither_dynamo_nor
     assert out.stdout.strip() == '[]'
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / 'weights' / 'yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')
 def test_detect_does_not_import_dynamo(tmp_path):
     code = ('import sys, detect\n'

@@ -5,6 +5,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from utils.runs import increment_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +56,7 @@ def test_threads_claim_distinct_folders(tmp_path, monkeypatch):
     assert names == sorted(['exp'] + [f'exp{i}' for i in range(2, n + 1)])
 
 
+@pytest.mark.slow
 def test_two_train_processes_started_together(tmp_path, tiny_shapes, train_cmd):
     argv = train_cmd(tiny_shapes, tmp_path / 'runs', '--name', 'same', epochs=1)[2:]
     procs = [subprocess.Popen([sys.executable, '-c', GATED_TRAIN, str(tmp_path), str(i), *argv], cwd=ROOT,

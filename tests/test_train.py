@@ -1,6 +1,7 @@
 """End-to-end training runs on a tiny generated dataset (64 px images, 1-2 epochs)."""
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from utils.eval.report import COLUMNS, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
+pytestmark = pytest.mark.slow  # every test here trains (or starts train.py)
 FAST = dict(cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True, exist_ok=False)
 
 
@@ -26,9 +28,8 @@ def run_train(tmp_path, data, name, **kw):
     return tmp_path / 'runs' / name / 'weights'
 
 
-def test_train_writes_run_folder(tiny_data, tmp_path):
-    w = run_train(tmp_path, tiny_data, 'exp', epochs=1, noplots=False)
-    run_dir = w.parent
+def test_train_writes_run_folder(trained_run):
+    run_dir, w = trained_run, trained_run / 'weights'
     for f in ('weights/last.pt', 'weights/best.pt', 'hyp.yaml', 'opt.yaml', 'results.csv', 'results.png',
               'labels.jpg', 'train_batch0.jpg'):
         assert (run_dir / f).is_file(), f
@@ -52,8 +53,8 @@ def test_results_csv_has_one_header_when_unfreezing_changes_the_optimizer_groups
     assert (w.parent / 'results.png').is_file() and (w / 'best.pt').is_file()
 
 
-def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, tmp_path):
-    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, trained_run, tmp_path):
+    src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
     w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], freeze_bn_stats='true',
                   noautoanchor=True)
@@ -69,9 +70,9 @@ def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, tmp_path):
     assert changed_trainable == n_trainable
 
 
-def test_pretrained_start_keeps_every_batchnorm_statistic_by_default(tiny_data, tmp_path):
+def test_pretrained_start_keeps_every_batchnorm_statistic_by_default(tiny_data, trained_run, tmp_path):
     """The VOC recipe: from --weights, trainable layers train their weights but keep the loaded BN statistics."""
-    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+    src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
     w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], noautoanchor=True)
     end = load_checkpoint(w / 'last.pt')['ema']
@@ -80,8 +81,8 @@ def test_pretrained_start_keeps_every_batchnorm_statistic_by_default(tiny_data, 
     assert not torch.equal(start['model.13.cv1.conv.weight'], end['model.13.cv1.conv.weight'])
 
 
-def test_upstream_bn_behaviour_is_opt_in(tiny_data, tmp_path):
-    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+def test_upstream_bn_behaviour_is_opt_in(tiny_data, trained_run, tmp_path):
+    src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
     w = run_train(tmp_path, tiny_data, 'up', epochs=1, weights=str(src), freeze=['10'], freeze_bn_stats='false',
                   noautoanchor=True)
@@ -90,8 +91,8 @@ def test_upstream_bn_behaviour_is_opt_in(tiny_data, tmp_path):
     assert not torch.equal(start['model.0.bn.running_mean'], end['model.0.bn.running_mean'])
 
 
-def test_unfreeze_epoch_releases_backbone(tiny_data, tmp_path):
-    src = run_train(tmp_path, tiny_data, 'src', epochs=1) / 'last.pt'
+def test_unfreeze_epoch_releases_backbone(tiny_data, trained_run, tmp_path):
+    src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
     # an EMA that copies the model (decay 0): the saved EMA shows the released layers' few, small steps, which the
     # recipe's slow EMA (ema_decay 0.98) would average below float32 resolution
@@ -157,8 +158,8 @@ def test_single_class_training_keeps_every_image(tiny_data, tmp_path, capsys):
     assert ck['nc'] == 1 and ck['names'] == ['item']
 
 
-def test_resume_errors(tiny_data, tmp_path):
-    w = run_train(tmp_path, tiny_data, 'done', epochs=1)
+def test_resume_errors(trained_run, tmp_path):
+    w = Path(shutil.copytree(trained_run, tmp_path / 'done')) / 'weights'  # a finished run (a copy: resume may write)
     with pytest.raises(ValueError, match='already finished'):
         train.run(resume=str(w / 'last.pt'))
     with pytest.raises(FileNotFoundError, match='no last.pt'):

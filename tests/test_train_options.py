@@ -22,6 +22,7 @@ def run_train(tmp_path, data, name, **kw):
     return tmp_path / 'runs' / name
 
 
+@pytest.mark.slow
 def test_multi_scale_trains_on_batches_of_varying_size(tiny_data, tmp_path, monkeypatch):
     shapes = []
     original = MultiScale.__call__
@@ -38,6 +39,7 @@ def test_multi_scale_trains_on_batches_of_varying_size(tiny_data, tmp_path, monk
     assert (run_dir / 'weights' / 'last.pt').is_file()
 
 
+@pytest.mark.slow
 def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_data, tmp_path):
     kw = dict(epochs=2, image_weights=True, multi_scale=True, save_period=1, seed=5)
     full = run_train(tmp_path, tiny_data, 'full', **kw)
@@ -54,14 +56,16 @@ def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_data, tmp
     assert (resumed / 'weights' / 'epoch1.pt').is_file()
 
 
+@pytest.mark.slow
 def test_save_period_saves_epoch_files_at_upstreams_epochs(tiny_data, tmp_path):
     run_dir = run_train(tmp_path, tiny_data, 'sp', epochs=3, save_period=2, noval=True)
     assert sorted(p.name for p in (run_dir / 'weights').glob('epoch*.pt')) == ['epoch0.pt', 'epoch2.pt']
 
 
-def test_tensorboard_scalars_and_images_from_a_run(tiny_data, tmp_path, capsys):
+@pytest.mark.slow
+def test_tensorboard_scalars_and_images_from_a_run(tiny_data, trained_run, tmp_path, capsys):
     accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
-    src = run_train(tmp_path, tiny_data, 'src', epochs=1, noval=True) / 'weights' / 'last.pt'
+    src = trained_run / 'weights' / 'last.pt'
     run_dir = run_train(tmp_path, tiny_data, 'tb', epochs=1, noplots=False, weights=str(src))  # pretrained start
     assert f'tensorboard --logdir {run_dir.parent}' in capsys.readouterr().out
     acc = accumulator.EventAccumulator(str(run_dir), size_guidance={'images': 0, 'scalars': 0})
@@ -81,6 +85,7 @@ def test_tensorboard_scalars_and_images_from_a_run(tiny_data, tmp_path, capsys):
     assert set(acc.Tags()['images']) == {'train/batch0', 'val/PR_curve'}
 
 
+@pytest.mark.slow
 def test_without_tensorboard_training_says_so_and_writes_no_events(tiny_data, tmp_path, capsys, monkeypatch):
     """Also: a tutorial command (no --weights) is told where it differs; --nosave writes no epoch files."""
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)
@@ -100,6 +105,7 @@ def test_autobatch_refused_on_cpu_before_anything_is_built(tiny_data, tmp_path):
     assert not (tmp_path / 'runs').exists()
 
 
+@pytest.mark.slow
 def test_cache_disk_writes_npy_beside_writable_images(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv('YOLOV5_FREEZE_CACHE', str(tmp_path / 'cache'))
     shutil.copytree(tiny_data.parent / 'shapes', tmp_path / 'shapes')  # a copy: the shared set stays .npy-free

@@ -59,6 +59,7 @@ def detect_then_remap(dets, source_to_data, iou_thres):
     return out
 
 
+@pytest.mark.slow
 def test_val_evaluates_another_checkpoints_classes_through_the_mapping(transfer_yaml, tmp_path, capsys):
     result = val.run(data=str(transfer_yaml), weights=str(WEIGHTS), imgsz=IMGSZ, batch_size=16, workers=0,
                      device='cpu', plots=False, project=str(tmp_path), name='v')
@@ -79,6 +80,7 @@ def test_val_evaluates_another_checkpoints_classes_through_the_mapping(transfer_
     assert result.p == pytest.approx(own.p, abs=1e-9) and result.r == pytest.approx(own.r, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_pretrained_training_records_its_zero_shot_start(grouped_yaml, tmp_path, capsys):
     zs = val.run(data=str(grouped_yaml), weights=str(WEIGHTS), imgsz=IMGSZ, batch_size=16, workers=0,
                  device='cpu', plots=False, project=str(tmp_path), name='v')

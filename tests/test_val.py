@@ -54,6 +54,7 @@ def save_model(model, path):
                             'ema': None, 'epoch': 0}, path)
 
 
+@pytest.mark.slow
 @needs_coco64
 def test_val_cli_save_json_agrees_with_pycocotools(tmp_path, capsys):
     weights = save_model(chatty_model(80), tmp_path / 'chatty.pt')
@@ -82,6 +83,7 @@ def side_by_side(out, metric):
     return tuple(map(float, row[1:4]))
 
 
+@pytest.mark.slow
 @needs_coco64
 @pytest.mark.skipif(not YOLOV5N.is_file(), reason='../shared/weights/yolov5n.pt not present')
 def test_official_yolov5n_agrees_with_pycocotools(tmp_path, capsys):

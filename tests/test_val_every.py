@@ -92,6 +92,7 @@ def runs(tiny_shapes, tmp_path_factory):
                                 ('skip', ['--val-every', '2', '--save-period', '1']))}
 
 
+@pytest.mark.slow
 def test_val_every_1_is_what_a_short_run_does_without_the_flag(runs):
     (auto, auto_out, auto_seen), (every, every_out, every_seen) = runs['auto'], runs['every']
     assert (auto / 'results.csv').read_text() == (every / 'results.csv').read_text()
@@ -100,6 +101,7 @@ def test_val_every_1_is_what_a_short_run_does_without_the_flag(runs):
     assert all(math.isfinite(r[c]) for r in rows for c in METRIC_COLUMNS)
 
 
+@pytest.mark.slow
 def test_val_every_2_validates_epochs_2_and_3_and_trains_the_same(runs):
     (skip, out, seen), (every, _, _) = runs['skip'], runs['every']
     assert seen == [1, 2] and out.count('val: every 2 epochs and the last (--val-every 2; ') == 1
@@ -114,6 +116,7 @@ def test_val_every_2_validates_epochs_2_and_3_and_trains_the_same(runs):
     assert all(torch.equal(v, ref_ema[k]) for k, v in ema.items())
 
 
+@pytest.mark.slow
 def test_best_pt_is_a_validated_epoch_and_resume_keeps_k(runs, monkeypatch):
     weights = runs['skip'][0] / 'weights'
     after_first = load_checkpoint(weights / 'epoch0.pt')  # saved at the end of epoch 1, not validated
@@ -128,6 +131,7 @@ def test_best_pt_is_a_validated_epoch_and_resume_keeps_k(runs, monkeypatch):
     assert train.resume_options(where)[0].val_every == 1
 
 
+@pytest.mark.slow
 def test_early_stopping_waits_for_a_validated_epoch(runs, tiny_shapes, tmp_path, monkeypatch):
     """--patience 1, --val-every 2 on 5 epochs, fitness 0.5 at epoch 2, 0.4 at epoch 4: the unvalidated epoch 3
     cannot stop the run; epoch 4 does. The zero-shot row of the --weights start is there either way."""

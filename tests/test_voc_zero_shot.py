@@ -173,6 +173,7 @@ def devkit_ap07(dets, gts, cls):
 
 
 # ---------------------------------------------------------------- the test
+@pytest.mark.slow
 def test_val_zero_shot_voc_map_matches_detect_then_remap(tmp_path, capsys):
     ids = (VOC07 / 'ImageSets/Main/test.txt').read_text().split()[::5]  # 59 of the 294, spread over the list
     data = voc_subset(tmp_path / 'voc', ids)

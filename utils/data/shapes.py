@@ -18,8 +18,10 @@ import numpy as np
 NAMES = ['circle', 'square', 'triangle', 'star']
 COLOURS = [(40, 40, 220), (220, 90, 30), (40, 190, 40), (20, 210, 230)]  # BGR: red, blue, green, yellow
 SPLITS = {'train': 400, 'val': 64}
-IMG_SIZE = 320
-VERSION = 1
+IMG_SIZE = 192
+MIN_SIDE, MAX_SIDE = 36, 120  # shapes of 19-62% of a 192 px side: 24-80 px in the 128 px demo
+MAX_COVER = 0.25  # boxes overlap by at most this share of the smaller one: no label hidden under a later shape
+VERSION = 2  # 1: sides from 24 px, overlaps limited by IoU (a small shape could vanish under a large one)
 
 
 def ensure_shapes(root, seed=0, splits=None, img_size=IMG_SIZE):
@@ -68,7 +70,7 @@ def _write_split(root, split, n, rng, img_size):
             ''.join(f'{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n' for c, x, y, w, h in rows))
 
 
-def make_image(rng, size=IMG_SIZE, max_objects=5, min_side=24, max_side=120):
+def make_image(rng, size=IMG_SIZE, max_objects=5, min_side=MIN_SIDE, max_side=MAX_SIDE):
     """One image (BGR uint8, size x size) and its label rows [(cls, cx, cy, w, h) normalised]."""
     im = textured_background(rng, size)
     placed, rows = [], []
@@ -77,7 +79,7 @@ def make_image(rng, size=IMG_SIZE, max_objects=5, min_side=24, max_side=120):
             side = int(rng.integers(min_side, max_side + 1))
             x1, y1 = (int(v) for v in rng.integers(0, size - side, 2))
             box = (x1, y1, x1 + side, y1 + side)
-            if all(_iou(box, b) < 0.25 for b in placed):
+            if all(_cover(box, b) < MAX_COVER for b in placed):
                 break
         else:
             continue
@@ -127,8 +129,9 @@ def _polygon(name, cx, cy, r):
     return np.stack((cx + radii * np.cos(angles), cy + radii * np.sin(angles)), 1)
 
 
-def _iou(a, b):
+def _cover(a, b):
+    """Intersection of boxes ``a`` and ``b`` over the smaller one's area (IoU would let a large shape hide a small
+    one whole: 24x24 inside 120x120 is an IoU of 0.04)."""
     iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))

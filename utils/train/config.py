@@ -188,7 +188,7 @@ def upstream_differences(opt):
     if not opt.resume and not _hyp_sets(opt.hyp, 'warmup_share'):
         notes.append('the warm-up takes at most 10% of the run (upstream: warmup_epochs in full, at least 100 '
                      'iterations: hyp warmup_share: 1)')
-    epochs = opt.epochs if opt.epochs is not None else (15 if opt.data is None else 100)  # train.py's presets
+    epochs = opt.epochs if opt.epochs is not None else (30 if opt.data is None else 100)  # train.py's presets
     if not opt.noval and not opt.resume and parse_val_every(val_every_of(opt)) == AUTO and \
             val_interval(AUTO, epochs) > 1:
         notes.append(f'--val-every auto validates every {val_interval(AUTO, epochs)} epochs of this {epochs}-epoch '
