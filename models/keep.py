@@ -11,9 +11,10 @@ the layers B..end exist more than once:
 
 Training mode runs the trunk and the trainable head only (the loss sees the data's classes). Eval mode runs every
 head on the trunk's outputs and merges their decoded predictions into one tensor (B, N_all, 5 + nc_all): each head's
-class columns land on their merged indices through a constant one-hot matrix (exact, and plain for export), zeros
-elsewhere; class-aware NMS then merges the heads' boxes. ``trainable_only = True`` makes eval mode answer as the
-trainable head alone would (the data's classes: what the trainer validates each epoch).
+class columns land on their merged indices, zeros elsewhere (a zero padding where the indices are consecutive, as
+the checkpoint's are; else a constant one-hot matrix: exact, and plain for export); class-aware NMS then merges the
+heads' boxes. ``trainable_only = True`` makes eval mode answer as the trainable head alone would (the data's
+classes: what the trainer validates each epoch).
 
 The model YAML carries everything needed to rebuild it (``utils/freeze/keep.py`` writes it)::
 
@@ -75,9 +76,15 @@ class KeepModel(Model):
         self.kept = nn.ModuleList(self._build_head(h, ch) for h in keep['heads'])
         self.kept.requires_grad_(False)
         nc_all = len(self.names)
-        # constant scatters, not saved (rebuilt from the YAML): kept heads first, the trainable head last
+        # where each head's class columns go (kept heads first, the trainable head last): a run of consecutive
+        # merged indices is a zero padding (the checkpoint's head: columns 0..79, free); otherwise a constant
+        # one-hot matrix (not saved: rebuilt from the YAML)
+        self.pads = []
         for i, classes in enumerate([h['classes'] for h in keep['heads']] + [keep['classes']]):
-            self.register_buffer(f'scatter{i}', scatter_matrix(classes, nc_all), persistent=False)
+            run = classes == list(range(classes[0], classes[0] + len(classes)))
+            self.pads.append((classes[0], nc_all - classes[0] - len(classes)) if run else None)
+            self.register_buffer(f'scatter{i}', scatter_matrix(classes, nc_all) if not run else torch.zeros(0),
+                                 persistent=False)
         self.trainable_only = False
         self.train(self.training)
 
@@ -131,9 +138,14 @@ class KeepModel(Model):
         merged, maps = [], None
         for i, head in enumerate(self.heads()):
             det, maps = self._run_head(head, x, list(y), nhwc)
-            scatter = getattr(self, f'scatter{i}').to(det.dtype)
-            merged.append(torch.cat((det[..., :5], det[..., 5:] @ scatter), -1))
+            merged.append(torch.cat((det[..., :5], self._place_classes(i, det[..., 5:])), -1))
         return torch.cat(merged, 1), maps
+
+    def _place_classes(self, i, scores):
+        """Head ``i``'s class scores (..., nc_head) in their merged columns (..., nc_all), zeros elsewhere."""
+        if self.pads[i] is not None:
+            return nn.functional.pad(scores, self.pads[i])
+        return scores @ getattr(self, f'scatter{i}').to(scores.dtype)
 
     def _run_head(self, head, x, y, nhwc):
         """One head (layers branch..end) on the trunk's output ``x`` and saved outputs ``y``."""
