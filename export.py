@@ -95,7 +95,7 @@ def run(weights='yolov5s.pt', include=('torchscript', 'onnx'), imgsz=640, batch_
     im = im.half() if half_graph else im
     with torch.no_grad():
         wrapped(im)  # one dry run: shapes settle and errors surface before writing files
-    meta = export_metadata(model.names, stride, im.shape, dynamic, half)
+    meta = export_metadata(model.names, stride, im.shape, dynamic, half, getattr(model, 'kept_nc', None))
     written = [export_format(fmt, wrapped, im, weights, meta, opset, dynamic, simplify, half)
                for fmt in FORMATS if fmt in include]
     written = [p for p in written if p is not None]

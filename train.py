@@ -78,6 +78,9 @@ def parse_opt(argv=None):
                         'every BatchNorm layer keeps its loaded statistics, trainable ones too; default: all with '
                         '--weights, else true)')
     p.add_argument('--unfreeze-epoch', type=int, default=-1, help='unfreeze everything at this epoch')
+    p.add_argument('--keep-classes', action='store_true',
+                   help="keep the checkpoint's classes: its layers after the frozen ones stay, frozen, beside a "
+                        "trainable copy that learns the data's classes (utils/freeze/keep.py)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--deterministic', action='store_true',
                    help='deterministic algorithms on CUDA (slower; CPU runs are deterministic already)')
@@ -141,6 +144,9 @@ def check_options(opt, world_size, device=None):
         raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:
         raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: nothing is frozen (add --freeze)')
+    if getattr(opt, 'keep_classes', False):
+        from utils.freeze.keep import check_keep_options  # lazy: only --keep-classes runs need it
+        check_keep_options(opt)
     if opt.image_weights and opt.rect:
         raise InputError('--image-weights does not work with --rect (rect batches keep a fixed image order)')
     if world_size > 1 and (opt.image_weights or opt.batch_size == -1):

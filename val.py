@@ -21,11 +21,12 @@ import torch
 
 from utils.deploy.ensemble import load_models
 from utils.freeze.transfer import build_class_map, remap_detections
+from utils.freeze.keep import kept_and_new
 from utils.cli import ArgumentParser, run_cli
 from utils.data.config import check_dataset
 from utils.data.datasets import create_dataloader
 from utils.eval.outputs import BatchPlotter, CocoJson, LabelWriter
-from utils.eval.report import HEADER, print_speed, print_table, print_voc, save_plots
+from utils.eval.report import HEADER, print_keep_split, print_speed, print_table, print_voc, save_plots
 from utils.eval.evaluator import EvalConfig, evaluate, official_json
 from utils.eval.study import DEFAULT_SIZES, StudyRow, parse_sizes, write_study
 from utils.runs import increment_path, select_device
@@ -91,7 +92,8 @@ def class_mapping(model, data, single_cls):
     if not cmap.mapped:
         raise InputError(f'{differ}, and no data class matches a checkpoint class by name (map them with a '
                          f'class_map: key in the data YAML)')
-    print(f'Zero-shot through a class mapping ({model.path.name}: {model_nc} classes -> data: '
+    how = 'A kept model (--keep-classes)' if getattr(model, 'kept_nc', None) else 'Zero-shot'
+    print(f'{how} through a class mapping ({model.path.name}: {model_nc} classes -> data: '
           f'{data["nc"]}): {cmap.summary().replace("(new)", "(AP 0)")}')
     print('  ' + ' | '.join(cmap.describe()))
     return cmap
@@ -154,6 +156,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
                       observers=observers_for(save_dir, names, plots, save_txt, save_conf, coco) + list(observers))
     verbose = verbose or len(names) < 50
     print_table(result, names, verbose)
+    if getattr(model, 'kept_nc', None) and cmap:  # a kept model (--keep-classes); an ensemble is not one
+        print_keep_split(result, *kept_and_new(model.names, model.kept_nc, data['names'], data.get('class_map')))
     if config.voc_rule:
         print_voc(result, names, config.voc_rule, verbose)
     print_speed(result, imgsz, show_total=task == 'speed')

@@ -346,7 +346,7 @@ class Model(nn.Module):
 
     def fuse(self):
         """Fold every Conv's BatchNorm into its convolution (for inference)."""
-        for m in self.model.modules():
+        for m in self.modules():  # every layer, including any kept copies (models/keep.py)
             if isinstance(m, Conv) and hasattr(m, 'bn'):
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 delattr(m, 'bn')
@@ -363,6 +363,15 @@ class Model(nn.Module):
         if verbose:
             print(s)
         return s
+
+
+def build_model(cfg, **kwargs):
+    """``Model(cfg, **kwargs)``, or for a model dict with a ``keep`` section (``train.py --keep-classes``) the
+    ``KeepModel`` that also rebuilds the checkpoint heads it keeps (models/keep.py)."""
+    if isinstance(cfg, dict) and cfg.get('keep'):
+        from models.keep import KeepModel  # lazy: only kept models need it
+        return KeepModel(cfg, **kwargs)
+    return Model(cfg, **kwargs)
 
 
 @torch.no_grad()

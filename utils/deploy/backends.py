@@ -27,11 +27,12 @@ TFLITE_METADATA = 'metadata.json'  # the zip entry export.py appends to a .tflit
 FORMATS = {'.pt': 'PyTorch', '.torchscript': 'TorchScript', '.onnx': 'ONNX', '.xml': 'OpenVINO', '.tflite': 'TFLite'}
 
 
-def export_metadata(names, stride, shape, dynamic=False, half=False):
-    """What every export carries: class names, stride, input shape (and 'shape' as upstream's TorchScript has)."""
+def export_metadata(names, stride, shape, dynamic=False, half=False, kept_nc=None):
+    """What every export carries: class names, stride, input shape (and 'shape' as upstream's TorchScript has);
+    for a kept model (``--keep-classes``) ``kept_nc``, how many of the first names its checkpoint predicts."""
     b, _, h, w = (int(s) for s in shape)
     return {'stride': int(stride), 'names': list(names), 'imgsz': [h, w], 'batch': b, 'dynamic': bool(dynamic),
-            'half': bool(half), 'shape': [b, 3, h, w]}
+            'half': bool(half), 'shape': [b, 3, h, w], **({'kept_nc': int(kept_nc)} if kept_nc else {})}
 
 
 def _parse_value(value):
@@ -75,6 +76,7 @@ class Backend:
         self.imgsz = tuple(int(s) for s in imgsz) if imgsz else None  # (h, w) when fixed at export
         self.batch = int(batch) if batch else None  # fixed batch size, or None
         self.fp16, self.device = bool(fp16), device
+        self.kept_nc = None  # a kept model (--keep-classes): its first kept_nc classes are the checkpoint's
 
     @property
     def nc(self):
@@ -149,6 +151,7 @@ class PyTorchBackend(Backend):
         fp16 = fp16 and device.type == 'cuda'
         self.model = model.half() if fp16 else model
         super().__init__(path, model.names, int(model.stride.max()), fp16=fp16, device=device)
+        self.kept_nc = getattr(model, 'kept_nc', None)
 
     def forward(self, x):
         with torch.inference_mode():
@@ -172,6 +175,7 @@ class TorchScriptBackend(Backend):
         imgsz = None if meta.get('dynamic') else meta.get('imgsz') or shape[2:]  # upstream's traces: fixed grids
         imgsz = imgsz if imgsz and all(imgsz) else None
         super().__init__(path, meta['names'], meta['stride'], imgsz, fp16=bool(meta.get('half')), device=device)
+        self.kept_nc = meta.get('kept_nc')
 
     def forward(self, x):
         with torch.inference_mode():
@@ -208,6 +212,7 @@ class OnnxBackend(Backend):
         batch, imgsz = _fixed_dims(inp.shape)
         super().__init__(path, meta['names'], meta['stride'], imgsz, batch, self.input_dtype == np.float16,
                          torch.device('cuda', device.index or 0) if cuda else torch.device('cpu'))
+        self.kept_nc = meta.get('kept_nc')
 
     def forward(self, x):
         im = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
@@ -249,6 +254,7 @@ class OpenVinoBackend(Backend):
             compiled = core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
         self.request = compiled.create_infer_request()
         super().__init__(path, meta['names'], meta['stride'], imgsz, batch, device=torch.device('cpu'))
+        self.kept_nc = meta.get('kept_nc')
 
     def forward(self, x):
         # copied in and out: a zero-copy input (CompiledModel.__call__'s default) stays in the request after the
@@ -276,6 +282,7 @@ class TfliteBackend(Backend):
         meta = read_metadata(tflite_metadata(path), path, int(out['shape'][-1]) - 5)
         b, h, w, _ = (int(d) for d in inp['shape'])  # channels-last
         super().__init__(path, meta['names'], meta['stride'], (h, w), b, device=torch.device('cpu'))
+        self.kept_nc = meta.get('kept_nc')
 
     def forward(self, x):
         self.interpreter.set_tensor(self.input_index, x.detach().cpu().float().permute(0, 2, 3, 1).numpy())

@@ -33,6 +33,20 @@ def print_table(result, names, verbose=False):
                          res.ap_mean[i]))
 
 
+def print_keep_split(result, kept, new):
+    """A kept model's (--keep-classes) data classes apart: those its checkpoint knew (``kept`` ids) and the new ones
+    (``new`` ids), each with its mAP50 and mAP50-95 over the classes with ground truth. Returns the four means."""
+    res = result.per_class
+    out = []
+    for ids in (kept, new):
+        rows = [i for i, c in enumerate(res.classes) if c in set(ids)]
+        out += [float(res.ap50[rows].mean()), float(res.ap_mean[rows].mean())] if rows else [float('nan')] * 2
+    parts = [f'{what} classes ({len(ids)}) ' + (f'mAP50 {a:.3f} mAP50-95 {b:.3f}' if a == a else 'no labels')
+             for what, ids, a, b in (('checkpoint', kept, *out[:2]), ('new', new, *out[2:]))]
+    print('kept model: ' + ' | '.join(parts))
+    return out
+
+
 def print_voc(result, names, rule, verbose=False):
     """The VOC devkit AP50 (per class with ``verbose``) of a result evaluated with ``voc_rule``."""
     ap = result.voc_ap

@@ -50,7 +50,7 @@ def parse_freeze(spec, model):
             prefixes += [f'model.{i}.' for i in range(model.backbone_len)]
         elif item == 'all':
             prefixes += [f'model.{i}.' for i in range(n_layers - 1)]
-        elif item.startswith('model.'):
+        elif item.startswith(('model.', 'kept.')):  # kept.: the frozen heads of a kept model (models/keep.py)
             p = item if item.endswith('.') else item + '.'
             whole_layer = p in {f'model.{i}.' for i in range(n_layers)}  # may hold no parameters (Upsample)
             if not whole_layer and not any((n + '.').startswith(p) for n in names):
@@ -196,7 +196,8 @@ class FreezePlan:
     @classmethod
     def from_spec(cls, spec, model, bn_stats=True):
         """The plan for a ``--freeze`` value (see the module docstring); raises ValueError on a bad spec."""
-        return cls(prefixes=parse_freeze(spec, model), bn_stats=bn_stats)
+        kept = ['kept.'] if getattr(model, 'kept', None) else []  # a kept model's checkpoint heads: always frozen
+        return cls(prefixes=parse_freeze(spec, model) + kept, bn_stats=bn_stats)
 
     def apply(self, model):
         """Freeze ``model`` as planned. The first time, fingerprint every frozen tensor (weights, and BatchNorm

@@ -335,3 +335,12 @@ def remap_detections(det, cmap, iou_thres, max_det=300):
     out = torch.cat(parts)
     keep = torchvision.ops.batched_nms(out[:, :4].float(), out[:, 4].float(), out[:, 5].long(), iou_thres)
     return out[keep[:max_det]]
+
+
+def data_class_postprocess(model_names, data_names, spec, iou_thres, max_det, where='data YAML'):
+    """For ``evaluate``: detections of a model with more classes than the data (a kept model) -> the data's
+    classes through the class map; None when the model's names are the data's."""
+    if [str(n) for n in model_names] == [str(n) for n in data_names]:
+        return None
+    cmap = build_class_map(data_names, model_names, spec, where)
+    return lambda dets, metas: [remap_detections(d, cmap, iou_thres, max_det) for d in dets]

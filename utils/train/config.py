@@ -102,6 +102,7 @@ class TrainConfig:
     freeze: tuple = ('0',)
     freeze_bn_stats: str = 'true'
     unfreeze_epoch: int = -1
+    keep_classes: bool = False  # utils/freeze/keep.py
     optimizer: str = 'SGD'
     cos_lr: bool = False
     label_smoothing: float = 0.0

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from models.prefix_memo import PrefixMemo
-from models.yolo import Model
+from models.yolo import Model, build_model as build_model_from_yaml
 from utils.data.sizes import check_imgsz
 from utils.weights.checkpoint import read_weights
 from utils.data.config import check_dataset, load_hyp
@@ -95,6 +95,12 @@ def build_model(run, config):
     """Model from --cfg / the checkpoint's YAML, with pretrained weights transferred where shapes match."""
     weights = read_weights(resolve_weights(run.weights)) if run.weights else None
     cfg = run.cfg or (weights['yaml'] if weights else 'v6/yolov5s.yaml')
+    if run.keep_classes:  # checkpoint's head kept beside a trainable copy (utils/freeze/keep.py)
+        from utils.freeze.keep import keep_classes_model  # lazy: only --keep-classes runs need it
+        model, report = keep_classes_model(weights, config.names, config.data['class_map'], list(run.freeze),
+                                           config.data.get('yaml_file') or 'data', run.weights)
+        run.log(report)
+        return model.to(run.device)
     if not weights:
         model = Model(cfg, nc=config.nc).to(run.device)
     else:
@@ -113,13 +119,15 @@ def setup_model(run, config, ckpt=None):
     checkpoint (with the fingerprints of the run's start) on a resume."""
     seed_everything(run.seed)  # same initial weights (and autoanchor) for the same seed
     if ckpt:
-        model = Model(ckpt['yaml']).to(run.device)
+        model = build_model_from_yaml(ckpt['yaml']).to(run.device)
         model.load_state_dict(ckpt['model'])
         model.names = list(ckpt['names'])
         plan = FreezePlan.from_checkpoint(ckpt)
     else:
         model = build_model(run, config)
         plan = FreezePlan.from_spec(list(run.freeze), model, bn_stats=bn_stats_option(run.freeze_bn_stats))
+    if getattr(model, 'kept', None):
+        model.trainable_only = True  # a kept model (--keep-classes) validates on the data's classes while it trains
     plan.apply(model)
     run.log(plan.report(model, run.imgsz))
     return model, plan

@@ -19,6 +19,7 @@ from utils.errors import Interrupted
 from utils.eval.evaluator import EvalConfig, evaluate, official_json
 from utils.eval.outputs import BatchPlotter
 from utils.eval.report import HEADER, epoch_row, print_speed, print_table, print_voc, save_plots
+from utils.freeze.transfer import data_class_postprocess
 from utils.runs import cudnn_autotune, increment_path
 from utils.train.callbacks import ZERO_SHOT_EPOCH, Callbacks
 from utils.train.config import is_validated, schedule_note
@@ -245,7 +246,10 @@ def final_validation(run, state):
     config = eval_config(run, state, plots, progress=HEADER)
     model = load_model(best, run.device, fuse=True)
     observers = [BatchPlotter(run.save_dir, state.names)] if plots else ()
-    result = evaluate(model, state.loaders.val, config, observers=observers)
+    data = state.data  # a kept model (--keep-classes) has more classes than the data: mapped back
+    to_data = data_class_postprocess(model.names, state.names, None if run.single_cls else data['class_map'],
+                                     config.iou_thres, config.max_det, data.get('yaml_file'))
+    result = evaluate(model, state.loaders.val, config, observers=observers, postprocess=to_data)
     report_validation(run, state, result, config, verbose=True, plots=plots)
     print_speed(result, state.loaders.imgsz)
     run.log(f'Results saved to {run.save_dir}: mAP50 {result.map50:.3f}, mAP50-95 {result.map:.3f}')

@@ -187,9 +187,9 @@ def read_weights(path):
 
 def model_from_weights(weights, path=''):
     """Build our ``Model`` from ``read_weights`` output and load its tensors exactly (fp32, eval mode)."""
-    from models.yolo import Model
+    from models.yolo import build_model  # a kept model (--keep-classes) rebuilds its frozen heads too
     try:
-        model = Model(weights['yaml'])
+        model = build_model(weights['yaml'])
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise InputError(f'{path}: cannot rebuild the model from its YAML ({e})') from None
     try:

@@ -1,0 +1,54 @@
+"""benchmarks/keep_classes.py: the relabelled 'names+new' data and the table's verdicts (no training here)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location('keep_classes_benchmark', ROOT / 'benchmarks' / 'keep_classes.py')
+keep_classes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(keep_classes)
+
+
+def test_names_plus_new_data_moves_labels_past_the_checkpoints_classes(tmp_path):
+    src = tmp_path / 'src'
+    (src / 'images').mkdir(parents=True)
+    (src / 'labels').mkdir()
+    for i, label in enumerate(['0 0.5 0.5 0.1 0.1\n1 0.2 0.2 0.1 0.1\n', '']):
+        (src / 'images' / f'{i}.jpg').write_bytes(b'jpg')
+        (src / 'labels' / f'{i}.txt').write_text(label)
+    for split in ('train', 'val', 'test'):
+        (src / f'{split}.txt').write_text('./images/0.jpg\n./images/1.jpg\n')
+    (src / 'd.yaml').write_text('path: .\ntrain: train.txt\nval: val.txt\ntest: test.txt\nnc: 2\n'
+                                'names: [helmet, head]\n')
+    out = keep_classes.names_plus_new_data(src / 'd.yaml', ['person', 'car', 'dog'], tmp_path / 'out')
+    d = yaml.safe_load(out.read_text())
+    assert d['names'] == ['person', 'car', 'dog', 'helmet', 'head'] and d['nc'] == 5
+    assert (tmp_path / 'out' / 'labels' / '0.txt').read_text() == '3 0.5 0.5 0.1 0.1\n4 0.2 0.2 0.1 0.1\n'
+    assert (tmp_path / 'out' / 'labels' / '1.txt').read_text() == ''
+    assert (tmp_path / 'out' / 'images' / '0.jpg').resolve() == (src / 'images' / '0.jpg').resolve()
+
+
+def result(keep_voc, keep_helmet, keep_ms):
+    row = {'checkpoint_ap': None, 'train_s_per_epoch': 10.0, 'file_mb': 4.0}
+    return {'options': {'weights': 'yolov5n.pt', 'data': 'hardhat.yaml', 'freeze': '10', 'epochs': 10, 'imgsz': 416,
+                        'batch_size': 16, 'seed': 0, 'time_imgsz': 640},
+            'zero_shot': {'voc_ap50': 0.5, 'person_ap50': 0.6}, 'checkpoint_file_mb': 3.9,
+            'rows': {'keep': {**row, 'new_ap50': {'helmet': keep_helmet, 'head': 0.5},
+                              'checkpoint_ap': {'voc_ap50': keep_voc, 'person_ap50': 0.6}},
+                     'plain': {**row, 'new_ap50': {'helmet': 0.8, 'head': 0.5}},
+                     'names+new': {**row, 'new_ap50': {'helmet': 0.8, 'head': 0.5},
+                                   'checkpoint_ap': {'voc_ap50': 0.2, 'person_ap50': 0.1}}},
+            'same_predictions': {'images': 2, 'detections': 9, 'equal': True, 'max_abs_diff': 0.0},
+            'inference_ms': {'checkpoint': 100.0, 'keep (freeze 10)': keep_ms, 'keep (all but Detect frozen)': 105.0}}
+
+
+def test_table_and_verdicts():
+    text = keep_classes.table(result(0.5015, 0.79, 139.0))
+    assert '| names+new | 0.800 | 0.500 | 0.200 | 0.100 | 10.0 | 4.0 |' in text
+    assert '| plain | 0.800 | 0.500 | 0.000 | 0.000 |' in text  # plain names no VOC class: 0
+    assert 'NOT met' not in text and 'Checkpoint-class detections on 2 images (9 boxes): equal' in text
+    bad = keep_classes.verdicts(result(0.497, 0.77, 141.0))
+    assert [v.endswith('NOT met') for v in bad] == [True, True, False, True, False]
+    json.dumps(result(0.5, 0.8, 100.0))  # what main writes is plain JSON
