@@ -114,8 +114,8 @@ def test_trainer_model_maps_class_rows_and_keeps_cfg_anchors(transfer_yaml):
     cfg = load_model(WEIGHTS).yaml
     cfg = {**cfg, 'anchors': [[8, 9, 17, 20, 30, 25], [40, 60, 70, 50, 60, 120], [120, 90, 160, 200, 380, 330]]}
     logs = []
-    run = SimpleNamespace(weights=str(WEIGHTS), cfg=cfg, single_cls=False, device=torch.device('cpu'),
-                          log=logs.append)
+    run = SimpleNamespace(weights=str(WEIGHTS), cfg=cfg, single_cls=False, keep_classes=False,
+                          device=torch.device('cpu'), log=logs.append)
     config = SimpleNamespace(nc=3, names=data['names'], data=data)
     model = build_model(run, config)
     assert torch.equal(model.model[-1].anchors, Model(cfg, nc=3).model[-1].anchors)
