@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from utils.deploy.ensemble import load_models
-from utils.freeze.transfer import build_class_map, remap_detections
+from utils.freeze.transfer import build_class_map, remapping_postprocess
 from utils.freeze.keep import kept_and_new
 from utils.cli import ArgumentParser, run_cli
 from utils.data.config import check_dataset
@@ -101,7 +101,7 @@ def class_mapping(model, data, single_cls):
 
 def mapped_postprocess(cmap, config):
     """The evaluator's post-NMS step: each image's detections in checkpoint classes -> data classes."""
-    return lambda dets, metas: [remap_detections(d, cmap, config.iou_thres, config.max_det) for d in dets]
+    return remapping_postprocess(cmap, config.iou_thres, config.max_det)
 
 
 def check_options(task, batch_size, imgsz, conf_thres, iou_thres, max_det):

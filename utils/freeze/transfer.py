@@ -342,5 +342,9 @@ def data_class_postprocess(model_names, data_names, spec, iou_thres, max_det, wh
     classes through the class map; None when the model's names are the data's."""
     if [str(n) for n in model_names] == [str(n) for n in data_names]:
         return None
-    cmap = build_class_map(data_names, model_names, spec, where)
+    return remapping_postprocess(build_class_map(data_names, model_names, spec, where), iou_thres, max_det)
+
+
+def remapping_postprocess(cmap, iou_thres, max_det):
+    """The evaluator's post-NMS step: each image's detections in the model's classes -> the data's (``cmap``)."""
     return lambda dets, metas: [remap_detections(d, cmap, iou_thres, max_det) for d in dets]
