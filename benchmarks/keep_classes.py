@@ -57,6 +57,8 @@ def parse_opt(argv=None):
     p.add_argument('--project', default=str(ROOT / 'runs' / 'keep_classes'))
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'keep_classes'))
     p.add_argument('--retrain', action='store_true')
+    p.add_argument('--retime', action='store_true', help="only measure inference again (the models of OUT.json's "
+                                                          'run under --project) and rewrite OUT.md/OUT.json')
     p.add_argument('--only', choices=SETTINGS, help='train this setting only (several such processes may run at '
                                                      'once; a later run without --only reuses them)')
     return p.parse_args(argv)
@@ -224,8 +226,26 @@ def inference_ms(models, imgsz, reps):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def measure(opt):
+def timed_models(opt, kept_best):
+    """The models whose inference is timed: the checkpoint, the kept model trained at ``--freeze`` (its best.pt)
+    and one with all but Detect frozen, all loaded as val.py and detect.py load them."""
     from utils.weights.checkpoint import load_model
+    return {'checkpoint': load_model(opt.weights, fuse=True),
+            f'keep (freeze {opt.freeze})': load_model(kept_best, fuse=True),
+            'keep (all but Detect frozen)': fused(all_but_detect_model(opt))}
+
+
+def retime(opt):
+    """``--retime``: OUT.json's result with inference measured again, nothing trained or evaluated."""
+    res = json.loads(Path(opt.out).with_suffix('.json').read_text())
+    saved = argparse.Namespace(**{**res['options'], 'time_imgsz': opt.time_imgsz, 'time_reps': opt.time_reps})
+    best = Path(opt.project) / 'keep' / 'weights' / 'best.pt'
+    res['inference_ms'] = inference_ms(timed_models(saved, best), opt.time_imgsz, opt.time_reps)
+    res['options'] = vars(saved)
+    return res
+
+
+def measure(opt):
     tmp = Path(opt.project) / 'eval'
     runs = train_all(opt)
     rows = {}
@@ -235,10 +255,7 @@ def measure(opt):
                       'checkpoint_ap': checkpoint_class_ap(r['best'], opt, tmp) if opt.voc else None,
                       'train_s_per_epoch': r['train_s_per_epoch'], 'file_mb': r['best'].stat().st_size / 2 ** 20}
     same = same_predictions(opt.weights, runs['keep']['best'], opt.images, 640, tmp) if opt.images else None
-    models = {'checkpoint': load_model(opt.weights, fuse=True),
-              f'keep (freeze {opt.freeze})': load_model(runs['keep']['best'], fuse=True),
-              'keep (all but Detect frozen)': fused(all_but_detect_model(opt))}
-    ms = inference_ms(models, opt.time_imgsz, opt.time_reps)
+    ms = inference_ms(timed_models(opt, runs['keep']['best']), opt.time_imgsz, opt.time_reps)
     return {'options': {k: v for k, v in vars(opt).items()}, 'zero_shot': zero, 'rows': rows,
             'same_predictions': same, 'inference_ms': ms,
             'checkpoint_file_mb': Path(opt.weights).stat().st_size / 2 ** 20,
@@ -302,13 +319,16 @@ def main(argv=None):
     opt = parse_opt(argv)
     if opt.only:
         return train_all(opt)
-    res = measure(opt)
+    cmd = 'python benchmarks/keep_classes.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    res = retime(opt) if opt.retime else {**measure(opt), 'command': cmd}
+    if opt.retime:
+        res['retimed_by'] = cmd
     out = Path(opt.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = table(res)
-    cmd = 'python benchmarks/keep_classes.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    out.with_suffix('.md').write_text(f'# --keep-classes benchmark\n\n`{cmd}`\n\n{text}\n')
-    out.with_suffix('.json').write_text(json.dumps({**res, 'command': cmd}, indent=1, default=str))
+    note = f"\n\nInference measured again, nothing else, by `{res['retimed_by']}`." if res.get('retimed_by') else ''
+    out.with_suffix('.md').write_text(f"# --keep-classes benchmark\n\n`{res['command']}`{note}\n\n{text}\n")
+    out.with_suffix('.json').write_text(json.dumps(res, indent=1, default=str))
     print(text)
     return res
 

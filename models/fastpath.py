@@ -107,7 +107,9 @@ class FoldedWeights:
         if bn.training or any(t.requires_grad for t in sources):
             self.clear()
             return None
-        key = (nhwc, *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
+        # tensors made under inference_mode cannot enter autograd later: the mode is part of the key
+        key = (nhwc, torch.is_inference_mode_enabled(),
+               *((t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
         if key != self.key:
             with torch.no_grad():
                 tensors = compute()

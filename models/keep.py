@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from models.fastpath import _contiguous
-from models.yolo import Model, parse_model, run_layers
+from models.yolo import Model, parse_model, plain_inference, run_layers
 
 
 def check_keep_section(d):
@@ -79,8 +79,8 @@ class KeepModel(Model):
         # where each head's class columns go (kept heads first, the trainable head last): a run of consecutive
         # merged indices is a zero padding (the checkpoint's head: columns 0..79, free); otherwise a constant
         # one-hot matrix (not saved: rebuilt from the YAML)
-        self.pads = []
-        for i, classes in enumerate([h['classes'] for h in keep['heads']] + [keep['classes']]):
+        self.pads, self.head_classes = [], [h['classes'] for h in keep['heads']] + [keep['classes']]
+        for i, classes in enumerate(self.head_classes):
             run = classes == list(range(classes[0], classes[0] + len(classes)))
             self.pads.append((classes[0], nc_all - classes[0] - len(classes)) if run else None)
             self.register_buffer(f'scatter{i}', scatter_matrix(classes, nc_all) if not run else torch.zeros(0),
@@ -135,11 +135,41 @@ class KeepModel(Model):
             x = x.contiguous(memory_format=torch.channels_last)
         y = []
         x = self.run_layers(0, x, y, stop=self.branch)
+        if plain_inference():
+            return self._merged_into(x, y, nhwc)
         merged, maps = [], None
         for i, head in enumerate(self.heads()):
             det, maps = self._run_head(head, x, list(y), nhwc)
             merged.append(torch.cat((det[..., :5], self._place_classes(i, det[..., 5:])), -1))
         return torch.cat(merged, 1), maps
+
+    def _merged_into(self, x, y, nhwc):
+        """``forward_merged``'s numbers, each head's decode written straight into its rows and class columns of
+        one output (inference only: no padded copies and no concatenation, so doubling a Detect costs little)."""
+        maps = [self._head_maps(head, x, list(y), nhwc) for head in self.heads()]
+        rows = [sum(p[0].numel() // p.shape[-1] for p in m) for m in maps]
+        out = x.new_empty(x.shape[0], sum(rows), 5 + self.nc_all)
+        first = 0
+        for i, (head, head_maps) in enumerate(zip(self.heads(), maps)):
+            part = out[:, first:first + rows[i]]
+            if self.pads[i] is not None:  # class columns 5 + left .. : zeros on either side
+                left, right = self.pads[i]
+                columns = slice(5 + left, out.shape[-1] - right)
+                part[..., 5:5 + left] = 0
+                part[..., out.shape[-1] - right:] = 0
+            else:
+                columns = 5 + torch.tensor(self.head_classes[i], device=out.device)
+                part[..., 5:] = 0
+            head[-1].decode_into(head_maps, out, first, columns)
+            first += rows[i]
+        return out, maps[-1]
+
+    def _head_maps(self, head, x, y, nhwc):
+        """One head's raw Detect maps from the trunk's output ``x`` and saved outputs ``y``."""
+        body, detect = head[:-1], head[-1]
+        x = run_layers(body, self.save, x, y)
+        inputs = [x if j == -1 else y[j] for j in detect.f]
+        return detect.raw_maps([_contiguous(t) for t in inputs] if nhwc else inputs)
 
     def _place_classes(self, i, scores):
         """Head ``i``'s class scores (..., nc_head) in their merged columns (..., nc_all), zeros elsewhere."""

@@ -58,17 +58,22 @@ class Detect(nn.Module):
 
     def forward(self, x):
         """Training: list of raw maps (B, na, ny, nx, no). Eval: (decoded (B, N, no), raw maps)."""
+        x = self.raw_maps(x)
+        if self.training:
+            return x
+        if not plain_inference():
+            return torch.cat([self.decode(p, i).view(p.shape[0], -1, self.no) for i, p in enumerate(x)], 1), x
+        return self.decode_into(x), x
+
+    def raw_maps(self, x):
+        """The level inputs ``x`` (a list, overwritten) -> raw maps (B, na, ny, nx, no), class rows folded."""
         for i in range(self.nl):
             x[i] = self.m[i](x[i])
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.nr + 5, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if self.class_rows:
                 x[i] = self.reduce_class_rows(x[i])
-        if self.training:
-            return x
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return torch.cat([self.decode(p, i).view(p.shape[0], -1, self.no) for i, p in enumerate(x)], 1), x
-        return self.decode_into(x), x
+        return x
 
     def reduce_class_rows(self, p):
         """(..., 5 + sum(class_rows)) -> (..., 5 + nc): each class's rows folded into one logit.
@@ -100,19 +105,36 @@ class Detect(nn.Module):
         wh = y[..., 2:4] * 2
         return (y[..., 0:2] * 2 - 0.5 + grid) * self.stride[i], wh * wh * anchor_wh  # wh * wh: LiteRT has no pow
 
-    def decode_into(self, maps):
+    def decode_into(self, maps, out=None, first=0, columns=None):
         """``decode`` of every level written into one (B, N, no) tensor: the same numbers, one level's copy at a
-        time instead of all of them and their concatenation (inference only: it writes over the sigmoid's output)."""
+        time instead of all of them and their concatenation (inference only: it writes over the sigmoid's output).
+
+        With ``out`` (B, >= first + N, 5 + C), rows ``first``.. of ``out`` get them instead: box and objectness in
+        columns 0-4, the class scores in ``columns`` (a slice or an index tensor; default 5..no-1); the caller
+        fills the other columns (models/keep.py)."""
         bs = maps[0].shape[0]
-        out = maps[0].new_empty(bs, sum(p[0].numel() // self.no for p in maps), self.no)
-        start = 0
+        if out is None:
+            out = maps[0].new_empty(bs, sum(p[0].numel() // self.no for p in maps), self.no)
+        cols = slice(5, self.no) if columns is None else columns
+        start = first
         for i, p in enumerate(maps):
             n = p[0].numel() // self.no
             y = p.sigmoid()  # on the contiguous map, so the same kernel (and rounding) as ``decode``
             y[..., 0:2], y[..., 2:4] = self.decode_boxes(y, i)
-            out[:, start:start + n] = y.view(bs, n, self.no)
+            y = y.view(bs, n, self.no)
+            if isinstance(cols, slice) and cols == slice(5, self.no):  # one block copy
+                out[:, start:start + n, :self.no] = y
+            else:
+                out[:, start:start + n, :5] = y[..., :5]
+                out[:, start:start + n, cols] = y[..., 5:]
             start += n
         return out
+
+
+def plain_inference():
+    """Whether a forward may take inference-only shortcuts (in-place writes into preallocated outputs): no
+    autograd, no tracing (TorchScript/ONNX export), no torch.compile."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 CLASS_REDUCTIONS = ('max', 'noisy_or')

@@ -52,3 +52,36 @@ def test_table_and_verdicts():
     bad = keep_classes.verdicts(result(0.497, 0.77, 141.0))
     assert [v.endswith('NOT met') for v in bad] == [True, True, False, True, False]
     json.dumps(result(0.5, 0.8, 100.0))  # what main writes is plain JSON
+
+
+def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path):
+    """--retime: the saved result with new inference times of the three models, nothing trained."""
+    import torch
+
+    from models.yolo import Model
+    from utils.freeze.keep import keep_classes_model
+    from utils.weights.checkpoint import FORMAT, read_weights, save_checkpoint
+    torch.manual_seed(0)
+    src = Model('v6/yolov5n.yaml', nc=3)
+    save_checkpoint({'format': FORMAT, 'yaml': src.yaml, 'names': ['person', 'car', 'dog'], 'nc': 3, 'model': None,
+                     'ema': src.state_dict()}, tmp_path / 'src.pt')
+    kept = keep_classes_model(read_weights(tmp_path / 'src.pt'), ['helmet', 'head'], None, '10')[0]
+    best = tmp_path / 'project' / 'keep' / 'weights' / 'best.pt'
+    best.parent.mkdir(parents=True)
+    save_checkpoint({'format': FORMAT, 'yaml': kept.yaml, 'names': kept.names, 'nc': kept.yaml['nc'], 'model': None,
+                     'ema': kept.state_dict()}, best)
+    saved = result(0.5, 0.8, 1e6)
+    saved['options'].update(weights=str(tmp_path / 'src.pt'), data=str(tiny_data))
+    saved['command'] = 'python benchmarks/keep_classes.py --epochs 10'
+    out = tmp_path / 'kc'
+    out.with_suffix('.json').write_text(json.dumps(saved))
+    keep_classes.main(['--retime', '--project', str(tmp_path / 'project'), '--out', str(out),
+                       '--time-imgsz', '64', '--time-reps', '2'])
+    res = json.loads(out.with_suffix('.json').read_text())
+    ms = res['inference_ms']
+    assert list(ms) == ['checkpoint', 'keep (freeze 10)', 'keep (all but Detect frozen)']
+    assert all(0 < v < 1e5 for v in ms.values())  # measured now, not the saved 1e6
+    assert res['rows'] == saved['rows'] and res['options']['time_imgsz'] == 64
+    md = out.with_suffix('.md').read_text()
+    assert md.startswith('# --keep-classes benchmark\n\n`python benchmarks/keep_classes.py --epochs 10`')
+    assert 'Inference measured again, nothing else, by `python benchmarks/keep_classes.py --retime' in md

@@ -152,3 +152,18 @@ def test_fast_path_can_be_switched_off_and_on():
     assert model.fast_path is None and model.model[0].fold is None
     model.set_frozen_fast_path(**dict(FAST, channels_last=False))
     assert model.fast_path.cut == 10 and not model.fast_path.channels_last
+
+
+def test_weights_folded_under_inference_mode_are_not_reused_with_autograd():
+    """detect/val fold under torch.inference_mode; a later forward with autograd on (training, export tracing)
+    must not meet those inference tensors."""
+    model = make().eval()
+    model.model[0].requires_grad_(True)  # so layers 1-9, frozen and folded, see inputs that need a gradient
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)[0]
+    with torch.enable_grad():
+        got = model(x)[0]  # before the fix: 'Inference tensors cannot be saved for backward'
+    got.sum().backward()
+    assert torch.equal(got.detach(), expected)
+    assert model.model[0].conv.weight.grad is not None

@@ -104,6 +104,24 @@ def test_fused_fast_path_is_bit_identical_too(source, kept_path):
     assert torch.equal(got[:, :expected.shape[1], :9], expected)
 
 
+@pytest.mark.parametrize('data_names,freeze', [(DATA_NAMES, '10'), (['helmet', 'head'], 'all')])
+@pytest.mark.parametrize('fast', [False, True])
+def test_inference_shortcut_equals_the_exportable_forward(source, data_names, freeze, fast):
+    """Inference writes each head's decode into its rows and columns of one tensor; with autograd on (as export
+    traces it) the forward pads and concatenates. The two give the same bits, for a head whose classes are a
+    run of columns (zeros on either side) and one whose are not (DATA_NAMES: person is merged class 0)."""
+    model = trained(kept_from(source, data_names, freeze))
+    if fast:
+        model.set_frozen_fast_path()
+    x = image(b=2)
+    with torch.inference_mode():
+        quick, quick_maps = model(x)
+    with torch.enable_grad():
+        traced, traced_maps = model(x)
+    assert torch.equal(quick, traced)
+    assert all(torch.equal(a, b) for a, b in zip(quick_maps, traced_maps))
+
+
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')
 def test_official_yolov5n_classes_bit_identical():
     w = SHARED / 'weights/yolov5n.pt'
