@@ -147,9 +147,10 @@ def setup_loaders(run, config, model, fresh):
     imgsz = check_imgsz(run.imgsz, gs)[0]
     batch = run.batch_size // max(run.world_size, 1)
     keep_difficult = bool(hyp.get('keep_difficult', 0))
+    cache = 'auto' if run.cache == 'features' else run.cache  # images: as by default; the features: later
     with run.phases.phase('scans and caches'):
         train_loader, dataset = create_dataloader(
-            config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=run.rect, cache=run.cache,
+            config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=run.rect, cache=cache,
             workers=run.workers, shuffle=True, rank=run.rank, single_cls=run.single_cls, seed=run.seed,
             data=config.data, prefix='train: ', image_weights=run.image_weights,
             keep_difficult=keep_difficult)
@@ -158,7 +159,7 @@ def setup_loaders(run, config, model, fresh):
         if not run.main:
             return Loaders(train_loader, dataset, None, imgsz)
         val_loader, _ = create_dataloader(
-            config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=run.cache,
+            config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=cache,
             workers=run.workers, pad=0.5, single_cls=run.single_cls, data=config.data, prefix='val: ',
             keep_workers=True)
     if fresh and not run.noplots:
@@ -167,6 +168,10 @@ def setup_loaders(run, config, model, fresh):
     if fresh and not run.noautoanchor:
         with run.phases.phase('autoanchor'):
             check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log, replace=not run.weights)
+    if run.cache == 'features':  # the frozen layers' outputs of K views per image, computed once
+        from utils.train.feature_cache import feature_loader  # lazy: only --cache features runs need it
+        with run.phases.phase('feature cache'):
+            train_loader = feature_loader(run, model, dataset, run.cache_views, hyp, log=run.log)
     return Loaders(train_loader, dataset, val_loader, imgsz)
 
 
