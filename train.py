@@ -18,8 +18,8 @@ from utils.data.datasets import CACHE_MODES
 from utils.errors import InputError
 from utils.runs import configure_determinism, init_distributed
 from utils.train.callbacks import EpochFitness, default_callbacks
-from utils.train.config import (FEATURE_CACHE_VIEWS, SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences, parse_val_every,
-                                upstream_differences, val_every_flag, val_every_of)
+from utils.train.config import (FEATURE_CACHE_VIEWS, SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences,
+                                parse_val_every, upstream_differences, val_every_flag, val_every_of)
 from utils.runs import PhaseTimer
 from utils.train.trainer import prepare_run_dir, train
 from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint

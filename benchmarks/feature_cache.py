@@ -22,12 +22,7 @@ OUT.json whose setting and flags are the ones asked for (as benchmarks/transfer.
 (benchmarks/holdout.py), never on the data's test list: the split to choose K and the augmentation on.
 """
 import argparse
-import json
-import platform
 import re
-import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,9 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'benchmarks'))
-from transfer import (read_curve, read_voc_curve, reusable_rows, shared_args, summarise,  # noqa: E402
-                      worker as transfer_worker)
-from utils.train.config import FEATURE_CACHE_VIEWS, val_every_flag  # noqa: E402
+import transfer  # noqa: E402
+from utils.train.config import FEATURE_CACHE_VIEWS  # noqa: E402
 from utils.errors import InputError  # noqa: E402
 
 FEATURE_AUG = {'flip': {'feature_fliplr': 0.5}, 'shift': {'feature_shift': 0.1},
@@ -90,24 +84,14 @@ def worker(opt, name, flags):
         return cache
 
     feature_cache.build_feature_cache = recorded
-    return {**transfer_worker(opt, name, flags), **built}
+    return {**transfer.worker(opt, name, flags), **built}
 
 
 def run_setting(opt, name, flags):
-    """One setting in a fresh process: its row (times, then the last epoch's metrics from results.csv)."""
-    cmd = [sys.executable, __file__, '--worker', name, '--worker-flags', shlex.join(flags), *shared_args(opt)]
-    log = Path(opt.project) / f'{name}.log'
-    log.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(Path(opt.project) / name, ignore_errors=True)  # a fresh run folder: results.csv from this run only
-    print(f'{name}: train.py {shlex.join(flags)} (log: {log})', flush=True)
-    with log.open('w') as f:
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
-    if out.returncode:
-        sys.exit(f'error: setting {name} failed (exit {out.returncode}); see {log}')
-    row = json.loads(out.stdout.strip().splitlines()[-1])
-    results = Path(opt.project) / name / 'results.csv'
-    s = summarise(read_curve(results), read_voc_curve(results))
-    row.update(ap50=s.get('final_voc', s['final_map50']), map=s['final_map'], ap50_is_voc='final_voc' in s)
+    """One setting in a fresh process: benchmarks/transfer.py's row, with the last epoch's AP50 and mAP50-95."""
+    row = transfer.run_setting(opt, name, flags, script=__file__)
+    voc = row.get('final_voc') is not None
+    row.update(ap50=row['final_voc'] if voc else row['final_map50'], map=row['final_map'], ap50_is_voc=voc)
     return row
 
 
@@ -134,16 +118,7 @@ def markdown_table(rows, opt):
 
 
 def write_outputs(rows, opt, quiet=False):
-    table = markdown_table(rows, opt)
-    out = Path(opt.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.md').write_text(table)
-    config = {k: v for k, v in vars(opt).items() if not k.startswith('worker')}
-    out.with_suffix('.json').write_text(json.dumps({'config': config, 'machine': platform.platform(),
-                                                    'results': rows}, indent=2))
-    if not quiet:
-        print(table)
-        print(f'wrote {out}.md, {out}.json')
+    transfer.write_outputs(rows, opt, quiet, make_table=markdown_table, plot=False)
 
 
 def parse_opt(argv=None):
@@ -157,31 +132,18 @@ def parse_opt(argv=None):
     p.add_argument('--settings', nargs='+', default=None,
                    help='freeze10 and/or cacheK[-flip|-shift|-flipshift] (default: freeze10, cacheK for each '
                         '--views, and the flip and shift variants at the default K); the first is the reference')
-    p.add_argument('--hyp', default=None, help="hyp YAML (default: train.py's for a pretrained start)")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
-    p.add_argument('--workers', type=int, default=2)
-    p.add_argument('--val-every', type=val_every_flag, default='auto', help="train.py's --val-every, every setting")
+    transfer.add_run_options(p, val_every='auto', val_help="train.py's --val-every, every setting")
     p.add_argument('--holdout', action='store_true',
                    help='train on the training list minus a hold-out, validate on the hold-out (VOC data)')
     p.add_argument('--holdout-every', type=int, default=5, help='hold out every N-th training image')
-    p.add_argument('--project', default=str(ROOT / 'runs/feature-cache-study'), help='where the runs go')
-    p.add_argument('--out', default=str(ROOT / 'benchmarks/results/feature_cache'), help='writes OUT.md/.json')
-    p.add_argument('--resume', action='store_true',
-                   help="keep OUT.json's rows of the asked settings (same options and flags); run only the others")
-    p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
-    p.add_argument('--worker-flags', default='', help=argparse.SUPPRESS)
+    transfer.add_output_options(p, 'runs/feature-cache-study', 'benchmarks/results/feature_cache', 'OUT.md/.json')
     return p.parse_args(argv)
 
 
 def main(argv=None):
     opt = parse_opt(argv)
     if opt.worker:
-        import contextlib
-        with contextlib.redirect_stdout(sys.stderr):  # train.py's log goes to the setting's log file
-            result = worker(opt, opt.worker, shlex.split(opt.worker_flags))
-        print(json.dumps(result))
-        return
+        return transfer.run_worker(opt, worker)
     opt.project = str(Path(opt.project).resolve())  # the settings run from the repository root
     try:
         if opt.holdout:
@@ -189,7 +151,7 @@ def main(argv=None):
             opt.data = str(make_holdout(opt.data, Path(opt.project) / 'holdout', opt.holdout_every))
         opt.settings = opt.settings or default_settings(opt.views)
         settings = parse_settings(opt)
-        reused = reusable_rows(opt, settings) if opt.resume else {}
+        reused = transfer.reusable_rows(opt, settings) if opt.resume else {}
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f'error: {e}')
     done = {name: {**row, 'reused': True} for name, row in reused.items()}
