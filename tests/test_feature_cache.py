@@ -62,6 +62,7 @@ def test_kept_layers_are_those_the_neck_reads():
     model = frozen_model()
     assert fc.kept_layers(model, 10) == [4, 6, 9]
     assert fc.kept_layers(model, 5) == [4]  # layer 4 is read by the neck's Concat (and by layer 5 as -1)
+    assert fc.kept_layers(model, 24) == [17, 20, 23]  # --freeze all: what Detect reads
 
 
 def test_a_cached_view_equals_the_frozen_prefix_on_that_view(built):
