@@ -242,35 +242,39 @@ def build_feature_cache(run, model, dataset, views, log=print):
     key matches, else built (in RAM or on disk, see the module docstring)."""
     cut = frozen_prefix_len(model)
     if cut == 0:
-        raise InputError('--cache features: the model has no frozen prefix (its first layer trains); '
-                         'use --freeze N')
-    t0, imgsz, device, n = time.perf_counter(), dataset.img_size, run.device, len(dataset)
+        raise InputError('--cache features: the model has no frozen prefix (its first layer trains, or '
+                         '--freeze-bn-stats false lets frozen BatchNorm statistics change); use --freeze N')
+    t0, imgsz, n = time.perf_counter(), dataset.img_size, len(dataset)
     kept = kept_layers(model, cut)
-    shapes, fill = probe_prefix(model, imgsz, cut, kept, device)
-    strides = [imgsz // s[1] for s in shapes]
-    key = cache_key(model, cut, dataset, imgsz, views, run.seed, dataset.hyp)
-    folder = cache_dir(dataset, imgsz)
+    shapes, fill = probe_prefix(model, imgsz, cut, kept, run.device)
+    cache = FeatureCache(kept, cut, None, [], fill, [imgsz // s[1] for s in shapes], n, views)
+    key, folder = cache_key(model, cut, dataset, imgsz, views, run.seed, dataset.hyp), cache_dir(dataset, imgsz)
     old = saved_key(folder)
     if old == key:
-        cache = FeatureCache(kept, cut, open_saved(folder, len(kept)), load_labels(folder, n * views), fill,
-                             strides, n, views, 'disk', time.perf_counter() - t0)
+        cache.arrays, cache.labels, cache.where = open_saved(folder, len(kept)), load_labels(folder, n * views), 'disk'
+        cache.build_s = time.perf_counter() - t0
         log(f'--cache features: reused {folder} ({views} views, {size_text(cache.nbytes)})')
         return cache
-    nbytes = n * views * sum(2 * int(np.prod(s)) for s in shapes)
-    where = choose_storage(nbytes, folder, n, views)
-    cache = FeatureCache(kept, cut, allocate(shapes, n * views, folder, where), [], fill, strides, n, views, where)
-    fill_cache(model, cache, view_batches(dataset, views, run.seed, run.batch_size, run.workers), device, run.main)
-    if where == 'disk':
-        for a in cache.arrays:
-            a.flush()
-        save_labels(folder, cache.labels)
-        (folder / 'key.json').write_text(json.dumps(key))
+    cache.where = choose_storage(n * views * sum(2 * int(np.prod(s)) for s in shapes), folder, n, views)
+    cache.arrays = allocate(shapes, n * views, folder, cache.where)
+    fill_cache(model, cache, view_batches(dataset, views, run.seed, run.batch_size, run.workers), run.device,
+               run.main)
+    if cache.where == 'disk':
+        save_disk(cache, folder, key)
     cache.build_s = time.perf_counter() - t0
-    place = f'disk at {folder}' if where == 'disk' else 'RAM'
-    why = f' (rebuilt: key changed: {", ".join(changed_parts(old, key))})' if old else ''
+    place = f'disk at {folder}' if cache.where == 'disk' else 'RAM'
+    why = f' (rebuilt: key changed: {", ".join(changed_parts(old, key))})' if old and cache.where == 'disk' else ''
     log(f'--cache features: built {views} views x {n} images of layers {kept} through layer {cut - 1}: '
         f'{size_text(cache.nbytes)} in {place}, {cache.build_s:.1f} s{why}')
     return cache
+
+
+def save_disk(cache, folder, key):
+    """Finish a disk cache: arrays flushed, labels saved, and the key written last (what marks it complete)."""
+    for a in cache.arrays:
+        a.flush()
+    save_labels(folder, cache.labels)
+    (folder / 'key.json').write_text(json.dumps(key))
 
 
 # ---------------------------------------------------------------- training from the cache
