@@ -389,4 +389,5 @@ def shift_labels(lb, dx, dy, min_visible=0.25):
 def feature_loader(run, model, dataset, views, hyp, log=print):
     """Build (or reuse) the cache and return its training loader (utils/train/setup.py, --cache features)."""
     cache = build_feature_cache(run, model, dataset, views, log)
+    dataset.ims = None  # training reads no image any more: the images kept in RAM (--cache auto) are let go
     return FeatureLoader(cache, min(run.batch_size, len(dataset)), run.seed, hyp, dataset.img_size)

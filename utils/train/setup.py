@@ -3,7 +3,8 @@
     config = load_config(run, ckpt)                         # hyp, data, classes
     model, plan = setup_model(run, config, ckpt)            # weights in, FreezePlan applied (fingerprints taken)
     run = choose_batch_size(run, model)                     # --batch-size -1 only: AutoBatch on the frozen model
-    loaders = setup_loaders(run, config, model, fresh)      # train/val loaders, labels plot, autoanchor
+    loaders = setup_loaders(run, config, model, fresh)      # train/val loaders, labels plot, autoanchor,
+                                                            # --cache features
     state = setup_learner(run, config, model, plan, loaders)   # loss, optimizer, EMA, scaler: the TrainState
     resume(run, state, ckpt)                                # optimizer/EMA/scaler/counters of a resumed run
 
