@@ -18,8 +18,8 @@ from utils.data.datasets import CACHE_MODES
 from utils.errors import InputError
 from utils.runs import configure_determinism, init_distributed
 from utils.train.callbacks import EpochFitness, default_callbacks
-from utils.train.config import (SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences, parse_val_every,
-                                upstream_differences, val_every_flag, val_every_of)
+from utils.train.config import (FEATURE_CACHE_VIEWS, SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences,
+                                parse_val_every, upstream_differences, val_every_flag, val_every_of)
 from utils.runs import PhaseTimer
 from utils.train.trainer import prepare_run_dir, train
 from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
@@ -29,6 +29,7 @@ DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
         'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 30, 'imgsz': 128, 'batch_size': 8}
 STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640, 'batch_size': 16}
 PRETRAINED_HYP = str(ROOT / 'data/hyps/hyp.transfer.yaml')  # the default hyp with --weights (see the file)
+CACHE_CHOICES = (*CACHE_MODES, 'features')  # 'features': utils/train/feature_cache.py
 FILLED = {'weights': '', 'freeze_bn_stats': 'true'}  # left unset: said by upstream_differences, then filled
 
 
@@ -57,7 +58,11 @@ def parse_opt(argv=None):
     p.add_argument('--noplots', action='store_true', help='save no plots')
     p.add_argument('--cache', nargs='?', const='ram', default='auto',
                    help='cache images in "ram" (resized) or on "disk" (decoded .npy beside the images); "auto": '
-                        'in RAM when they fit in 10%% of free memory; "off": read them each epoch (upstream)')
+                        'in RAM when they fit in 10%% of free memory; "off": read them each epoch (upstream); '
+                        '"features": the frozen layers\' outputs of --cache-views augmented views per image, '
+                        'computed once (needs --freeze)')
+    p.add_argument('--cache-views', type=int, default=FEATURE_CACHE_VIEWS, metavar='K',
+                   help=f'--cache features: augmented views per training image, default {FEATURE_CACHE_VIEWS}')
     p.add_argument('--multi-scale', action='store_true', help='vary the image size +-50%% per batch')
     p.add_argument('--image-weights', action='store_true', help='draw training images weighted by class rarity')
     p.add_argument('--save-period', type=int, default=-1, help='also save weights/epoch{N}.pt every N epochs')
@@ -137,9 +142,12 @@ def check_options(opt, world_size, device=None):
         parse_val_every(val_every_of(opt))  # train.run(val_every=...) is not parsed by argparse
     except ValueError as e:
         raise InputError(f'--val-every {val_every_of(opt)}: {e}') from None
-    if opt.cache is not None and opt.cache not in CACHE_MODES:
-        *most, last = map(repr, CACHE_MODES)
+    if opt.cache is not None and opt.cache not in CACHE_CHOICES:
+        *most, last = map(repr, CACHE_CHOICES)
         raise InputError(f"--cache {opt.cache}: must be {', '.join(most)} or {last}")
+    if opt.cache == 'features':
+        from utils.train.feature_cache import check_options as check_feature_cache  # lazy: --cache features only
+        check_feature_cache(opt, world_size)
     if opt.unfreeze_epoch >= opt.epochs:
         raise InputError(f'--unfreeze-epoch {opt.unfreeze_epoch}: the run has only epochs 0-{opt.epochs - 1}')
     if opt.unfreeze_epoch >= 0 and [str(f) for f in opt.freeze] == ['0']:

@@ -176,8 +176,9 @@ def worker(opt, name, flags):
             'peak_cuda_mb': torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
 
 
-def run_setting(opt, name, flags):
-    cmd = [sys.executable, __file__, '--worker', name, '--worker-flags', ' '.join(shlex.quote(f) for f in flags),
+def run_setting(opt, name, flags, script=__file__):
+    """One setting in a fresh process of ``script``'s worker: its row (times, then the curves of its results.csv)."""
+    cmd = [sys.executable, script, '--worker', name, '--worker-flags', ' '.join(shlex.quote(f) for f in flags),
            *shared_args(opt)]
     log = Path(opt.project) / f'{name}.log'
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -284,33 +285,48 @@ def parse_opt(argv=None):
     p.add_argument('--epochs', type=int, default=20)
     p.add_argument('--imgsz', type=int, default=320)
     p.add_argument('--batch-size', type=int, default=16)
-    p.add_argument('--hyp', default=None, help="hyp YAML (default: train.py's for a pretrained start)")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
-    p.add_argument('--workers', type=int, default=2)
-    p.add_argument('--val-every', type=val_every_flag, default='1',
-                   help="train.py's --val-every for every setting (default 1: each epoch, for the lowest-AP50 column)")
+    add_run_options(p, val_every='1', val_help="train.py's --val-every for every setting (default 1: each epoch, for "
+                                               "the lowest-AP50 column)")
     p.add_argument('--jobs', type=int, default=1,
                    help='settings run at once (default 1: one after another, for comparable times)')
     p.add_argument('--settings', nargs='+', default=DEFAULT_SETTINGS,
                    help="built-in names and/or 'name:train.py flags'; the first is the speed reference")
-    p.add_argument('--project', default=str(ROOT / 'runs/transfer-study'), help='where the runs go')
-    p.add_argument('--out', default=str(ROOT / 'benchmarks/results/transfer'), help='writes OUT.md/.json/.png')
+    add_output_options(p, 'runs/transfer-study', 'benchmarks/results/transfer', 'OUT.md/.json/.png')
+    return p.parse_args(argv)
+
+
+def add_run_options(p, val_every, val_help):
+    """The options of each setting's train.py run that a study passes on: hyp, seed, device, workers, val-every."""
+    p.add_argument('--hyp', default=None, help="hyp YAML (default: train.py's for a pretrained start)")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='', help="'' (GPU if any), cpu, 0")
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--val-every', type=val_every_flag, default=val_every, help=val_help)
+
+
+def add_output_options(p, project, out, files):
+    """Where a study's runs and files go, --resume, and the hidden options of its worker processes."""
+    p.add_argument('--project', default=str(ROOT / project), help='where the runs go')
+    p.add_argument('--out', default=str(ROOT / out), help=f'writes {files}')
     p.add_argument('--resume', action='store_true',
                    help="keep OUT.json's rows of the asked settings (same options and flags); run only the others")
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     p.add_argument('--worker-flags', default='', help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+
+
+def run_worker(opt, work):
+    """In a setting's worker process: ``work(opt, name, flags)``'s row as the one JSON line of stdout (train.py's
+    log goes to stderr, the setting's log file)."""
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):
+        result = work(opt, opt.worker, shlex.split(opt.worker_flags))
+    print(json.dumps(result))
 
 
 def main(argv=None):
     opt = parse_opt(argv)
     if opt.worker:
-        import contextlib
-        with contextlib.redirect_stdout(sys.stderr):  # train.py's log goes to the setting's log file
-            result = worker(opt, opt.worker, shlex.split(opt.worker_flags))
-        print(json.dumps(result))
-        return
+        return run_worker(opt, worker)
     if opt.data is None:
         from utils.freeze.transfer_set import make_transfer_set
         opt.data = str(make_transfer_set())
@@ -335,19 +351,21 @@ def main(argv=None):
     write_outputs([done[name] for name, _ in settings], opt)
 
 
-def write_outputs(rows, opt, quiet=False):
-    """The study's table (printed unless ``quiet``), JSON and per-epoch PNG at ``opt.out``."""
-    table = markdown_table(rows, opt)
+def write_outputs(rows, opt, quiet=False, make_table=markdown_table, plot=True):
+    """The study's table (``make_table(rows, opt)``, printed unless ``quiet``), JSON and per-epoch PNG (``plot``)
+    at ``opt.out``."""
+    table = make_table(rows, opt)
     out = Path(opt.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix('.md').write_text(table)
     config = {k: v for k, v in vars(opt).items() if not k.startswith('worker')}
     out.with_suffix('.json').write_text(json.dumps({'config': config, 'machine': platform.platform(),
                                                     'results': rows}, indent=2))
-    plot_curves(rows, out.with_suffix('.png'))
+    if plot:
+        plot_curves(rows, out.with_suffix('.png'))
     if not quiet:
         print(table)
-        print(f'wrote {out}.md, {out}.json, {out}.png')
+        print(f"wrote {out}.md, {out}.json{f', {out}.png' if plot else ''}")
 
 
 if __name__ == '__main__':

@@ -77,7 +77,7 @@ def test_defaults_filled_after_the_note():
 @pytest.mark.parametrize('argv, message', [
     (['--batch-size', '0'], '--batch-size 0: must be at least 1, or -1 for AutoBatch'),
     (['--batch-size', '-2'], '--batch-size -2: must be at least -1'),
-    (['--cache', 'gpu'], "--cache gpu: must be 'ram', 'disk', 'auto' or 'off'"),
+    (['--cache', 'gpu'], "--cache gpu: must be 'ram', 'disk', 'auto', 'off' or 'features'"),
     (['--image-weights', '--rect'], '--image-weights does not work with --rect'),
 ])
 def test_bad_option_values_are_refused_in_one_line(argv, message):

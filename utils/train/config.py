@@ -30,6 +30,7 @@ AUTO = 'auto'
 AUTO_EVERY_EPOCH_UP_TO = 10  # auto: runs of at most this many epochs validate every epoch
 AUTO_LONGEST_INTERVAL = 5
 SAVED_BEFORE_THE_FLAG = 1  # what a run saved without val_every (older than the flag) did: every epoch
+FEATURE_CACHE_VIEWS = 4  # --cache-views default: augmented views per image of --cache features (provisional)
 
 
 def parse_val_every(value):
@@ -115,6 +116,7 @@ class TrainConfig:
     multi_scale: bool = False
     image_weights: bool = False
     cache: object = 'auto'
+    cache_views: int = FEATURE_CACHE_VIEWS
     workers: int = 2
     sync_bn: bool = False
     nosave: bool = False

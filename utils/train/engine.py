@@ -82,6 +82,20 @@ def optimizer_step(model, optimizer, scaler, ema):
         ema.update(model)
 
 
+def model_input(imgs, device):
+    """A batch's model input on ``device``: uint8 images as floats in 0-1, or a loader's own batch object (the
+    ``CachedBatch`` of --cache features, utils/train/feature_cache.py) moved there."""
+    if isinstance(imgs, torch.Tensor):
+        return imgs.to(device, non_blocking=True).float() / 255
+    return imgs.to(device)
+
+
+def forward(model, x):
+    """The model's output for ``model_input``'s value: images run through every layer, a cached batch from the
+    first layer after the cached ones."""
+    return model(x) if isinstance(x, torch.Tensor) else x.forward(model)
+
+
 def train_one_epoch(run, state, loader, should_stop=None, on_first_batch=None, multi_scale=None):
     """One pass over ``loader`` at ``state.epoch`` (``run``: a TrainConfig; ``state``: the TrainState, whose
     model, optimizer, scaler, EMA and step counters ``ni``/``last_step`` it updates). A resumed epoch skips its
@@ -89,7 +103,8 @@ def train_one_epoch(run, state, loader, should_stop=None, on_first_batch=None, m
     again; ``state.mloss`` holds their mean losses). ``should_stop()`` is asked after each batch: True ends the
     epoch there with ``state.stopped_after`` = batches done and ``state.mloss`` their mean losses (any gradients
     of an unfinished accumulation stay in ``.grad``). ``on_first_batch(imgs, targets)``; ``multi_scale``: a
-    ``MultiScale``. Returns the mean (box, obj, cls) losses."""
+    ``MultiScale``. The loader yields (images or a cached batch, targets, paths, metas): ``model_input``/``forward``.
+    Returns the mean (box, obj, cls) losses."""
     model, optimizer, scaler, ema, hyp, device = (state.model, state.optimizer, state.scaler, state.ema, state.hyp,
                                                   run.device)
     model.train()
@@ -102,12 +117,12 @@ def train_one_epoch(run, state, loader, should_stop=None, on_first_batch=None, m
         if i < skip:
             continue
         set_lr(optimizer, state.ni, epoch, run.epochs, hyp, warmup_iters, run.cos_lr)
-        imgs = imgs.to(device, non_blocking=True).float() / 255
+        imgs = model_input(imgs, device)
         if multi_scale is not None:  # this batch's size from (seed, epoch, i)
             imgs = multi_scale(imgs, epoch, i)
         targets = targets.to(device)
         with torch.autocast(device_type=device.type, enabled=run.amp):
-            loss, items = state.compute_loss(model(imgs), targets)
+            loss, items = state.compute_loss(forward(model, imgs), targets)
             loss = loss * run.world_size  # DDP averages gradients over processes
         scaler.scale(loss).backward()
         if state.ni - state.last_step >= warmup_accumulate(state.ni, warmup_iters, run.batch_size, nbs):
@@ -115,7 +130,7 @@ def train_one_epoch(run, state, loader, should_stop=None, on_first_batch=None, m
             state.last_step = state.ni
         state.ni += 1
         mloss = (mloss * i + items) / (i + 1)
-        if i == 0 and on_first_batch is not None:
+        if i == 0 and on_first_batch is not None and isinstance(imgs, torch.Tensor):  # images to plot
             on_first_batch(imgs, targets)
         if show:
             mem = f'{torch.cuda.memory_reserved(device) / 1e9:.2f}G' if device.type == 'cuda' else 'cpu'

@@ -3,7 +3,8 @@
     config = load_config(run, ckpt)                         # hyp, data, classes
     model, plan = setup_model(run, config, ckpt)            # weights in, FreezePlan applied (fingerprints taken)
     run = choose_batch_size(run, model)                     # --batch-size -1 only: AutoBatch on the frozen model
-    loaders = setup_loaders(run, config, model, fresh)      # train/val loaders, labels plot, autoanchor
+    loaders = setup_loaders(run, config, model, fresh)      # train/val loaders, labels plot, autoanchor,
+                                                            # --cache features
     state = setup_learner(run, config, model, plan, loaders)   # loss, optimizer, EMA, scaler: the TrainState
     resume(run, state, ckpt)                                # optimizer/EMA/scaler/counters of a resumed run
 
@@ -147,9 +148,10 @@ def setup_loaders(run, config, model, fresh):
     imgsz = check_imgsz(run.imgsz, gs)[0]
     batch = run.batch_size // max(run.world_size, 1)
     keep_difficult = bool(hyp.get('keep_difficult', 0))
+    cache = 'auto' if run.cache == 'features' else run.cache  # images: as by default; the features: later
     with run.phases.phase('scans and caches'):
         train_loader, dataset = create_dataloader(
-            config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=run.rect, cache=run.cache,
+            config.data['train'], imgsz, batch, gs, hyp=hyp, augment=True, rect=run.rect, cache=cache,
             workers=run.workers, shuffle=True, rank=run.rank, single_cls=run.single_cls, seed=run.seed,
             data=config.data, prefix='train: ', image_weights=run.image_weights,
             keep_difficult=keep_difficult)
@@ -158,7 +160,7 @@ def setup_loaders(run, config, model, fresh):
         if not run.main:
             return Loaders(train_loader, dataset, None, imgsz)
         val_loader, _ = create_dataloader(
-            config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=run.cache,
+            config.data['val'], imgsz, batch * 2, gs, hyp=hyp, augment=False, rect=True, cache=cache,
             workers=run.workers, pad=0.5, single_cls=run.single_cls, data=config.data, prefix='val: ',
             keep_workers=True)
     if fresh and not run.noplots:
@@ -167,6 +169,10 @@ def setup_loaders(run, config, model, fresh):
     if fresh and not run.noautoanchor:
         with run.phases.phase('autoanchor'):
             check_anchors(dataset, model, thr=hyp['anchor_t'], imgsz=imgsz, log=run.log, replace=not run.weights)
+    if run.cache == 'features':  # the frozen layers' outputs of K views per image, computed once
+        from utils.train.feature_cache import feature_loader  # lazy: only --cache features runs need it
+        with run.phases.phase('feature cache'):
+            train_loader = feature_loader(run, model, dataset, run.cache_views, hyp, log=run.log)
     return Loaders(train_loader, dataset, val_loader, imgsz)
 
 

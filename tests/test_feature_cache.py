@@ -1,0 +1,221 @@
+"""utils/train/feature_cache.py (--cache features): the cached views are the frozen prefix's outputs, training from
+them is training from those views, the key follows what the views depend on, and the frozen layers do not run."""
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from models.yolo import Model, run_layers
+from utils.data.datasets import DetectionDataset
+from utils.errors import InputError
+from utils.freeze.plan import FreezePlan
+from utils.train import feature_cache as fc
+from utils.train.callbacks import Callback
+from utils.train.engine import forward
+from utils.train.loss import ComputeLoss, scale_loss_gains
+
+HYP = 'data/hyps/hyp.transfer.yaml'
+
+
+def frozen_model(spec='10', seed=0):
+    torch.manual_seed(seed)
+    model = Model('v6/yolov5n.yaml', nc=4)
+    FreezePlan.from_spec(spec, model).apply(model)
+    model.set_frozen_fast_path()
+    return model
+
+
+def dataset(data, imgsz=64):
+    from utils.data.config import check_dataset
+    d = check_dataset(str(data))
+    return DetectionDataset(d['train'], imgsz, 8, 32, d, train_options())
+
+
+def train_options():
+    from utils.data.datasets import LoaderOptions
+    return LoaderOptions(hyp=HYP, augment=True, verbose=False)
+
+
+def run_config(batch_size=8):
+    return SimpleNamespace(device=torch.device('cpu'), seed=3, batch_size=batch_size, workers=0, main=False)
+
+
+@pytest.fixture(scope='module')
+def built(tiny_data):
+    """A model frozen at 10, its training set (16 images, 64 px) and a cache of 2 views built in RAM."""
+    model, ds = frozen_model(), dataset(tiny_data)
+    cache = fc.build_feature_cache(run_config(batch_size=16), model, ds, 2, log=lambda s: None)
+    return model, ds, cache
+
+
+def view_images(ds, rows, n, seed=3):
+    """The augmented images and labels of cache rows ``rows`` (row k * n + i: view k of image i), drawn anew."""
+    items = [ds[(r % n, (seed, fc.VIEW_STREAM, r // n, r % n))] for r in rows]
+    imgs, targets, _, _ = DetectionDataset.collate_fn(items)
+    return imgs.float() / 255, targets
+
+
+def test_kept_layers_are_those_the_neck_reads():
+    model = frozen_model()
+    assert fc.kept_layers(model, 10) == [4, 6, 9]
+    assert fc.kept_layers(model, 5) == [4]  # layer 4 is read by the neck's Concat (and by layer 5 as -1)
+    assert fc.kept_layers(model, 24) == [17, 20, 23]  # --freeze all: what Detect reads
+
+
+def test_a_cached_view_equals_the_frozen_prefix_on_that_view(built):
+    model, ds, cache = built
+    n = len(ds)
+    assert cache.where == 'RAM' and cache.kept == [4, 6, 9] and [a.shape[0] for a in cache.arrays] == [2 * n] * 3
+    for k in range(2):
+        rows = list(range(k * n, (k + 1) * n))  # one build batch: the same batch composition
+        imgs, targets = view_images(ds, rows, n)
+        with torch.no_grad():
+            y = []
+            last = run_layers(model.eval().model, model.save, imgs, y, 0, 10)
+        model.train()
+        y[9] = last
+        for j, a in zip(cache.kept, cache.arrays):
+            assert np.array_equal(a[rows], y[j].half().numpy()), (k, j)
+        for b, r in enumerate(rows):
+            assert np.array_equal(cache.labels[r], targets[targets[:, 0] == b, 1:].numpy())
+    assert not np.array_equal(cache.arrays[0][:n], cache.arrays[0][n:])  # the two views differ
+
+
+def test_training_from_the_cache_is_training_from_its_views(built):
+    model, ds, cache = built
+    hyp = ds.hyp
+    loss = ComputeLoss(model, scale_loss_gains(hyp, 3, 4, 64))
+    loader = fc.FeatureLoader(cache, 8, 3, {}, 64)
+    batch, targets, _, _ = next(iter(loader))
+    rows = list(loader.sampler)[:8]
+    imgs, image_targets = view_images(ds, rows, len(ds))
+    assert torch.equal(targets, image_targets)
+    model.train()
+    with_cache = loss(forward(model, batch.to('cpu')), targets)[0]
+    with_images = loss(forward(model, imgs), image_targets)[0]
+    assert torch.allclose(with_cache, with_images, rtol=2e-3), (with_cache, with_images)
+
+
+def test_each_image_cycles_through_its_views():
+    sampler = fc.ViewSampler(5, 3, seed=1)
+    seen = {i: set() for i in range(5)}
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        rows = list(sampler)
+        assert sorted(r % 5 for r in rows) == list(range(5))  # every image once per epoch
+        for r in rows:
+            seen[r % 5].add(r // 5)
+    assert all(v == {0, 1, 2} for v in seen.values())
+
+
+def build_logged(model, ds, views=2):
+    lines = []
+    fc.build_feature_cache(run_config(), model, ds, views, log=lines.append)
+    return lines[-1]
+
+
+def test_a_disk_cache_is_reused_and_rebuilt_when_its_key_changes(tiny_data, monkeypatch):
+    monkeypatch.setattr(fc, 'RAM_SHARE', 0.0)  # never fits in RAM: on disk
+    model, ds = frozen_model(), dataset(tiny_data)
+    first = build_logged(model, ds)
+    assert 'built' in first and 'disk' in first
+    assert 'reused' in build_logged(model, ds)
+    with torch.no_grad():
+        model.model[0].conv.weight[0, 0, 0, 0] += 1e-3
+    assert 'rebuilt: key changed: weights' in build_logged(model, ds)
+    assert 'reused' in build_logged(model, ds)
+    assert 'key changed: views' in build_logged(model, ds, views=3)
+    cache = fc.build_feature_cache(run_config(), model, ds, 3, log=lambda s: None)
+    assert cache.where == 'disk' and isinstance(cache.arrays[0], np.memmap)
+    n = len(ds)
+    imgs, _ = view_images(ds, list(range(n, n + 8)), n)  # view 1, the first build batch
+    assert np.array_equal(cache.arrays[0][n:n + 8], fc.prefix_outputs(model, imgs, 10, [4, 6, 9])[0].half().numpy())
+
+
+def test_the_key_follows_weights_imgsz_freeze_and_data(tiny_data, tmp_path):
+    model, ds = frozen_model(), dataset(tiny_data)
+    key = fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)
+    assert fc.cache_key(frozen_model(), 10, dataset(tiny_data), 64, 2, 0, ds.hyp) == key  # same inputs: same key
+    other = frozen_model(seed=1)
+    assert fc.changed_parts(key, fc.cache_key(other, 10, ds, 64, 2, 0, ds.hyp)) == ['weights']
+    big = dataset(tiny_data, imgsz=96)
+    assert fc.changed_parts(key, fc.cache_key(model, 10, big, 96, 2, 0, ds.hyp)) == ['imgsz']
+    assert 'freeze' in fc.changed_parts(key, fc.cache_key(frozen_model('5'), 5, ds, 64, 2, 0, ds.hyp))
+    assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'mosaic': 0.5})) == ['hyp']
+    f = ds.im_files[0]
+    st = os.stat(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # the image changed
+    try:
+        assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)) == ['data']
+    finally:
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ds.labels[0] = ds.labels[0][:0]  # a label changed
+    assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)) == ['data']
+
+
+def test_a_cache_that_cannot_fit_is_refused_in_one_line(tiny_data, monkeypatch):
+    monkeypatch.setattr(fc, 'available_memory', lambda: 10_000)
+    monkeypatch.setattr(fc.shutil, 'disk_usage', lambda p: SimpleNamespace(free=20_000))
+    with pytest.raises(InputError) as e:
+        fc.build_feature_cache(run_config(), frozen_model(), dataset(tiny_data), 4, log=lambda s: None)
+    msg = str(e.value)
+    # 16 images x 4 views x (64x8x8 + 128x4x4 + 256x2x2 = 7168 values) x 2 bytes = 0.92 MB
+    assert '\n' not in msg and '16 images x 4 views need 0.9 MB (fp16)' in msg and '--cache-views' in msg
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--freeze', '0'], '--freeze 0'), (['--freeze', '10', '--multi-scale'], '--multi-scale'),
+    (['--freeze', '10', '--rect'], '--rect'), (['--freeze', '10', '--unfreeze-epoch', '1'], '--unfreeze-epoch'),
+    (['--freeze', '10', '--cache-views', '0'], '--cache-views 0')])
+def test_unsupported_combinations_are_refused(flags, named):
+    opt = train.fill_defaults(train.parse_opt(['--data', 'x.yaml', '--cache', 'features', *flags]))
+    with pytest.raises(InputError, match=named):
+        train.check_options(opt, 1)
+
+
+def test_ddp_is_refused():
+    opt = train.fill_defaults(train.parse_opt(['--data', 'x.yaml', '--cache', 'features', '--freeze', '10',
+                                               '--batch-size', '4']))
+    with pytest.raises(InputError, match='DDP'):
+        train.check_options(opt, 2)
+
+
+def test_feature_space_flip_and_shift():
+    m = torch.arange(2 * 4 * 4, dtype=torch.float16).view(2, 4, 4)
+    fill = torch.tensor([-1.0, -2.0])
+    out = fc.shift_map(m, 1, -2, fill)
+    assert torch.equal(out[:, :2, 1:], m[:, 2:, :3]) and (out[0, :, 0] == -1).all() and (out[1, 2:] == -2).all()
+    lb = np.array([[1, 0.5, 0.5, 0.2, 0.2], [2, 0.95, 0.5, 0.1, 0.1]], np.float32)
+    shifted = fc.shift_labels(lb, 0.25, 0.0)  # the second box leaves the image
+    assert shifted.shape == (1, 5) and np.allclose(shifted[0], [1, 0.75, 0.5, 0.2, 0.2])
+    cache = SimpleNamespace(strides=[8, 16, 32], fill=[np.zeros(c, np.float16) for c in (1, 1, 1)])
+    outs = [torch.rand(1, 1, s, s).half() for s in (8, 4, 2)]
+    flipped = [o.clone() for o in outs]
+    labels = [lb.copy()]
+    fc.augment_one(flipped, labels, 0, np.random.default_rng(0), 1.0, 0.0, cache, 64)
+    assert all(torch.equal(f, o.flip(-1)) for f, o in zip(flipped, outs))
+    assert np.allclose(labels[0][:, 1], 1 - lb[:, 1])
+
+
+class LayerZeroCalls(Callback):
+    """Counts the training model's layer-0 forward calls during the epochs (the EMA and the cache build are
+    before the run starts: not counted)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_run_start(self, run, state):
+        state.bare_model.model[0].register_forward_hook(lambda *a: setattr(self, 'calls', self.calls + 1))
+
+
+def test_one_epoch_from_the_cache_runs_no_frozen_layer(tiny_data, tmp_path):
+    counter = LayerZeroCalls()
+    train.run(data=str(tiny_data), cfg='v6/yolov5n.yaml', epochs=1, imgsz=64, batch_size=8, workers=0,
+              freeze=['10'], cache='features', cache_views=2, noplots=True, noautoanchor=True,
+              project=str(tmp_path), name='exp', callbacks=[counter])
+    run_dir = tmp_path / 'exp'
+    assert (run_dir / 'results.csv').is_file() and (run_dir / 'weights' / 'best.pt').is_file()
+    assert counter.calls == 0

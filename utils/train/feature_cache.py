@@ -1,0 +1,393 @@
+"""``--cache features``: the frozen layers run once per augmented view of each training image, not every epoch.
+
+    cache = build_feature_cache(run, model, dataset)      # K views x N images through layers 0..cut-1, fp16
+    loader = FeatureLoader(cache, batch_size, seed, hyp)  # the training loader: batches of cached outputs
+
+Before the first epoch, each view k (0..K-1, ``--cache-views``) of each training image is drawn by the normal
+training pipeline (mosaic, HSV, flips, affine, as the hyp says), seeded by (seed, k, image) alone, so a rebuild
+draws the same views. It goes through the frozen prefix, layers 0..cut-1 (``models.prefix_memo.frozen_prefix_len``;
+Detect never); only the outputs that layers >= cut read are kept (for YOLOv5 at --freeze 10: layers 4, 6 and 9), in
+fp16, with the view's labels.
+
+Where: in RAM when they fit in ``RAM_SHARE`` of the memory available, else in .npy files (memory-mapped) under
+``$YOLOV5_FREEZE_CACHE/features`` (default ``~/.cache/yolov5-freeze/features``), one folder per training list and
+image size. A folder whose key (the frozen layers' tensors, image size, cut, K, seed, the hyp's augmentation, the
+training images and labels) matches is reused, also by a run that would fit in RAM; one whose key differs is
+rebuilt. When neither fits, one line says how large the cache would be.
+
+Training: epoch e gives image i its view ``(offset_i + e) % K`` (``offset_i`` drawn from the seed), so each image
+cycles through its K views, in an order shuffled per (seed, epoch). The model runs from layer ``cut`` on the cached
+outputs (``CachedBatch.forward``); the frozen layers do not run. Optional, in feature space (hyp keys, default 0):
+``feature_fliplr`` (probability of a horizontal flip of every cached map, labels flipped) and ``feature_shift``
+(largest shift, as a fraction of the image, in whole cells of the coarsest level; the uncovered border takes the
+values a plain grey letterbox image gives there).
+"""
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.prefix_memo import frozen_prefix_len
+from utils.data.datasets import DetectionDataset, seed_worker
+from utils.data.image_cache import available_memory
+from utils.errors import InputError
+
+RAM_SHARE = 0.5  # the cache stays in RAM when it needs at most this share of the memory available
+DISK_SHARE = 0.9  # ... else on disk when it needs at most this share of the free disk space
+VIEW_STREAM = 7919  # tags the (seed, stream, view, image) keys of the views' draws, apart from training's
+AUGMENT_KEYS = ('hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud',
+                'fliplr', 'mosaic', 'mixup', 'copy_paste')
+GREY = 114  # the letterbox's fill value
+
+
+def check_options(opt, world_size):
+    """One-line refusals of what --cache features does not support (train.py's check_options)."""
+    refusals = (
+        ([str(f) for f in opt.freeze] == ['0'], '--freeze 0: nothing is frozen, so there is nothing to cache'),
+        (opt.multi_scale, '--multi-scale: the cached views have one image size'),
+        (opt.rect, '--rect: the cached views are square mosaics/letterboxes'),
+        (world_size > 1, 'DDP: each process would build its own cache'),
+        (opt.unfreeze_epoch >= 0, '--unfreeze-epoch: the cached layers would change mid-run'),
+        (opt.image_weights, '--image-weights: cached views are drawn uniformly'),
+        (opt.close_mosaic > 0, '--close-mosaic: the cached views keep their mosaics'),
+        (getattr(opt, 'keep_classes', False), '--keep-classes: not supported with a feature cache'),
+        (opt.cache_views < 1, f'--cache-views {opt.cache_views}: must be at least 1'),
+    )
+    for refused, why in refusals:
+        if refused:
+            raise InputError(f'--cache features with {why}')
+
+
+# ---------------------------------------------------------------- what the frozen prefix hands on
+def kept_layers(model, cut):
+    """Indices < ``cut`` whose outputs layers >= ``cut`` read: the last prefix layer and earlier saved ones."""
+    kept = {cut - 1}
+    for m in model.model[cut:]:
+        for j in ([m.f] if isinstance(m.f, int) else m.f):
+            if j != -1 and j < cut:
+                kept.add(j)
+    return sorted(kept)
+
+
+def prefix_outputs(model, imgs, cut, kept):
+    """[outputs of layers ``kept``] for float images ``imgs`` (0-1), the frozen prefix run in eval mode, no grad."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            y = []
+            y[cut - 1:] = [model.run_layers(0, imgs, y, stop=cut)]  # the last one is saved only when read later
+    finally:
+        model.train(was_training)
+    return [y[j] for j in kept]
+
+
+def probe_prefix(model, imgsz, cut, kept, device):
+    """([(C, H, W)] of the kept outputs of one view, [(C,) fp16 values a plain grey image gives at their centre]:
+    the shapes to allocate, and the border of a shifted map)."""
+    grey = torch.full((1, 3, imgsz, imgsz), GREY / 255, device=device)
+    outs = prefix_outputs(model, grey, cut, kept)
+    return ([tuple(o.shape[1:]) for o in outs],
+            [o[0, :, o.shape[2] // 2, o.shape[3] // 2].half().cpu().numpy() for o in outs])
+
+
+# ---------------------------------------------------------------- the key
+def tensor_digest(model, cut):
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in (*model.model[:cut].named_parameters(), *model.model[:cut].named_buffers()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_digest(dataset):
+    h = hashlib.blake2b(digest_size=16)
+    for f, labels in zip(dataset.im_files, dataset.labels):
+        st = os.stat(f)
+        h.update(f'{f}\0{st.st_size}\0{st.st_mtime_ns}\0'.encode())
+        h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model, cut, dataset, imgsz, views, seed, hyp):
+    """{part: digest} of everything the cached views depend on; two caches match when every part does."""
+    aug = {k: hyp.get(k) for k in AUGMENT_KEYS}
+    return {'weights': tensor_digest(model, cut), 'imgsz': str(imgsz), 'freeze': str(cut), 'views': str(views),
+            'seed': str(seed), 'hyp': json.dumps(aug, sort_keys=True), 'data': data_digest(dataset)}
+
+
+def cache_root():
+    """Where disk caches go: ``$YOLOV5_FREEZE_CACHE/features``, else ``~/.cache/yolov5-freeze/features``."""
+    env = os.environ.get('YOLOV5_FREEZE_CACHE')
+    return Path(env) / 'features' if env else Path.home() / '.cache' / 'yolov5-freeze' / 'features'
+
+
+def cache_dir(dataset, imgsz):
+    """The disk cache folder of one training list at one image size."""
+    digest = hashlib.sha1('\n'.join(map(str, dataset.im_files)).encode()).hexdigest()[:16]
+    return cache_root() / f'{digest}-{imgsz}'
+
+
+# ---------------------------------------------------------------- storage
+@dataclass
+class FeatureCache:
+    """K views x N images of the kept layers' outputs: ``arrays[j]`` is (K * N, C, H, W) fp16, row ``k * N + i``;
+    ``labels[row]`` (n, 5) [cls, cx, cy, w, h] normalised; ``fill[j]`` (C,) fp16 (``probe_prefix``)."""
+    kept: list
+    cut: int
+    arrays: list
+    labels: list
+    fill: list
+    strides: list
+    n_images: int
+    views: int
+    where: str = 'RAM'
+    build_s: float = 0.0
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays)
+
+
+def size_text(nbytes):
+    return f'{nbytes / 1e9:.1f} GB' if nbytes >= 1e8 else f'{nbytes / 1e6:.1f} MB'
+
+
+def choose_storage(nbytes, folder, n_images, views, ram=None, disk=None):
+    """'RAM' or 'disk' for a cache of ``nbytes``; InputError (one line, with the sizes) when neither fits.
+    ``ram``/``disk``: bytes free (default: measured now)."""
+    ram = available_memory() if ram is None else ram
+    if ram is not None and nbytes <= ram * RAM_SHARE:
+        return 'RAM'
+    if disk is None:
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), Path('.'))
+        disk = shutil.disk_usage(probe).free
+    if nbytes <= disk * DISK_SHARE:
+        return 'disk'
+    ram_text = 'unknown' if ram is None else size_text(ram)
+    raise InputError(f'--cache features: {n_images} images x {views} views need {size_text(nbytes)} (fp16); '
+                     f'{ram_text} of RAM and {size_text(disk)} of disk at {folder} are free; lower --cache-views '
+                     f'or --img-size')
+
+
+def allocate(shapes, rows, folder, where):
+    """Empty (rows, C, H, W) fp16 arrays: in memory, or new .npy files memory-mapped in ``folder``."""
+    if where == 'RAM':
+        return [np.empty((rows, *s), np.float16) for s in shapes]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'key.json').unlink(missing_ok=True)  # written last: a half-built folder is never reused
+    return [np.lib.format.open_memmap(folder / f'layer{j}.npy', 'w+', np.float16, (rows, *s))
+            for j, s in enumerate(shapes)]
+
+
+def save_labels(folder, labels):
+    rows = np.concatenate([np.full(len(lb), r) for r, lb in enumerate(labels)]) if labels else np.zeros(0)
+    np.save(folder / 'labels.npy', np.concatenate([rows[:, None], np.concatenate(labels)], 1).astype(np.float32))
+
+
+def load_labels(folder, n_rows):
+    table = np.load(folder / 'labels.npy')
+    bounds = np.searchsorted(table[:, 0], np.arange(n_rows + 1))
+    return [table[a:b, 1:] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def saved_key(folder):
+    try:
+        return json.loads((folder / 'key.json').read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def changed_parts(old, new):
+    return [k for k in new if old.get(k) != new[k]]
+
+
+def open_saved(folder, n_kept):
+    """The memory-mapped arrays of a complete disk cache in ``folder``."""
+    return [np.load(folder / f'layer{j}.npy', mmap_mode='r') for j in range(n_kept)]
+
+
+# ---------------------------------------------------------------- building
+def view_batches(dataset, views, seed, batch_size, workers):
+    """Batches (images uint8, targets, paths, metas) of every view: view k, image i drawn with key
+    (seed, VIEW_STREAM, k, i). Rows in order: view 0's images, then view 1's, ..."""
+    n = len(dataset)
+    keys = [(i, (seed, VIEW_STREAM, k, i)) for k in range(views) for i in range(n)]
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=keys, num_workers=workers,
+                                       collate_fn=DetectionDataset.collate_fn, worker_init_fn=seed_worker)
+
+
+def fill_cache(model, cache, batches, device, show=True):
+    """Run every view batch through the frozen prefix into ``cache.arrays``/``cache.labels``."""
+    row = 0
+    bar = tqdm(batches, desc='--cache features', disable=not show, bar_format='{l_bar}{bar:10}{r_bar}')
+    for imgs, targets, _, _ in bar:
+        outs = prefix_outputs(model, imgs.to(device).float() / 255, cache.cut, cache.kept)
+        for array, out in zip(cache.arrays, outs):
+            array[row:row + len(imgs)] = out.half().cpu().numpy()
+        for b in range(len(imgs)):
+            cache.labels.append(targets[targets[:, 0] == b, 1:].numpy().copy())
+        row += len(imgs)
+
+
+def build_feature_cache(run, model, dataset, views, log=print):
+    """The FeatureCache of ``dataset``'s training views for ``model``'s frozen prefix: reused from disk when its
+    key matches, else built (in RAM or on disk, see the module docstring)."""
+    cut = frozen_prefix_len(model)
+    if cut == 0:
+        raise InputError('--cache features: the model has no frozen prefix (its first layer trains, or '
+                         '--freeze-bn-stats false lets frozen BatchNorm statistics change); use --freeze N')
+    t0, imgsz, n = time.perf_counter(), dataset.img_size, len(dataset)
+    kept = kept_layers(model, cut)
+    shapes, fill = probe_prefix(model, imgsz, cut, kept, run.device)
+    cache = FeatureCache(kept, cut, None, [], fill, [imgsz // s[1] for s in shapes], n, views)
+    key, folder = cache_key(model, cut, dataset, imgsz, views, run.seed, dataset.hyp), cache_dir(dataset, imgsz)
+    old = saved_key(folder)
+    if old == key:
+        cache.arrays, cache.labels, cache.where = open_saved(folder, len(kept)), load_labels(folder, n * views), 'disk'
+        cache.build_s = time.perf_counter() - t0
+        log(f'--cache features: reused {folder} ({views} views, {size_text(cache.nbytes)})')
+        return cache
+    cache.where = choose_storage(n * views * sum(2 * int(np.prod(s)) for s in shapes), folder, n, views)
+    cache.arrays = allocate(shapes, n * views, folder, cache.where)
+    fill_cache(model, cache, view_batches(dataset, views, run.seed, run.batch_size, run.workers), run.device,
+               run.main)
+    if cache.where == 'disk':
+        save_disk(cache, folder, key)
+    cache.build_s = time.perf_counter() - t0
+    place = f'disk at {folder}' if cache.where == 'disk' else 'RAM'
+    why = f' (rebuilt: key changed: {", ".join(changed_parts(old, key))})' if old and cache.where == 'disk' else ''
+    log(f'--cache features: built {views} views x {n} images of layers {kept} through layer {cut - 1}: '
+        f'{size_text(cache.nbytes)} in {place}, {cache.build_s:.1f} s{why}')
+    return cache
+
+
+def save_disk(cache, folder, key):
+    """Finish a disk cache: arrays flushed, labels saved, and the key written last (what marks it complete)."""
+    for a in cache.arrays:
+        a.flush()
+    save_labels(folder, cache.labels)
+    (folder / 'key.json').write_text(json.dumps(key))
+
+
+# ---------------------------------------------------------------- training from the cache
+class CachedBatch:
+    """One training batch of cached prefix outputs: the model input of ``train_one_epoch``."""
+
+    def __init__(self, outputs, cache, image_shape):
+        self.outputs, self.cache, self.shape = outputs, cache, image_shape
+
+    def to(self, device, dtype=torch.float32):
+        return CachedBatch([o.to(device, non_blocking=True).to(dtype) for o in self.outputs], self.cache, self.shape)
+
+    def forward(self, model):
+        """``model``'s output from layer ``cut`` on, with the prefix's outputs taken from the cache."""
+        y = [None] * self.cache.cut
+        for j, o in zip(self.cache.kept, self.outputs):
+            y[j] = o
+        return model.run_layers(self.cache.cut, y[-1], y)
+
+
+class ViewSampler:
+    """Which view of which image, in which order, per epoch: a function of (seed, epoch) only. The trainer calls
+    ``reseed`` and ``set_epoch`` before each epoch, as on the image loader's sampler."""
+
+    def __init__(self, n_images, views, seed):
+        self.n, self.views, self.seed, self.epoch = n_images, views, seed, 0
+        self.offsets = np.random.default_rng((seed, VIEW_STREAM)).integers(0, views, n_images)
+
+    def reseed(self, seed):
+        pass  # the order depends on (the run's seed, epoch) only
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = np.random.default_rng((self.seed, VIEW_STREAM, self.epoch)).permutation(self.n)
+        return iter(((self.offsets[order] + self.epoch) % self.views) * self.n + order)
+
+    def __len__(self):
+        return self.n
+
+
+class FeatureLoader:
+    """The training loader of a FeatureCache: yields (CachedBatch, targets (n, 6), paths, metas) like the image
+    loader yields (images, targets, paths, metas); paths and metas are empty."""
+
+    def __init__(self, cache, batch_size, seed, hyp, imgsz):
+        self.cache, self.batch_size, self.imgsz = cache, batch_size, imgsz
+        self.sampler = ViewSampler(cache.n_images, cache.views, seed)
+        self.generator = torch.Generator()  # reseed_loader seeds it; unused
+        self.flip_p, self.shift = float(hyp.get('feature_fliplr', 0.0)), float(hyp.get('feature_shift', 0.0))
+
+    def __len__(self):
+        return -(-self.cache.n_images // self.batch_size)
+
+    def __iter__(self):
+        rows = list(self.sampler)
+        rng = np.random.default_rng((self.sampler.seed, VIEW_STREAM, self.sampler.epoch, 1))
+        for b in range(0, len(rows), self.batch_size):
+            yield self.batch(rows[b:b + self.batch_size], rng)
+
+    def batch(self, rows, rng):
+        idx = np.asarray(rows)
+        outputs = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in self.cache.arrays]
+        labels = [self.cache.labels[r].copy() for r in rows]
+        for b in range(len(rows)):
+            augment_one(outputs, labels, b, rng, self.flip_p, self.shift, self.cache, self.imgsz)
+        targets = torch.cat([torch.from_numpy(np.concatenate((np.full((len(lb), 1), b, np.float32), lb), 1))
+                             for b, lb in enumerate(labels)]) if labels else torch.zeros((0, 6))
+        return CachedBatch(outputs, self.cache, (len(rows), 3, self.imgsz, self.imgsz)), targets, (), ()
+
+
+# ---------------------------------------------------------------- augmentation in feature space
+def augment_one(outputs, labels, b, rng, flip_p, shift, cache, imgsz):
+    """Flip and/or shift image ``b`` of a batch in place: every kept map and its labels."""
+    if flip_p and rng.random() < flip_p:
+        for o in outputs:
+            o[b] = o[b].flip(-1)
+        labels[b][:, 1] = 1 - labels[b][:, 1]
+    if shift:
+        coarse = max(cache.strides)
+        most = int(shift * imgsz // coarse)
+        dx, dy = (int(v) for v in rng.integers(-most, most + 1, 2)) if most else (0, 0)
+        if dx or dy:
+            for o, s, f in zip(outputs, cache.strides, cache.fill):
+                o[b] = shift_map(o[b], dx * coarse // s, dy * coarse // s, torch.from_numpy(f))
+            labels[b] = shift_labels(labels[b], dx * coarse / imgsz, dy * coarse / imgsz)
+
+
+def shift_map(m, dx, dy, fill):
+    """(C, H, W) ``m`` moved by (dx, dy) cells; the uncovered cells take ``fill`` (C,)."""
+    out = fill.to(m.dtype).view(-1, 1, 1).expand_as(m).clone()
+    h, w = m.shape[1:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[:, yd, xd] = m[:, ys, xs]
+    return out
+
+
+def shift_labels(lb, dx, dy, min_visible=0.25):
+    """Labels (n, 5) [cls, cx, cy, w, h] moved by (dx, dy) of the image, clipped to it; boxes with less than
+    ``min_visible`` of their area left inside are dropped."""
+    x1, x2 = lb[:, 1] - lb[:, 3] / 2 + dx, lb[:, 1] + lb[:, 3] / 2 + dx
+    y1, y2 = lb[:, 2] - lb[:, 4] / 2 + dy, lb[:, 2] + lb[:, 4] / 2 + dy
+    cx1, cx2, cy1, cy2 = (np.clip(v, 0, 1) for v in (x1, x2, y1, y2))
+    area = (x2 - x1) * (y2 - y1)
+    keep = (cx2 - cx1) * (cy2 - cy1) >= min_visible * np.maximum(area, 1e-12)
+    out = np.stack((lb[:, 0], (cx1 + cx2) / 2, (cy1 + cy2) / 2, cx2 - cx1, cy2 - cy1), 1)[keep]
+    return out.astype(np.float32)
+
+
+def feature_loader(run, model, dataset, views, hyp, log=print):
+    """Build (or reuse) the cache and return its training loader (utils/train/setup.py, --cache features)."""
+    cache = build_feature_cache(run, model, dataset, views, log)
+    dataset.ims = None  # training reads no image any more: the images kept in RAM (--cache auto) are let go
+    return FeatureLoader(cache, min(run.batch_size, len(dataset)), run.seed, hyp, dataset.img_size)
