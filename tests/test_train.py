@@ -168,7 +168,7 @@ def test_resume_errors(trained_run, tmp_path):
         train.run(resume=True, project=str(tmp_path / 'empty'))
 
 
-@pytest.mark.parametrize('args,msg', [
+BAD_INPUT = [
     (['--freeze', 'heads'], "--freeze heads: expected a layer count"),
     (['--data', 'nope.yaml'], 'nope.yaml'),
     (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyp file not found'),
@@ -177,15 +177,34 @@ def test_resume_errors(trained_run, tmp_path):
     (['--cache', 'tape'], '--cache tape'),
     (['--unfreeze-epoch', '3'], '--unfreeze-epoch 3: the run has only epochs 0-0'),
     (['--unfreeze-epoch', '0'], 'nothing is frozen'),
-])
-def test_cli_bad_input_is_one_line(tiny_data, tmp_path, args, msg):
-    base = ['--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0',
-            '--noplots',
-            '--project', str(tmp_path / 'runs')]
-    out = subprocess.run([sys.executable, 'train.py', *base, *args], cwd=ROOT, capture_output=True, text=True)
+]
+
+
+def bad_input_argv(data, tmp_path, args):
+    return ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0',
+            '--noplots', '--project', str(tmp_path / 'runs'), *args]
+
+
+def test_cli_bad_input_is_one_line(tiny_data, tmp_path):
+    """The real train.py process: exit code, the error as stderr's last line, no traceback (one case; the others
+    go through the same ``train.cli`` in this process, below)."""
+    args, msg = BAD_INPUT[0]
+    out = subprocess.run([sys.executable, 'train.py', *bad_input_argv(tiny_data, tmp_path, args)], cwd=ROOT,
+                         capture_output=True, text=True)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert msg in last and 'Traceback' not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize('args,msg', BAD_INPUT)
+def test_cli_bad_input_is_one_line_in_process(tiny_data, tmp_path, capsys, args, msg):
+    """``train.cli`` ends each with SystemExit: its text (or, from argparse, stderr) is the one line the process
+    prints; any other exception (a traceback) fails the test."""
+    with pytest.raises(SystemExit) as e:
+        train.cli(bad_input_argv(tiny_data, tmp_path, args))
+    code = e.value.code
+    line = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert code != 0 and msg in line and '\n' not in line.strip(), line
 
 
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')
