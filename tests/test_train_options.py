@@ -57,12 +57,6 @@ def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_data, tmp
 
 
 @pytest.mark.slow
-def test_save_period_saves_epoch_files_at_upstreams_epochs(tiny_data, tmp_path):
-    run_dir = run_train(tmp_path, tiny_data, 'sp', epochs=3, save_period=2, noval=True)
-    assert sorted(p.name for p in (run_dir / 'weights').glob('epoch*.pt')) == ['epoch0.pt', 'epoch2.pt']
-
-
-@pytest.mark.slow
 def test_tensorboard_scalars_and_images_from_a_run(tiny_data, trained_run, tmp_path, capsys):
     accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
     src = trained_run / 'weights' / 'last.pt'
