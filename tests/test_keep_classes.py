@@ -248,6 +248,7 @@ def stop_after_first_epoch(epoch, fitness):
         raise StopAfterFirstEpoch
 
 
+@pytest.mark.slow
 def test_train_resume_and_val_of_a_kept_model(source, tiny_data, tmp_path, capsys):
     opt = train.parse_opt(['--data', str(tiny_data), '--weights', str(source), '--freeze', '10', '--keep-classes',
                            '--epochs', '2', '--imgsz', '64', '--batch-size', '4', '--workers', '0', '--noplots',
@@ -274,6 +275,7 @@ def test_train_resume_and_val_of_a_kept_model(source, tiny_data, tmp_path, capsy
     assert result.maps.shape == (4,) and 'kept model: checkpoint classes (0)' in out and 'new classes (4)' in out
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(source, tiny_data, tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -292,6 +294,7 @@ def test_ddp_two_cpu_processes(source, tiny_data, tmp_path):
         assert torch.equal(got[:, :n_preds(64, 96), :9], load_model(source)(x)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (importlib.util.find_spec('onnx') and importlib.util.find_spec('onnxruntime')),
                     reason='onnx/onnxruntime not installed')
 def test_exports_detect_what_the_pt_detects(kept_path, tmp_path):
@@ -323,6 +326,7 @@ def test_build_model_dispatches_on_the_keep_section(kept_path):
         build_model(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file() or not (SHARED / 'images/bus.jpg').is_file(),
                     reason='needs ../shared/weights/yolov5n.pt and ../shared/images/bus.jpg')
 def test_detect_and_hub_on_a_kept_yolov5n_find_the_checkpoints_boxes(tmp_path):

@@ -157,6 +157,7 @@ def test_hub_p6_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     assert not (tmp_path / 'yolov5m6.pt').exists()
 
 
+@pytest.mark.slow
 def test_train_and_detect_p6_end_to_end(tiny_shapes, tmp_path):
     runs = tmp_path / 'runs'
     result = train.run(cfg='v6/yolov5n6.yaml', weights='', data=str(tiny_shapes), imgsz=128, batch_size=8,
