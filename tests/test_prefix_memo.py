@@ -82,11 +82,11 @@ def test_budget_training_mode_and_autograd(frozen):
 
 
 @pytest.mark.slow
-def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_data, trained_run, tmp_path,
+def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_shapes, trained_run, tmp_path,
                                                                         monkeypatch):
     """A --freeze 10 fine-tune (from the session's 1-epoch checkpoint): the EMA's memo serves every validation
     after the first, and results.csv is the same as without it, to the last digit."""
-    common = dict(data=str(tiny_data), cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True,
+    common = dict(data=str(tiny_shapes), cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True,
                   project=str(tmp_path), noautoanchor=True)
     fine = dict(common, epochs=1, weights=str(trained_run / 'weights' / 'last.pt'), freeze=['10'])
     memos = []

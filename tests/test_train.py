@@ -53,12 +53,12 @@ def test_results_csv_has_one_header_when_unfreezing_changes_the_optimizer_groups
     assert (w.parent / 'results.png').is_file() and (w / 'best.pt').is_file()
 
 
-def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, trained_run, tmp_path):
+def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_shapes, trained_run, tmp_path):
     src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
     hyp = {**load_hyp('hyp.transfer.yaml'), 'ema_decay': 0.0, 'ema_tau': 0}  # the saved EMA is the model: every
     # trainable step shows (the recipe's EMA of decay 0.98 can average a small one below float32 resolution)
-    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], freeze_bn_stats='true',
+    w = run_train(tmp_path, tiny_shapes, 'ft', epochs=2, weights=str(src), freeze=['10'], freeze_bn_stats='true',
                   noautoanchor=True, hyp=hyp)
     end = load_checkpoint(w / 'last.pt')['ema']
     assert set(start) == set(end)
@@ -76,17 +76,17 @@ def test_pretrained_start_keeps_every_batchnorm_statistic_by_default(tiny_data, 
     """The VOC recipe: from --weights, trainable layers train their weights but keep the loaded BN statistics."""
     src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
-    w = run_train(tmp_path, tiny_data, 'ft', epochs=1, weights=str(src), freeze=['10'], noautoanchor=True)
+    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], noautoanchor=True)
     end = load_checkpoint(w / 'last.pt')['ema']
     stats = [k for k in start if k.endswith(('running_mean', 'running_var'))]
     assert stats and all(torch.equal(start[k], end[k]) for k in stats)
     assert not torch.equal(start['model.13.cv1.conv.weight'], end['model.13.cv1.conv.weight'])
 
 
-def test_upstream_bn_behaviour_is_opt_in(tiny_data, trained_run, tmp_path):
+def test_upstream_bn_behaviour_is_opt_in(tiny_shapes, trained_run, tmp_path):
     src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
-    w = run_train(tmp_path, tiny_data, 'up', epochs=1, weights=str(src), freeze=['10'], freeze_bn_stats='false',
+    w = run_train(tmp_path, tiny_shapes, 'up', epochs=1, weights=str(src), freeze=['10'], freeze_bn_stats='false',
                   noautoanchor=True)
     end = load_checkpoint(w / 'last.pt')['ema']
     assert torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
@@ -119,8 +119,9 @@ train.main(train.parse_opt(sys.argv[2:]), on_epoch_end=kill)
 def kill_after_epoch(tmp_path, data, name, epoch, extra=(), epochs=3):
     """Run train.py's main in a subprocess that SIGKILLs itself right after last.pt holds ``epoch``; returns
     last.pt. Killed from the epoch-end callback, not by polling the file: a poll can lose the race to a fast epoch."""
-    args = ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', str(epochs), '--imgsz', '64', '--batch-size', '8',
-            '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', name, *extra]
+    args = ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', str(epochs), '--imgsz', '64',
+            '--batch-size', '8', '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', name,
+            *extra]
     proc = subprocess.run([sys.executable, '-c', KILL_AT_EPOCH_END, str(epoch), *args], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -137,17 +138,17 @@ def assert_same_ema(a, b, last_epoch=2):
         assert torch.equal(a['ema'][k], b['ema'][k]), k
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
-    full = run_train(tmp_path, tiny_data, 'full', epochs=2)  # killed after epoch 0, resumed for epoch 1
-    last = kill_after_epoch(tmp_path, tiny_data, 'killed', 0, epochs=2)
+def test_resume_after_sigkill_matches_uninterrupted(tiny_shapes, tmp_path):
+    full = run_train(tmp_path, tiny_shapes, 'full', epochs=2)  # killed after epoch 0, resumed for epoch 1
+    last = kill_after_epoch(tmp_path, tiny_shapes, 'killed', 0, epochs=2)
     train.run(resume=str(last), workers=0)
     assert_same_ema(full / 'last.pt', last, last_epoch=1)
 
 
-def test_resume_after_unfreeze_epoch(tiny_data, tmp_path):
+def test_resume_after_unfreeze_epoch(tiny_shapes, tmp_path):
     extra = {'freeze': ['backbone'], 'unfreeze_epoch': 1}
-    full = run_train(tmp_path, tiny_data, 'full', epochs=3, **extra)
-    last = kill_after_epoch(tmp_path, tiny_data, 'killed', 1, ['--freeze', 'backbone', '--unfreeze-epoch', '1'])
+    full = run_train(tmp_path, tiny_shapes, 'full', epochs=3, **extra)
+    last = kill_after_epoch(tmp_path, tiny_shapes, 'killed', 1, ['--freeze', 'backbone', '--unfreeze-epoch', '1'])
     train.run(resume=str(last), workers=0)
     assert_same_ema(full / 'last.pt', last)
 
