@@ -104,6 +104,7 @@ def test_fused_fast_path_is_bit_identical_too(source, kept_path):
     assert torch.equal(got[:, :expected.shape[1], :9], expected)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')
 def test_official_yolov5n_classes_bit_identical():
     w = SHARED / 'weights/yolov5n.pt'
@@ -115,6 +116,7 @@ def test_official_yolov5n_classes_bit_identical():
     assert torch.equal(got[:, :expected.shape[1], :85], expected)
 
 
+@pytest.mark.slow
 def test_new_head_starts_from_the_checkpoint_rows_of_an_overlapping_class(source):
     """Overlap rule: data 'person' -> merged 0; before training the new head scores it as the checkpoint does."""
     model = kept_from(source).eval()
@@ -138,6 +140,7 @@ def test_training_forward_sees_the_data_classes_only(source):
         assert model(image())[0].shape == (1, n_preds(64, 96), 8)
 
 
+@pytest.mark.slow
 def test_freeze_plan_and_ema_leave_the_kept_heads_alone(source):
     model = kept_from(source)
     plan = FreezePlan.from_spec('10', model).apply(model)
@@ -192,6 +195,7 @@ def test_checkpoint_without_class_names_is_a_one_line_error(tmp_path):
         kept_from(path)
 
 
+@pytest.mark.slow
 def test_round_trip_rebuilds_from_its_own_file(source, kept_path, tmp_path):
     ck = load_checkpoint(kept_path)
     keep = ck['yaml']['keep']
@@ -211,6 +215,7 @@ def test_round_trip_rebuilds_from_its_own_file(source, kept_path, tmp_path):
         assert torch.equal(load_model(again)(x)[0], model(x)[0])
 
 
+@pytest.mark.slow
 def test_second_keep_keeps_both_sets(kept_path, source):
     model = trained(kept_from(kept_path, ['bird', 'helmet'], freeze='10'), seed=2)
     assert model.names == SOURCE_NAMES + ['helmet', 'head', 'bird']
@@ -315,6 +320,7 @@ def test_exports_detect_what_the_pt_detects(kept_path, tmp_path):
         assert (checkpoint_part == 0).all(), p  # the scatter is exact in every format
 
 
+@pytest.mark.slow
 def test_build_model_dispatches_on_the_keep_section(kept_path):
     ck = load_checkpoint(kept_path)
     assert type(build_model(ck['yaml'])) is KeepModel

@@ -135,6 +135,7 @@ def test_hub_lists_the_p5_and_p6_entry_points():
     assert hubconf.yolov5x6.__name__ == 'yolov5x6' and 'yolov5x6.pt' in hubconf.yolov5x6.__doc__
 
 
+@pytest.mark.slow
 def test_hub_p6_from_a_local_file_and_untrained(tmp_path, official_n6, monkeypatch):
     (tmp_path / 'yolov5n6.pt').symlink_to(official_n6[0])  # where resolve_weights looks first: nothing downloaded
     monkeypatch.chdir(tmp_path)

@@ -106,6 +106,7 @@ def test_best_pt_is_linked_and_the_final_val_is_what_val_py_measures(tiny_run, t
                                                      returned.seen)
 
 
+@pytest.mark.slow
 def test_inference_decode_equals_the_differentiable_one_bit_for_bit():
     import torch
     from models.yolo import Model

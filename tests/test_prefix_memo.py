@@ -26,6 +26,7 @@ def outputs_equal(a, b):
     return torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
 
 
+@pytest.mark.slow
 def test_frozen_prefix_len_follows_the_plan():
     for spec, cut in (('0', 0), ('3', 3), ('10', 10), ('all', 24)):
         model = Model('v6/yolov5n.yaml', nc=3)
@@ -36,6 +37,7 @@ def test_frozen_prefix_len_follows_the_plan():
     assert frozen_prefix_len(model) == 0 and PrefixMemo.for_frozen(model, 'cpu') is None
 
 
+@pytest.mark.slow
 def test_remembered_outputs_are_bit_identical(frozen):
     model, ema = frozen
     plain, memoized = deepcopy(ema), deepcopy(ema)
@@ -63,6 +65,7 @@ def test_a_changed_frozen_tensor_or_input_is_recomputed(frozen):
     assert memo.hits == 0 and memo.misses == 3 and len(memo.entries) == 1  # emptied, then refilled
 
 
+@pytest.mark.slow
 def test_budget_training_mode_and_autograd(frozen):
     model, ema = frozen
     memoized = deepcopy(ema)
