@@ -74,7 +74,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory):
     """12 images (8 train, 4 val: one batch of 8), for most training runs: ``trained_run`` and its fine-tunes,
-    resume, --evolve, subprocesses."""
+    the SIGKILL resume, the image-weights resume, subprocesses."""
     return shapes_yaml(tmp_path_factory.mktemp('tiny_shapes'), 8, 4)
 
 

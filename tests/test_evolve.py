@@ -112,8 +112,8 @@ class PruneTrialOne(optuna.pruners.BasePruner):
 
 
 @pytest.mark.slow
-def test_tiny_study_three_trials_one_pruned(tiny_shapes, tmp_path):
-    opt = options('--data', str(tiny_shapes), *TINY, '--epochs', '2', '--evolve', '3', '--project', str(tmp_path),
+def test_tiny_study_three_trials_one_pruned(tiny_data, tmp_path):
+    opt = options('--data', str(tiny_data), *TINY, '--epochs', '2', '--evolve', '3', '--project', str(tmp_path),
                   '--evolve-space', 'search=lr0,mosaic', 'lr0=0.001:0.005', 'mosaic=0,1')
     out = run_evolve(opt, train.main, vars(train.parse_opt([])), pruner=PruneTrialOne())
     run_dir = tmp_path / 'exp'
@@ -136,12 +136,12 @@ def test_tiny_study_three_trials_one_pruned(tiny_shapes, tmp_path):
     assert out['command'].startswith('python train.py') and f"--hyp {run_dir / 'hyp_evolved.yaml'}" in out['command']
     assert '--evolve' not in out['command'] and (run_dir / 'evolve.png').stat().st_size > 0
     parsed = train.parse_opt(out['command'].split()[2:])  # the command parses back to the trial's options
-    assert parsed.data == str(tiny_shapes) and parsed.epochs == 2 and parsed.noautoanchor
+    assert parsed.data == str(tiny_data) and parsed.epochs == 2 and parsed.noautoanchor
 
 
 @pytest.mark.slow
-def test_interrupted_study_resumes(tiny_shapes, tmp_path):
-    argv = ('--data', str(tiny_shapes), *TINY, '--epochs', '1', '--evolve', '2', '--project', str(tmp_path),
+def test_interrupted_study_resumes(tiny_data, tmp_path):
+    argv = ('--data', str(tiny_data), *TINY, '--epochs', '1', '--evolve', '2', '--project', str(tmp_path),
             '--evolve-space', 'search=lr0')
     seen = {}
 
@@ -168,10 +168,10 @@ def test_interrupted_study_resumes(tiny_shapes, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_share_one_sqlite_study(tiny_shapes, tmp_path):
+def test_two_processes_share_one_sqlite_study(tiny_data, tmp_path):
     db = tmp_path / 'shared.db'
     procs = [subprocess.Popen(
-        [sys.executable, 'train.py', '--data', str(tiny_shapes), *TINY, '--epochs', '1', '--evolve', '1',
+        [sys.executable, 'train.py', '--data', str(tiny_data), *TINY, '--epochs', '1', '--evolve', '1',
          '--evolve-storage', f'sqlite:///{db}', '--name', 'shared', '--project', str(tmp_path / f'machine{i}'),
          '--evolve-space', 'search=lr0'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]

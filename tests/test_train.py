@@ -145,10 +145,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_shapes, tmp_path):
     assert_same_ema(full / 'last.pt', last, last_epoch=1)
 
 
-def test_resume_after_unfreeze_epoch(tiny_shapes, tmp_path):
+def test_resume_after_unfreeze_epoch(tiny_data, tmp_path):
     extra = {'freeze': ['backbone'], 'unfreeze_epoch': 1}
-    full = run_train(tmp_path, tiny_shapes, 'full', epochs=3, **extra)
-    last = kill_after_epoch(tmp_path, tiny_shapes, 'killed', 1, ['--freeze', 'backbone', '--unfreeze-epoch', '1'])
+    full = run_train(tmp_path, tiny_data, 'full', epochs=3, **extra)
+    last = kill_after_epoch(tmp_path, tiny_data, 'killed', 1, ['--freeze', 'backbone', '--unfreeze-epoch', '1'])
     train.run(resume=str(last), workers=0)
     assert_same_ema(full / 'last.pt', last)
 
