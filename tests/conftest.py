@@ -67,24 +67,25 @@ def shapes_yaml(root, n_train, n_val):
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
-    """24 images (16 train, 8 val), shared by the in-process training tests."""
+    """24 images (16 train, 8 val: two batches of 8), for the runs that need more than one batch."""
     return shapes_yaml(tmp_path_factory.mktemp('tiny'), 16, 8)
 
 
 @pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory):
-    """12 images (8 train, 4 val), for short training runs in subprocesses."""
+    """12 images (8 train, 4 val: one batch of 8), for most training runs: ``trained_run`` and its fine-tunes,
+    the SIGKILL resume, the image-weights resume, subprocesses."""
     return shapes_yaml(tmp_path_factory.mktemp('tiny_shapes'), 8, 4)
 
 
 @pytest.fixture(scope='session')
-def trained_run(tiny_data, tmp_path_factory):
-    """The run folder of one epoch of v6/yolov5n on ``tiny_data`` (64 px, batch 8, plots on), trained once per
+def trained_run(tiny_shapes, tmp_path_factory):
+    """The run folder of one epoch of v6/yolov5n on ``tiny_shapes`` (64 px, batch 8, plots on), trained once per
     session: the run-folder test reads it and the fine-tune tests start from its ``weights/last.pt``. Read-only:
     a test that would write into it works on a copy."""
     import train
     project = tmp_path_factory.mktemp('trained')
-    train.run(data=str(tiny_data), cfg='v6/yolov5n.yaml', epochs=1, imgsz=64, batch_size=8, workers=0,
+    train.run(data=str(tiny_shapes), cfg='v6/yolov5n.yaml', epochs=1, imgsz=64, batch_size=8, workers=0,
               noplots=False, project=str(project), name='exp', exist_ok=False)
     return project / 'exp'
 

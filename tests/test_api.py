@@ -50,6 +50,7 @@ def test_hub_custom_gives_detect_boxes_for_every_input_kind(model, detect_bus):
     assert torch.equal(model(str(BUS)).xyxy[0], results.xyxy[0])  # one image, not in a list
 
 
+@pytest.mark.slow
 @needs_weights
 def test_upstream_numpy_idiom_gives_the_file_detections(model):
     """Upstream's documented idiom, cv2.imread(f)[..., ::-1], passes RGB: the same boxes as the file path. The
@@ -192,6 +193,7 @@ def test_hubconf_works_from_another_folder_without_the_repo_on_the_path(tmp_path
     assert torch.allclose(torch.tensor(json.loads(out.stdout.splitlines()[-1])), detect_bus, atol=1e-4)
 
 
+@pytest.mark.slow
 @needs_weights
 def test_augment_finds_the_same_objects_in_the_original_frame(model):
     """Test-time augmentation (three views, one mirrored, mapped back): every object of the plain run is found

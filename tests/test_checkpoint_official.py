@@ -99,6 +99,7 @@ def test_fused_model_gives_the_same_output(yolov5n):
         assert torch.allclose(fused(x)[0], yolov5n(x)[0], atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('act,csp_act,release', [
     ('LeakyReLU', None, 'v1-v2'), ('Hardswish', 'LeakyReLU', 'v3'), ('SiLU', None, 'v4-v5')])
 def test_v3_family_activation_and_anchor_grid_detected(tmp_path, official_like_file, act, csp_act, release):

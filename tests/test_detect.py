@@ -82,6 +82,7 @@ def run(weights, source, tmp_path, **kw):
     return detect.run(weights=weights, source=str(source), project=str(tmp_path / 'runs'), **kw)
 
 
+@pytest.mark.slow
 def test_planted_boxes_found_saved_and_summarised(weights, tmp_path, capsys):
     img = tmp_path / 'street.png'
     cv2.imwrite(str(img), textured_image(96, 128))
@@ -104,6 +105,7 @@ def test_planted_boxes_found_saved_and_summarised(weights, tmp_path, capsys):
     assert run(weights, img, tmp_path, verbose=False)[0]['save_path'] == tmp_path / 'runs' / 'exp2' / 'street.png'
 
 
+@pytest.mark.slow
 def test_save_txt_round_trips_to_the_same_boxes(weights, tmp_path):
     img = tmp_path / 'a.jpg'
     cv2.imwrite(str(img), textured_image(96, 128))
@@ -130,6 +132,7 @@ def reference_detections(weights, im0, rgb=True):
     return ref
 
 
+@pytest.mark.slow
 def test_same_result_as_letterbox_model_nms_by_hand(random_weights, tmp_path):
     im0 = textured_image(120, 200, seed=3)
     cv2.imwrite(str(tmp_path / 'x.png'), im0)
@@ -151,6 +154,7 @@ def test_classes_filter_and_bad_classes(weights, tmp_path):
         run(weights, img, tmp_path, classes=[1, 3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('suffix, fourcc', [('.mp4', 'mp4v'), ('.avi', 'MJPG')])
 def test_video_frames_labels_and_annotated_video(weights, tmp_path, suffix, fourcc, capsys):
     clip = write_video(tmp_path / f'clip{suffix}', fourcc, n=5)
@@ -167,6 +171,7 @@ def test_video_frames_labels_and_annotated_video(weights, tmp_path, suffix, four
     assert f'video 1/1 (3/5) {clip}: 96x128 12 dogs' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_folder_glob_and_list_sources_skip_corrupt_image(weights, tmp_path, capsys):
     folder = tmp_path / 'imgs'
     folder.mkdir()
@@ -235,6 +240,7 @@ def test_bad_sources_give_one_line_errors(weights, tmp_path, make_source, expect
     assert not (tmp_path / 'r').exists()  # no empty run folder left behind
 
 
+@pytest.mark.slow
 def test_all_files_corrupt_and_bad_flags(weights, tmp_path, capsys):
     folder = tmp_path / 'bad'
     folder.mkdir()

@@ -45,6 +45,7 @@ def weights(tmp_path_factory):
     return save_model(planted_model(), tmp_path_factory.mktemp('w') / 'planted.pt')
 
 
+@pytest.mark.slow
 @ffmpeg
 def test_http_video_stream_frame_by_frame_with_stride(weights, tmp_path, capsys):
     clip = write_video(tmp_path / 'clip.avi', 'MJPG', n=7)

@@ -79,6 +79,7 @@ def test_grouped_class_rows_export_with_their_reduction(tmp_path):
         assert torch.allclose(g, expected, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_onnx_missing_is_one_clear_message(weights, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'onnx', None)  # what an absent package looks like to import
     paths = export.run(weights=weights, include=['torchscript', 'onnx'], imgsz=64)
@@ -102,6 +103,7 @@ def test_cli_errors_are_one_line(tmp_path, weights, capsys):
     assert str(e.value) == 'error: --batch-size 0: must be at least 1'
 
 
+@pytest.mark.slow
 def test_only_the_asked_formats_are_written(tmp_path, weights):
     written = export.run(weights=str(weights), include=['torchscript'], imgsz=64)
     assert [p.suffix for p in written] == ['.torchscript']
@@ -121,6 +123,7 @@ def test_export_refuses_read_only_weights_folder(tmp_path):
         path.parent.chmod(stat.S_IRWXU)
 
 
+@pytest.mark.slow
 def test_img_size_alias_as_the_other_scripts_accept(tmp_path, weights):
     """--img-size (and --img) set the export size, as in train.py, val.py and detect.py."""
     for flag in ('--img-size', '--img', '--imgsz'):

@@ -121,6 +121,7 @@ def test_export_tflite_half_is_allowed_on_the_cpu_alone():
         export.check_options(['onnx', 'tflite'], 1, True, torch.device('cpu'))
 
 
+@pytest.mark.slow
 def test_missing_litert_packages_are_one_line(tmp_path, monkeypatch, capsys):
     weights = make_weights(tmp_path)
     monkeypatch.setitem(sys.modules, 'litert_torch', None)  # what an absent package looks like to import

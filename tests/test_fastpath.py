@@ -40,6 +40,7 @@ def rel_error(a, ref):
     return max(((u.double() - v).abs().max() / v.abs().max()).item() for u, v in zip(a, ref))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('cfg,spec,train', [  # v6: C3/SPPF; v3.1: Focus/BottleneckCSP/SPP
     ('v6/yolov5n.yaml', '10', True), ('v6/yolov5n.yaml', 'all', False),
     ('yolov5n.yaml', '10', False), ('yolov5n.yaml', 'all', True)])
@@ -86,6 +87,7 @@ def test_state_dict_and_frozen_tensors_untouched_by_training():
     assert all(t.is_contiguous() for t in model.state_dict().values())  # channels_last never reaches a tensor
 
 
+@pytest.mark.slow
 def test_folded_weights_follow_their_sources():
     """load_state_dict, a dtype change and unfreezing: each gives the plain result again, never stale weights."""
     model = make()

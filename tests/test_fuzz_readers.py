@@ -331,6 +331,7 @@ def small_model_limit(monkeypatch):
     monkeypatch.setattr(models.probe, 'MAX_PARAMS', 20_000_000)
 
 
+@pytest.mark.slow
 @given(data=st.data())
 def test_fuzz_model_yaml(base_model_cfg, data, tmp_path_factory, small_model_limit):
     from models.yolo import Model

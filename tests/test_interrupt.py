@@ -71,8 +71,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(tmp_path, tiny_shapes, train
     assert ck['pending_grads']  # batch 2 accumulates towards 64 images: the stop fell inside an accumulation
     train.run(resume=str(last), workers=0)  # the command the message gives, from Python
     full = tmp_path / 'runs' / 'full' / 'weights' / 'last.pt'
-    subprocess.run(train_cmd(tiny_shapes, tmp_path / 'runs', '--batch-size', '2', '--name', 'full', epochs=2),
-                   cwd=ROOT, check=True, capture_output=True)
+    train.cli(train_cmd(tiny_shapes, tmp_path / 'runs', '--batch-size', '2', '--name', 'full', epochs=2)[2:])
     a, b = load_checkpoint(last), load_checkpoint(full)
     assert a['epoch'] == b['epoch'] == 1 and 'resume_at' not in a
     for k in a['ema']:  # the interrupted + resumed run ends bit-identical to the uninterrupted one

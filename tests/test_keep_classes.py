@@ -122,6 +122,7 @@ def test_inference_shortcut_equals_the_exportable_forward(source, data_names, fr
     assert all(torch.equal(a, b) for a, b in zip(quick_maps, traced_maps))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')
 def test_official_yolov5n_classes_bit_identical():
     w = SHARED / 'weights/yolov5n.pt'
@@ -133,6 +134,7 @@ def test_official_yolov5n_classes_bit_identical():
     assert torch.equal(got[:, :expected.shape[1], :85], expected)
 
 
+@pytest.mark.slow
 def test_new_head_starts_from_the_checkpoint_rows_of_an_overlapping_class(source):
     """Overlap rule: data 'person' -> merged 0; before training the new head scores it as the checkpoint does."""
     model = kept_from(source).eval()
@@ -156,6 +158,7 @@ def test_training_forward_sees_the_data_classes_only(source):
         assert model(image())[0].shape == (1, n_preds(64, 96), 8)
 
 
+@pytest.mark.slow
 def test_freeze_plan_and_ema_leave_the_kept_heads_alone(source):
     model = kept_from(source)
     plan = FreezePlan.from_spec('10', model).apply(model)
@@ -210,6 +213,7 @@ def test_checkpoint_without_class_names_is_a_one_line_error(tmp_path):
         kept_from(path)
 
 
+@pytest.mark.slow
 def test_round_trip_rebuilds_from_its_own_file(source, kept_path, tmp_path):
     ck = load_checkpoint(kept_path)
     keep = ck['yaml']['keep']
@@ -229,6 +233,7 @@ def test_round_trip_rebuilds_from_its_own_file(source, kept_path, tmp_path):
         assert torch.equal(load_model(again)(x)[0], model(x)[0])
 
 
+@pytest.mark.slow
 def test_second_keep_keeps_both_sets(kept_path, source):
     model = trained(kept_from(kept_path, ['bird', 'helmet'], freeze='10'), seed=2)
     assert model.names == SOURCE_NAMES + ['helmet', 'head', 'bird']
@@ -244,15 +249,17 @@ def test_second_keep_keeps_both_sets(kept_path, source):
         kept_from(kept_path, ['bird'], freeze='backbone 10 11')
 
 
-def test_train_option_errors_are_one_line(tmp_path):
+def test_train_option_errors_are_one_line(capsys):
+    """Through ``train.cli`` in this process (tests/test_train.py runs the real process once): SystemExit whose text
+    is the one line printed; any other exception (a traceback) fails the test."""
     for flags, msg in ((['--freeze', '0'], 'nothing to share'), ([], 'needs --weights'),
                        (['--freeze', '10', '--unfreeze-epoch', '1'], '--unfreeze-epoch')):
         weights = [] if flags == [] else ['--weights', 'x.pt']
-        out = subprocess.run([sys.executable, 'train.py', '--data', 'data/shapes.yaml', '--keep-classes',
-                              '--epochs', '2', *weights, *flags], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode != 0 and msg in out.stderr, out.stderr[-2000:]
-        assert out.stderr.strip().count('\n') == 0 and 'Traceback' not in out.stderr
+        with pytest.raises(SystemExit) as e:
+            train.cli(['--data', 'data/shapes.yaml', '--keep-classes', '--epochs', '2', *weights, *flags])
+        line = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err.strip()
+        assert e.value.code != 0 and msg in line, line
+        assert '\n' not in line.strip() and 'Traceback' not in line
 
 
 class StopAfterFirstEpoch(Exception):
@@ -264,6 +271,7 @@ def stop_after_first_epoch(epoch, fitness):
         raise StopAfterFirstEpoch
 
 
+@pytest.mark.slow
 def test_train_resume_and_val_of_a_kept_model(source, tiny_data, tmp_path, capsys):
     opt = train.parse_opt(['--data', str(tiny_data), '--weights', str(source), '--freeze', '10', '--keep-classes',
                            '--epochs', '2', '--imgsz', '64', '--batch-size', '4', '--workers', '0', '--noplots',
@@ -290,6 +298,7 @@ def test_train_resume_and_val_of_a_kept_model(source, tiny_data, tmp_path, capsy
     assert result.maps.shape == (4,) and 'kept model: checkpoint classes (0)' in out and 'new classes (4)' in out
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(source, tiny_data, tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -308,6 +317,7 @@ def test_ddp_two_cpu_processes(source, tiny_data, tmp_path):
         assert torch.equal(got[:, :n_preds(64, 96), :9], load_model(source)(x)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (importlib.util.find_spec('onnx') and importlib.util.find_spec('onnxruntime')),
                     reason='onnx/onnxruntime not installed')
 def test_exports_detect_what_the_pt_detects(kept_path, tmp_path):
@@ -328,6 +338,7 @@ def test_exports_detect_what_the_pt_detects(kept_path, tmp_path):
         assert (checkpoint_part == 0).all(), p  # the scatter is exact in every format
 
 
+@pytest.mark.slow
 def test_build_model_dispatches_on_the_keep_section(kept_path):
     ck = load_checkpoint(kept_path)
     assert type(build_model(ck['yaml'])) is KeepModel
@@ -339,6 +350,7 @@ def test_build_model_dispatches_on_the_keep_section(kept_path):
         build_model(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file() or not (SHARED / 'images/bus.jpg').is_file(),
                     reason='needs ../shared/weights/yolov5n.pt and ../shared/images/bus.jpg')
 def test_detect_and_hub_on_a_kept_yolov5n_find_the_checkpoints_boxes(tmp_path):

@@ -74,6 +74,7 @@ def test_perfect_prediction_gives_zero_box_loss():
     assert items_bad[0] > 0.01 and items_bad[1] > items[1]
 
 
+@pytest.mark.slow
 def test_loss_backward_and_empty_targets():
     model = make_model().train()
     loss = ComputeLoss(model, HYP)

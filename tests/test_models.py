@@ -62,6 +62,7 @@ def test_gflops_match_official_figures():
     assert abs(float(Model('v6/yolov5s.yaml').info().split(', ')[-1].split()[0]) - 16.5) <= 0.2
 
 
+@pytest.mark.slow
 def test_strides_anchors_and_output_shape():
     m = Model('v6/yolov5n.yaml', nc=3).eval()
     assert m.stride.tolist() == [8, 16, 32]
@@ -92,6 +93,7 @@ def test_decode_matches_formula():
     assert torch.allclose(y[0, 2, 1, 0, 3], (s[0, 2, 1, 0, 3] * 2) ** 2 * 119, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bias_initialisation():
     m = Model('v6/yolov5n.yaml', nc=80)
     b = m.model[-1].m[0].bias.view(3, -1)

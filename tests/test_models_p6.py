@@ -135,6 +135,7 @@ def test_hub_lists_the_p5_and_p6_entry_points():
     assert hubconf.yolov5x6.__name__ == 'yolov5x6' and 'yolov5x6.pt' in hubconf.yolov5x6.__doc__
 
 
+@pytest.mark.slow
 def test_hub_p6_from_a_local_file_and_untrained(tmp_path, official_n6, monkeypatch):
     (tmp_path / 'yolov5n6.pt').symlink_to(official_n6[0])  # where resolve_weights looks first: nothing downloaded
     monkeypatch.chdir(tmp_path)
@@ -157,6 +158,7 @@ def test_hub_p6_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     assert not (tmp_path / 'yolov5m6.pt').exists()
 
 
+@pytest.mark.slow
 def test_train_and_detect_p6_end_to_end(tiny_shapes, tmp_path):
     runs = tmp_path / 'runs'
     result = train.run(cfg='v6/yolov5n6.yaml', weights='', data=str(tiny_shapes), imgsz=128, batch_size=8,

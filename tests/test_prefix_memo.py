@@ -26,6 +26,7 @@ def outputs_equal(a, b):
     return torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
 
 
+@pytest.mark.slow
 def test_frozen_prefix_len_follows_the_plan():
     for spec, cut in (('0', 0), ('3', 3), ('10', 10), ('all', 24)):
         model = Model('v6/yolov5n.yaml', nc=3)
@@ -36,6 +37,7 @@ def test_frozen_prefix_len_follows_the_plan():
     assert frozen_prefix_len(model) == 0 and PrefixMemo.for_frozen(model, 'cpu') is None
 
 
+@pytest.mark.slow
 def test_remembered_outputs_are_bit_identical(frozen):
     model, ema = frozen
     plain, memoized = deepcopy(ema), deepcopy(ema)
@@ -63,6 +65,7 @@ def test_a_changed_frozen_tensor_or_input_is_recomputed(frozen):
     assert memo.hits == 0 and memo.misses == 3 and len(memo.entries) == 1  # emptied, then refilled
 
 
+@pytest.mark.slow
 def test_budget_training_mode_and_autograd(frozen):
     model, ema = frozen
     memoized = deepcopy(ema)
@@ -82,13 +85,13 @@ def test_budget_training_mode_and_autograd(frozen):
 
 
 @pytest.mark.slow
-def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_data, trained_run, tmp_path,
+def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_shapes, trained_run, tmp_path,
                                                                         monkeypatch):
     """A --freeze 10 fine-tune (from the session's 1-epoch checkpoint): the EMA's memo serves every validation
     after the first, and results.csv is the same as without it, to the last digit."""
-    common = dict(data=str(tiny_data), cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True,
+    common = dict(data=str(tiny_shapes), cfg='v6/yolov5n.yaml', imgsz=64, batch_size=8, workers=0, noplots=True,
                   project=str(tmp_path), noautoanchor=True)
-    fine = dict(common, epochs=2, weights=str(trained_run / 'weights' / 'last.pt'), freeze=['10'])
+    fine = dict(common, epochs=1, weights=str(trained_run / 'weights' / 'last.pt'), freeze=['10'])
     memos = []
     made = PrefixMemo.for_frozen
     monkeypatch.setattr(PrefixMemo, 'for_frozen', lambda *a, **k: memos.append(made(*a, **k)) or memos[-1])
@@ -96,6 +99,6 @@ def test_frozen_fine_tune_validates_from_the_memo_with_the_same_numbers(tiny_dat
     monkeypatch.setattr(PrefixMemo, 'for_frozen', lambda *a, **k: None)
     train.run(name='plain', **fine)
     memo = memos[0]
-    assert memo.cut == 10 and memo.misses == 1 and memo.hits == 2  # zero-shot val fills it; epochs 0, 1 reuse
+    assert memo.cut == 10 and memo.misses == 1 and memo.hits == 1  # zero-shot val fills it; epoch 0 reuses it
     csv = [(tmp_path / name / 'results.csv').read_text() for name in ('memo', 'plain')]
-    assert csv[0] == csv[1] and len(read_rows(tmp_path / 'memo' / 'results.csv')) == 3
+    assert csv[0] == csv[1] and len(read_rows(tmp_path / 'memo' / 'results.csv')) == 2

@@ -41,6 +41,7 @@ def both_probes(d, ch=3):
     return quick, probe.meta_level_sizes(meta_layers, save, ch, d['yaml_file'], run_layers), layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('cfg', YAMLS)
 def test_quick_probe_gives_the_meta_probes_grid_sizes(cfg):
     d = yaml.safe_load(open(ROOT / 'models' / cfg))
@@ -90,6 +91,7 @@ def test_huge_outputs_are_refused_before_they_are_allocated(row, layer, shape):
         Model(dict(d, yaml_file='test.yaml'))
 
 
+@pytest.mark.slow
 def test_probe_budgets_send_large_probes_to_the_meta_probe(monkeypatch):
     d = v6n()
     d['head'][2] = [[-1] * 300 + [6], 1, 'Concat', [1]]  # 300 copies of a 128-channel map, then a wide C3

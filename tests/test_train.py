@@ -53,12 +53,12 @@ def test_results_csv_has_one_header_when_unfreezing_changes_the_optimizer_groups
     assert (w.parent / 'results.png').is_file() and (w / 'best.pt').is_file()
 
 
-def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_data, trained_run, tmp_path):
+def test_freeze_10_keeps_frozen_tensors_bit_identical(tiny_shapes, trained_run, tmp_path):
     src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
     hyp = {**load_hyp('hyp.transfer.yaml'), 'ema_decay': 0.0, 'ema_tau': 0}  # the saved EMA is the model: every
     # trainable step shows (the recipe's EMA of decay 0.98 can average a small one below float32 resolution)
-    w = run_train(tmp_path, tiny_data, 'ft', epochs=2, weights=str(src), freeze=['10'], freeze_bn_stats='true',
+    w = run_train(tmp_path, tiny_shapes, 'ft', epochs=2, weights=str(src), freeze=['10'], freeze_bn_stats='true',
                   noautoanchor=True, hyp=hyp)
     end = load_checkpoint(w / 'last.pt')['ema']
     assert set(start) == set(end)
@@ -83,10 +83,10 @@ def test_pretrained_start_keeps_every_batchnorm_statistic_by_default(tiny_data, 
     assert not torch.equal(start['model.13.cv1.conv.weight'], end['model.13.cv1.conv.weight'])
 
 
-def test_upstream_bn_behaviour_is_opt_in(tiny_data, trained_run, tmp_path):
+def test_upstream_bn_behaviour_is_opt_in(tiny_shapes, trained_run, tmp_path):
     src = trained_run / 'weights' / 'last.pt'
     start = load_checkpoint(src)['ema']
-    w = run_train(tmp_path, tiny_data, 'up', epochs=1, weights=str(src), freeze=['10'], freeze_bn_stats='false',
+    w = run_train(tmp_path, tiny_shapes, 'up', epochs=1, weights=str(src), freeze=['10'], freeze_bn_stats='false',
                   noautoanchor=True)
     end = load_checkpoint(w / 'last.pt')['ema']
     assert torch.equal(start['model.0.conv.weight'], end['model.0.conv.weight'])
@@ -116,11 +116,12 @@ train.main(train.parse_opt(sys.argv[2:]), on_epoch_end=kill)
 """
 
 
-def kill_after_epoch(tmp_path, data, name, epoch, extra=()):
+def kill_after_epoch(tmp_path, data, name, epoch, extra=(), epochs=3):
     """Run train.py's main in a subprocess that SIGKILLs itself right after last.pt holds ``epoch``; returns
     last.pt. Killed from the epoch-end callback, not by polling the file: a poll can lose the race to a fast epoch."""
-    args = ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '3', '--imgsz', '64', '--batch-size', '8',
-            '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', name, *extra]
+    args = ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', str(epochs), '--imgsz', '64',
+            '--batch-size', '8', '--workers', '0', '--noplots', '--project', str(tmp_path / 'runs'), '--name', name,
+            *extra]
     proc = subprocess.run([sys.executable, '-c', KILL_AT_EPOCH_END, str(epoch), *args], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -130,18 +131,18 @@ def kill_after_epoch(tmp_path, data, name, epoch, extra=()):
     return last
 
 
-def assert_same_ema(a, b):
+def assert_same_ema(a, b, last_epoch=2):
     a, b = load_checkpoint(a), load_checkpoint(b)
-    assert a['epoch'] == b['epoch'] == 2
+    assert a['epoch'] == b['epoch'] == last_epoch
     for k in a['ema']:
         assert torch.equal(a['ema'][k], b['ema'][k]), k
 
 
-def test_resume_after_sigkill_matches_uninterrupted(tiny_data, tmp_path):
-    full = run_train(tmp_path, tiny_data, 'full', epochs=3)
-    last = kill_after_epoch(tmp_path, tiny_data, 'killed', 0)
+def test_resume_after_sigkill_matches_uninterrupted(tiny_shapes, tmp_path):
+    full = run_train(tmp_path, tiny_shapes, 'full', epochs=2)  # killed after epoch 0, resumed for epoch 1
+    last = kill_after_epoch(tmp_path, tiny_shapes, 'killed', 0, epochs=2)
     train.run(resume=str(last), workers=0)
-    assert_same_ema(full / 'last.pt', last)
+    assert_same_ema(full / 'last.pt', last, last_epoch=1)
 
 
 def test_resume_after_unfreeze_epoch(tiny_data, tmp_path):
@@ -168,7 +169,7 @@ def test_resume_errors(trained_run, tmp_path):
         train.run(resume=True, project=str(tmp_path / 'empty'))
 
 
-@pytest.mark.parametrize('args,msg', [
+BAD_INPUT = [
     (['--freeze', 'heads'], "--freeze heads: expected a layer count"),
     (['--data', 'nope.yaml'], 'nope.yaml'),
     (['--hyp', 'nohyp.yaml'], 'nohyp.yaml: hyp file not found'),
@@ -177,15 +178,34 @@ def test_resume_errors(trained_run, tmp_path):
     (['--cache', 'tape'], '--cache tape'),
     (['--unfreeze-epoch', '3'], '--unfreeze-epoch 3: the run has only epochs 0-0'),
     (['--unfreeze-epoch', '0'], 'nothing is frozen'),
-])
-def test_cli_bad_input_is_one_line(tiny_data, tmp_path, args, msg):
-    base = ['--data', str(tiny_data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0',
-            '--noplots',
-            '--project', str(tmp_path / 'runs')]
-    out = subprocess.run([sys.executable, 'train.py', *base, *args], cwd=ROOT, capture_output=True, text=True)
+]
+
+
+def bad_input_argv(data, tmp_path, args):
+    return ['--data', str(data), '--cfg', 'v6/yolov5n.yaml', '--epochs', '1', '--imgsz', '64', '--workers', '0',
+            '--noplots', '--project', str(tmp_path / 'runs'), *args]
+
+
+def test_cli_bad_input_is_one_line(tiny_data, tmp_path):
+    """The real train.py process: exit code, the error as stderr's last line, no traceback (one case; the others
+    go through the same ``train.cli`` in this process, below)."""
+    args, msg = BAD_INPUT[0]
+    out = subprocess.run([sys.executable, 'train.py', *bad_input_argv(tiny_data, tmp_path, args)], cwd=ROOT,
+                         capture_output=True, text=True)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert msg in last and 'Traceback' not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize('args,msg', BAD_INPUT)
+def test_cli_bad_input_is_one_line_in_process(tiny_data, tmp_path, capsys, args, msg):
+    """``train.cli`` ends each with SystemExit: its text (or, from argparse, stderr) is the one line the process
+    prints; any other exception (a traceback) fails the test."""
+    with pytest.raises(SystemExit) as e:
+        train.cli(bad_input_argv(tiny_data, tmp_path, args))
+    code = e.value.code
+    line = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert code != 0 and msg in line and '\n' not in line.strip(), line
 
 
 @pytest.mark.skipif(not (SHARED / 'weights/yolov5n.pt').is_file(), reason='needs ../shared/weights/yolov5n.pt')

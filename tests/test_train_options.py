@@ -40,9 +40,9 @@ def test_multi_scale_trains_on_batches_of_varying_size(tiny_data, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_data, tmp_path):
+def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_shapes, tmp_path):
     kw = dict(epochs=2, image_weights=True, multi_scale=True, save_period=1, seed=5)
-    full = run_train(tmp_path, tiny_data, 'full', **kw)
+    full = run_train(tmp_path, tiny_shapes, 'full', **kw)
     weights = sorted(p.name for p in (full / 'weights').iterdir())
     assert weights == ['best.pt', 'epoch0.pt', 'epoch1.pt', 'last.pt']
     assert load_checkpoint(full / 'weights' / 'epoch0.pt')['optimizer'] is not None  # resumable
@@ -57,16 +57,10 @@ def test_image_weights_multi_scale_and_save_period_resume_exactly(tiny_data, tmp
 
 
 @pytest.mark.slow
-def test_save_period_saves_epoch_files_at_upstreams_epochs(tiny_data, tmp_path):
-    run_dir = run_train(tmp_path, tiny_data, 'sp', epochs=3, save_period=2, noval=True)
-    assert sorted(p.name for p in (run_dir / 'weights').glob('epoch*.pt')) == ['epoch0.pt', 'epoch2.pt']
-
-
-@pytest.mark.slow
-def test_tensorboard_scalars_and_images_from_a_run(tiny_data, trained_run, tmp_path, capsys):
+def test_tensorboard_scalars_and_images_from_a_run(tiny_shapes, trained_run, tmp_path, capsys):
     accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
     src = trained_run / 'weights' / 'last.pt'
-    run_dir = run_train(tmp_path, tiny_data, 'tb', epochs=1, noplots=False, weights=str(src))  # pretrained start
+    run_dir = run_train(tmp_path, tiny_shapes, 'tb', epochs=1, noplots=False, weights=str(src))  # pretrained start
     assert f'tensorboard --logdir {run_dir.parent}' in capsys.readouterr().out
     acc = accumulator.EventAccumulator(str(run_dir), size_guidance={'images': 0, 'scalars': 0})
     acc.Reload()

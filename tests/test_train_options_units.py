@@ -133,3 +133,31 @@ def test_autobatch_on_cuda_picks_a_batch_in_the_asked_share_of_free_memory():
     assert batch >= 16 and 'AutoBatch: batch' in lines[0]
     share = int(lines[0].split('~')[1].split('%')[0])
     assert 60 <= share <= 90 or (batch == BATCH_LIMIT and 'the most AutoBatch picks' in lines[0]), lines[0]
+
+
+# ---------------------------------------------------------------- --save-period
+def saved_files(tmp_path, monkeypatch, epochs, **options):
+    """The weight files ``trainer.save_weights`` leaves after ``epochs`` epochs (every one an improvement, none
+    forced), with a stand-in for the checkpoint's contents; and the epochs whose checkpoint was announced."""
+    from types import SimpleNamespace
+    from utils.train import trainer
+    monkeypatch.setattr(trainer, 'make_checkpoint', lambda run, state, epoch: {'epoch': epoch})
+    run = SimpleNamespace(weights_dir=tmp_path / 'weights', **{'nosave': False, 'save_period': -1, **options})
+    announced = []
+    callbacks = SimpleNamespace(fire=lambda hook, run, state, last, improved: announced.append(state.epoch))
+    for epoch in range(epochs):
+        trainer.save_weights(run, SimpleNamespace(epoch=epoch), callbacks, improved=True, force=False)
+    files = sorted(p.name for p in run.weights_dir.iterdir()) if run.weights_dir.exists() else []
+    return files, announced
+
+
+def test_save_period_saves_epoch_files_at_upstreams_epochs(tmp_path, monkeypatch):
+    """Epochs 0, P, 2P, ... (a 3-epoch run with --save-period 2: epoch0.pt and epoch2.pt), each the checkpoint of
+    its epoch; none without the flag, none with --nosave. (tests/test_train_options.py trains with --save-period 1
+    and resumes from an epoch file.)"""
+    files, announced = saved_files(tmp_path / 'p2', monkeypatch, 3, save_period=2)
+    assert files == ['best.pt', 'epoch0.pt', 'epoch2.pt', 'last.pt'] and announced == [0, 1, 2]
+    weights = tmp_path / 'p2' / 'weights'
+    assert [torch.load(weights / f)['epoch'] for f in ('epoch0.pt', 'epoch2.pt', 'last.pt')] == [0, 2, 2]
+    assert saved_files(tmp_path / 'off', monkeypatch, 3)[0] == ['best.pt', 'last.pt']
+    assert saved_files(tmp_path / 'nosave', monkeypatch, 3, save_period=1, nosave=True) == ([], [])

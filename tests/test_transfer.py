@@ -41,6 +41,7 @@ def transferred(source, data_names, spec=None, keep_rows=True, cfg=None):
     return model, report
 
 
+@pytest.mark.slow
 def test_one_to_one_match_copies_rows_exactly_so_scores_equal_the_source_class(source):
     model, report = transferred(source, ['dog', 'Person', 'motor_bike', 'unicorn'])
     for i in range(3):
@@ -102,6 +103,7 @@ def test_cfg_anchors_are_kept_with_weights(source):
     assert report['anchors_kept'] == ['model.24.anchors'] and 'Anchors from --cfg kept' in format_transfer_report(report)
 
 
+@pytest.mark.slow
 def test_grouped_model_saves_rebuilds_and_transfers_again(tmp_path, source):
     model, _ = transferred(source, ['person', 'vehicle'], {'vehicle': ['car', 'bus', 'truck']})
     ckpt = {'format': FORMAT, 'yaml': model.yaml, 'names': ['person', 'vehicle'], 'nc': 2,

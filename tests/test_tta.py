@@ -106,6 +106,7 @@ def test_tta_of_a_real_model_starts_with_the_plain_run(tmp_path, make_tiny_check
     assert torch.allclose(out[:, :n_full], backend.backend(x)[:, :n_full])
 
 
+@pytest.mark.slow
 def test_val_and_detect_cli_with_augment_and_an_ensemble(tmp_path, tiny_data, capsys, make_tiny_checkpoint,
                                                           single_thread):
     """Smoke runs, and what joining before NMS means: a member that finds nothing changes nothing."""
@@ -133,6 +134,7 @@ def test_val_and_detect_cli_with_augment_and_an_ensemble(tmp_path, tiny_data, ca
     assert len(plain['det']) and torch.equal(plain['det'], joined['det'])
 
 
+@pytest.mark.slow
 def test_ensemble_of_other_classes_is_one_line_cli_error(tmp_path, tiny_data, make_tiny_checkpoint):
     a = make_tiny_checkpoint(tmp_path / 'a.pt')
     b = make_tiny_checkpoint(tmp_path / 'b.pt', nc=3, names=['cat', 'dog', 'cow'])

@@ -114,6 +114,7 @@ def test_evaluate_as_the_trainer_calls_it(tmp_path):
     assert result.confusion is None and result.voc_ap is None and result.coco_rules_map is None  # not asked for
 
 
+@pytest.mark.slow
 @needs_coco64
 def test_evaluate_seams_plain_forward_and_postprocess():
     """A plain callable stands in for the model (an exported one would); a post-NMS hook remaps classes."""
