@@ -211,6 +211,7 @@ class LayerZeroCalls(Callback):
         state.bare_model.model[0].register_forward_hook(lambda *a: setattr(self, 'calls', self.calls + 1))
 
 
+@pytest.mark.slow
 def test_one_epoch_from_the_cache_runs_no_frozen_layer(tiny_data, tmp_path):
     counter = LayerZeroCalls()
     train.run(data=str(tiny_data), cfg='v6/yolov5n.yaml', epochs=1, imgsz=64, batch_size=8, workers=0,
