@@ -146,7 +146,8 @@ class KeepModel(Model):
     def _merged_into(self, x, y, nhwc):
         """``forward_merged``'s numbers, each head's decode written straight into its rows and class columns of
         one output (inference only: no padded copies and no concatenation, so doubling a Detect costs little)."""
-        maps = [self._head_maps(head, x, list(y), nhwc) for head in self.heads()]
+        nchw = {}  # each trunk output turned into Detect's layout once, however many heads read it
+        maps = [self._head_maps(head, x, list(y), nhwc and nchw) for head in self.heads()]
         rows = [sum(p[0].numel() // p.shape[-1] for p in m) for m in maps]
         out = x.new_empty(x.shape[0], sum(rows), 5 + self.nc_all)
         first = 0
@@ -164,12 +165,24 @@ class KeepModel(Model):
             first += rows[i]
         return out, maps[-1]
 
-    def _head_maps(self, head, x, y, nhwc):
-        """One head's raw Detect maps from the trunk's output ``x`` and saved outputs ``y``."""
+    def _head_maps(self, head, x, y, nchw):
+        """One head's raw Detect maps from the trunk's output ``x`` and saved outputs ``y``; ``nchw`` (a dict, or
+        False when the layers run in the default layout) keeps each input already made contiguous for Detect."""
         body, detect = head[:-1], head[-1]
         x = run_layers(body, self.save, x, y)
         inputs = [x if j == -1 else y[j] for j in detect.f]
-        return detect.raw_maps([_contiguous(t) for t in inputs] if nhwc else inputs)
+        if nchw is not False:
+            inputs = [self._detect_layout(t, nchw) for t in inputs]
+        return detect.raw_maps(inputs)
+
+    @staticmethod
+    def _detect_layout(t, done):
+        """``t`` made contiguous for Detect once per forward, however many heads read it (``done`` keeps each
+        source beside its copy, so no id is reused for another tensor while the forward runs)."""
+        hit = done.get(id(t))
+        if hit is None or hit[0] is not t:
+            hit = done[id(t)] = (t, _contiguous(t))
+        return hit[1]
 
     def _place_classes(self, i, scores):
         """Head ``i``'s class scores (..., nc_head) in their merged columns (..., nc_all), zeros elsewhere."""
