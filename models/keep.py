@@ -146,12 +146,12 @@ class KeepModel(Model):
     def _merged_into(self, x, y, nhwc):
         """``forward_merged``'s numbers, each head's decode written straight into its rows and class columns of
         one output (inference only: no padded copies and no concatenation, so doubling a Detect costs little)."""
-        nchw = {}  # each trunk output turned into Detect's layout once, however many heads read it
-        maps = [self._head_maps(head, x, list(y), nhwc and nchw) for head in self.heads()]
+        nchw, heads = {}, self.heads()  # nchw: each trunk output turned into Detect's layout once
+        maps = [self._head_maps(head, x, list(y), nhwc and nchw) for head in heads]
         rows = [sum(p[0].numel() // p.shape[-1] for p in m) for m in maps]
         out = x.new_empty(x.shape[0], sum(rows), 5 + self.nc_all)
         first = 0
-        for i, (head, head_maps) in enumerate(zip(self.heads(), maps)):
+        for i, (head, head_maps) in enumerate(zip(heads, maps)):
             part = out[:, first:first + rows[i]]
             if self.pads[i] is not None:  # class columns 5 + left .. : zeros on either side
                 left, right = self.pads[i]
