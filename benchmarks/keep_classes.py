@@ -237,7 +237,10 @@ def timed_models(opt, kept_best):
 
 def retime(opt):
     """``--retime``: OUT.json's result with inference measured again, nothing trained or evaluated."""
-    res = json.loads(Path(opt.out).with_suffix('.json').read_text())
+    saved_json = Path(opt.out).with_suffix('.json')
+    if not saved_json.is_file():
+        raise SystemExit(f'--retime: {saved_json} not found (run the benchmark once without --retime first)')
+    res = json.loads(saved_json.read_text())
     saved = argparse.Namespace(**{**res['options'], 'time_imgsz': opt.time_imgsz, 'time_reps': opt.time_reps})
     best = Path(opt.project) / 'keep' / 'weights' / 'best.pt'
     res['inference_ms'] = inference_ms(timed_models(saved, best), opt.time_imgsz, opt.time_reps)

@@ -85,3 +85,10 @@ def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path)
     md = out.with_suffix('.md').read_text()
     assert md.startswith('# --keep-classes benchmark\n\n`python benchmarks/keep_classes.py --epochs 10`')
     assert 'Inference measured again, nothing else, by `python benchmarks/keep_classes.py --retime' in md
+
+
+def test_retime_without_a_saved_result_is_one_line(tmp_path):
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        keep_classes.main(['--retime', '--project', str(tmp_path), '--out', str(tmp_path / 'kc')])
+    assert str(e.value) == f"--retime: {tmp_path / 'kc.json'} not found (run the benchmark once without --retime first)"
