@@ -285,8 +285,9 @@ def test_train_resume_and_val_of_a_kept_model(source, tiny_data, tmp_path, capsy
     train.run(resume=str(weights / 'last.pt'), workers=0)
     out = capsys.readouterr().out
     assert 'Resuming' in out and 'Frozen tensors verified' in out
-    ck = load_checkpoint(weights / 'best.pt')
+    ck = load_checkpoint(weights / 'last.pt')
     assert ck['epoch'] == 1 and ck['optimizer'] is None  # resumed to the end, then stripped
+    assert load_checkpoint(weights / 'best.pt')['optimizer'] is None  # best: epoch 0 or 1, whichever scored higher
     model = load_model(weights / 'best.pt')
     assert model.names == SOURCE_NAMES + ['circle', 'square', 'triangle', 'star']
     x = image()
