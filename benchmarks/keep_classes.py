@@ -14,9 +14,9 @@ Measured:
   checkpoint's own; on ``--voc`` (voc07mini test) the VOC devkit AP50 through the class map (and person's AP50)
   of every model next to the checkpoint's zero-shot value (plain: it cannot name a VOC class: 0);
 - *new classes learned*: helmet and head AP50 on the helmet data's test list;
-- *cost*: inference ms per image (CPU, 640 px, batch 1, fused as val.py loads it; the median of interleaved runs)
-  of the kept model at ``--freeze`` and with all but Detect frozen, against the checkpoint; training seconds per
-  epoch; file size.
+- *cost*: inference ms per image (CPU, 640 px, batch 1, fused as val.py loads it) of the kept model at
+  ``--freeze`` and with all but Detect frozen, against the checkpoint: the models run interleaved and the ratio is
+  the median of each round's ratio, with its quartiles; training seconds per epoch; file size.
 
 Writes ``OUT.json`` and ``OUT.md`` (default benchmarks/results/keep_classes). Trained runs are reused when their
 best.pt and timing file exist under ``--project`` (``--retrain``: train again).
@@ -211,7 +211,9 @@ def fused(model):
 
 
 def inference_ms(models, imgsz, reps):
-    """Median ms per forward of each model (batch 1, CPU), the models interleaved so load drifts hit all alike."""
+    """Per model: the median ms per forward (batch 1, CPU) and, for every model after the first, the median and
+    quartiles of its time over the first's *in the same round*. The models run interleaved, so a drift in the
+    machine's speed hits each round's models alike and the paired ratio sees little of it."""
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     times = {k: [] for k in models}
     with torch.inference_mode():
@@ -223,7 +225,20 @@ def inference_ms(models, imgsz, reps):
                 t = time.perf_counter()
                 m(x)
                 times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    base = times[next(iter(models))]
+    res = {k: {'ms': statistics.median(v)} for k, v in times.items()}
+    for k in list(models)[1:]:
+        q1, q2, q3 = statistics.quantiles([a / b for a, b in zip(times[k], base)], n=4)
+        res[k].update(ratio=q2, ratio_q1=q1, ratio_q3=q3)
+    return res
+
+
+def ratio(entry, base):
+    """A model's time over the checkpoint's: the paired median where measured, else the ratio of medians (a
+    result saved before the paired ratio existed: ``entry`` and ``base`` are plain ms)."""
+    if isinstance(entry, dict):
+        return entry.get('ratio', 1.0)
+    return entry / base
 
 
 def timed_models(opt, kept_best):
@@ -286,8 +301,11 @@ def table(res):
                      f"{_f(c['voc_ap50'])} | {_f(c['person_ap50'])} | {r['train_s_per_epoch']:.1f} | "
                      f"{r['file_mb']:.1f} |")
     base = ms['checkpoint']
-    lines += ['', '| inference (CPU, batch 1, %d px) | ms/image | vs checkpoint |' % o['time_imgsz'], '|---|---|---|']
-    lines += [f'| {k} | {v:.1f} | {v / base:.2f}x |' for k, v in ms.items()]
+    lines += ['', '| inference (CPU, batch 1, %d px) | ms/image (median) | vs checkpoint (paired median) | '
+              'quartiles |' % o['time_imgsz'], '|---|---|---|---|']
+    for k, v in ms.items():
+        spread = f"{v['ratio_q1']:.2f}-{v['ratio_q3']:.2f}" if isinstance(v, dict) and 'ratio_q1' in v else '-'
+        lines.append(f"| {k} | {_ms(v):.1f} | {ratio(v, _ms(base)):.2f}x | {spread} |")
     lines += ['', 'Targets:'] + [f'- {t}' for t in verdicts(res)]
     s = res['same_predictions']
     if s:
@@ -309,9 +327,13 @@ def verdicts(res):
         out.append(f'{c} AP50 keep - plain {d:+.3f} (target >= -0.02): {_ok(d >= -0.02)}')
     keys = list(ms)
     for k, limit in zip(keys[1:], (1.4, 1.1)):
-        r = ms[k] / ms['checkpoint']
+        r = ratio(ms[k], _ms(ms['checkpoint']))
         out.append(f'inference {k} {r:.2f}x the checkpoint (target <= {limit}x): {_ok(r <= limit)}')
     return out
+
+
+def _ms(entry):
+    return entry['ms'] if isinstance(entry, dict) else entry
 
 
 def _ok(b):

@@ -54,6 +54,16 @@ def test_table_and_verdicts():
     json.dumps(result(0.5, 0.8, 100.0))  # what main writes is plain JSON
 
 
+def test_verdicts_use_the_paired_ratio_not_the_ratio_of_medians():
+    res = result(0.5, 0.8, 0.0)
+    res['inference_ms'] = {'checkpoint': {'ms': 100.0},
+                           'keep (freeze 10)': {'ms': 150.0, 'ratio': 1.38, 'ratio_q1': 1.3, 'ratio_q3': 1.45},
+                           'keep (all but Detect frozen)': {'ms': 100.0, 'ratio': 1.12, 'ratio_q1': 1.0,
+                                                            'ratio_q3': 1.2}}
+    assert [v.endswith('NOT met') for v in keep_classes.verdicts(res)][-2:] == [False, True]
+    assert '| keep (freeze 10) | 150.0 | 1.38x | 1.30-1.45 |' in keep_classes.table(res)
+
+
 def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path):
     """--retime: the saved result with new inference times of the three models, nothing trained."""
     import torch
@@ -80,7 +90,8 @@ def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path)
     res = json.loads(out.with_suffix('.json').read_text())
     ms = res['inference_ms']
     assert list(ms) == ['checkpoint', 'keep (freeze 10)', 'keep (all but Detect frozen)']
-    assert all(0 < v < 1e5 for v in ms.values())  # measured now, not the saved 1e6
+    assert all(0 < v['ms'] < 1e5 for v in ms.values())  # measured now, not the saved 1e6
+    assert all(0 < v['ratio_q1'] <= v['ratio'] <= v['ratio_q3'] for v in list(ms.values())[1:])
     assert res['rows'] == saved['rows'] and res['options']['time_imgsz'] == 64
     md = out.with_suffix('.md').read_text()
     assert md.startswith('# --keep-classes benchmark\n\n`python benchmarks/keep_classes.py --epochs 10`')
