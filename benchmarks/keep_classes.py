@@ -22,6 +22,7 @@ Writes ``OUT.json`` and ``OUT.md`` (default benchmarks/results/keep_classes). Tr
 best.pt and timing file exist under ``--project`` (``--retrain``: train again).
 """
 import argparse
+import ctypes
 import json
 import platform
 import statistics
@@ -233,6 +234,32 @@ def inference_ms(models, imgsz, reps):
     return res
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+
+
+def steady_allocator():
+    """Tell glibc's malloc to keep freed memory in the process (trim above 1 GiB, mmap only above 32 MiB), as
+    jemalloc or tcmalloc would: otherwise it hands a forward's freed tensors back to the OS and page-faults them in
+    again on the next forward (10-30 MB per forward at 640 px), by heuristics that depend on what ran before; in
+    one process the checkpoint then runs faster after a kept model than after itself. True where set (glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20))
+
+
+def inference_timings(models, imgsz, reps):
+    """``{'inference_ms': ..., 'inference_ms_default_allocator': ...}``: ``inference_ms`` with the C allocator as
+    it comes, then (where glibc allows, ``steady_allocator``) with the page-fault churn removed: the primary figure,
+    since it does not depend on the order the models run in."""
+    default = inference_ms(models, imgsz, reps)
+    if not steady_allocator():
+        return {'inference_ms': default, 'inference_allocator': 'default'}
+    return {'inference_ms': inference_ms(models, imgsz, reps), 'inference_allocator': 'steady',
+            'inference_ms_default_allocator': default}
+
+
 def ratio(entry, base):
     """A model's time over the checkpoint's: the paired median where measured, else the ratio of medians (a
     result saved before the paired ratio existed: ``entry`` and ``base`` are plain ms)."""
@@ -258,7 +285,7 @@ def retime(opt):
     res = json.loads(saved_json.read_text())
     saved = argparse.Namespace(**{**res['options'], 'time_imgsz': opt.time_imgsz, 'time_reps': opt.time_reps})
     best = Path(opt.project) / 'keep' / 'weights' / 'best.pt'
-    res['inference_ms'] = inference_ms(timed_models(saved, best), opt.time_imgsz, opt.time_reps)
+    res.update(inference_timings(timed_models(saved, best), opt.time_imgsz, opt.time_reps))
     res['options'] = vars(saved)
     return res
 
@@ -273,9 +300,9 @@ def measure(opt):
                       'checkpoint_ap': checkpoint_class_ap(r['best'], opt, tmp) if opt.voc else None,
                       'train_s_per_epoch': r['train_s_per_epoch'], 'file_mb': r['best'].stat().st_size / 2 ** 20}
     same = same_predictions(opt.weights, runs['keep']['best'], opt.images, 640, tmp) if opt.images else None
-    ms = inference_ms(timed_models(opt, runs['keep']['best']), opt.time_imgsz, opt.time_reps)
+    timings = inference_timings(timed_models(opt, runs['keep']['best']), opt.time_imgsz, opt.time_reps)
     return {'options': {k: v for k, v in vars(opt).items()}, 'zero_shot': zero, 'rows': rows,
-            'same_predictions': same, 'inference_ms': ms,
+            'same_predictions': same, **timings,
             'checkpoint_file_mb': Path(opt.weights).stat().st_size / 2 ** 20,
             'machine': {'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads(),
                         'torch': torch.__version__}}
@@ -300,12 +327,7 @@ def table(res):
         lines.append(f"| {name} | {_f(r['new_ap50'].get('helmet'))} | {_f(r['new_ap50'].get('head'))} | "
                      f"{_f(c['voc_ap50'])} | {_f(c['person_ap50'])} | {r['train_s_per_epoch']:.1f} | "
                      f"{r['file_mb']:.1f} |")
-    base = ms['checkpoint']
-    lines += ['', '| inference (CPU, batch 1, %d px) | ms/image (median) | vs checkpoint (paired median) | '
-              'quartiles |' % o['time_imgsz'], '|---|---|---|---|']
-    for k, v in ms.items():
-        spread = f"{v['ratio_q1']:.2f}-{v['ratio_q3']:.2f}" if isinstance(v, dict) and 'ratio_q1' in v else '-'
-        lines.append(f"| {k} | {_ms(v):.1f} | {ratio(v, _ms(base)):.2f}x | {spread} |")
+    lines += ['', *inference_table(res)]
     lines += ['', 'Targets:'] + [f'- {t}' for t in verdicts(res)]
     s = res['same_predictions']
     if s:
@@ -313,6 +335,31 @@ def table(res):
                      f"({s['detections']} boxes): {'equal' if s['equal'] else 'DIFFERENT'} "
                      f"(max abs difference {s['max_abs_diff']:.2g})\n")
     return '\n'.join(lines)
+
+
+def inference_table(res):
+    """The inference rows: each model's median ms and paired ratio with its quartiles, for the primary timing and,
+    when measured, the one with the allocator as it comes."""
+    ms, other = res['inference_ms'], res.get('inference_ms_default_allocator')
+    head = '| inference (CPU, batch 1, %d px) | ms/image (median) | vs checkpoint (paired median) | quartiles |' % \
+        res['options']['time_imgsz']
+    if other:
+        head += ' default allocator: ms | vs checkpoint | quartiles |'
+    lines = [head, '|---' * (head.count('|') - 1) + '|']
+    for k, v in ms.items():
+        cells = _timing_cells(v, ms['checkpoint'])
+        if other:
+            cells += _timing_cells(other[k], other['checkpoint'])
+        lines.append(f'| {k} | ' + ' | '.join(cells) + ' |')
+    if other:
+        lines.append('\nPrimary timing with glibc told to keep freed memory (`steady_allocator`: no page faults '
+                     'between forwards); the default columns show the allocator as it comes.')
+    return lines
+
+
+def _timing_cells(v, base):
+    spread = f"{v['ratio_q1']:.2f}-{v['ratio_q3']:.2f}" if isinstance(v, dict) and 'ratio_q1' in v else '-'
+    return [f'{_ms(v):.1f}', f'{ratio(v, _ms(base)):.2f}x', spread]
 
 
 def verdicts(res):

@@ -64,7 +64,7 @@ def test_verdicts_use_the_paired_ratio_not_the_ratio_of_medians():
     assert '| keep (freeze 10) | 150.0 | 1.38x | 1.30-1.45 |' in keep_classes.table(res)
 
 
-def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path):
+def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path, monkeypatch):
     """--retime: the saved result with new inference times of the three models, nothing trained."""
     import torch
 
@@ -85,6 +85,7 @@ def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path)
     saved['command'] = 'python benchmarks/keep_classes.py --epochs 10'
     out = tmp_path / 'kc'
     out.with_suffix('.json').write_text(json.dumps(saved))
+    monkeypatch.setattr(keep_classes, 'steady_allocator', lambda: True)  # the real one tunes this process's malloc
     keep_classes.main(['--retime', '--project', str(tmp_path / 'project'), '--out', str(out),
                        '--time-imgsz', '64', '--time-reps', '2'])
     res = json.loads(out.with_suffix('.json').read_text())
@@ -92,10 +93,12 @@ def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path)
     assert list(ms) == ['checkpoint', 'keep (freeze 10)', 'keep (all but Detect frozen)']
     assert all(0 < v['ms'] < 1e5 for v in ms.values())  # measured now, not the saved 1e6
     assert all(0 < v['ratio_q1'] <= v['ratio'] <= v['ratio_q3'] for v in list(ms.values())[1:])
+    assert res['inference_allocator'] == 'steady' and list(res['inference_ms_default_allocator']) == list(ms)
     assert res['rows'] == saved['rows'] and res['options']['time_imgsz'] == 64
     md = out.with_suffix('.md').read_text()
     assert md.startswith('# --keep-classes benchmark\n\n`python benchmarks/keep_classes.py --epochs 10`')
     assert 'Inference measured again, nothing else, by `python benchmarks/keep_classes.py --retime' in md
+    assert 'default allocator: ms | vs checkpoint | quartiles |' in md and md.count('| keep (') == 2, md
 
 
 def test_retime_without_a_saved_result_is_one_line(tmp_path):
