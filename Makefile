@@ -26,12 +26,18 @@ $(VENV)/.installed-extra: $(VENV)/.installed requirements-extra.lock
 demo: $(VENV)/.installed
 	$(PY) train.py
 
+# The suite runs in TEST_JOBS processes (pytest-xdist; each test file stays in one, so its fixtures are built once),
+# one torch thread each: the processes share the cores. TEST_JOBS=0 runs it in this process; TEST_JOBS=auto, one
+# process per core.
+TEST_JOBS ?= 2
+PYTEST_ARGS := -q -n $(TEST_JOBS) --dist loadfile
+
 test: $(VENV)/.installed-extra
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-extra
-	$(PY) -m pytest -q -m 'not slow'
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS) -m 'not slow'
 
 $(LATEST)/.installed: requirements.txt requirements-extra.txt
 	python3 -m venv $(LATEST)
@@ -41,7 +47,7 @@ $(LATEST)/.installed: requirements.txt requirements-extra.txt
 
 test-latest: $(LATEST)/.installed
 	$(LATEST)/bin/lint-imports --no-cache
-	$(LATEST)/bin/python -m pytest -q
+	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 lock:
 	test -x .venv-lock/bin/pip-compile || (python3 -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools)
