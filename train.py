@@ -18,16 +18,18 @@ from utils.data.datasets import CACHE_MODES
 from utils.errors import InputError
 from utils.runs import configure_determinism, init_distributed
 from utils.train.callbacks import EpochFitness, default_callbacks
-from utils.train.config import (FEATURE_CACHE_VIEWS, SAVED_BEFORE_THE_FLAG, TrainConfig, format_differences,
-                                parse_val_every, upstream_differences, val_every_flag, val_every_of)
+from utils.train.config import (DEMO_EPOCHS, FEATURE_CACHE_VIEWS, SAVED_BEFORE_THE_FLAG, STANDARD_EPOCHS, TrainConfig,
+                                format_differences, parse_val_every, upstream_differences, val_every_flag,
+                                val_every_of)
 from utils.runs import PhaseTimer
 from utils.train.trainer import prepare_run_dir, train
 from utils.weights.checkpoint import discard_partial_writes, find_last_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 DEMO = {'data': str(ROOT / 'data/shapes.yaml'), 'cfg': 'v6/yolov5n.yaml',
-        'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': 30, 'imgsz': 128, 'batch_size': 8}
-STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': 100, 'imgsz': 640, 'batch_size': 16}
+        'hyp': str(ROOT / 'data/hyps/hyp.shapes.yaml'), 'epochs': DEMO_EPOCHS, 'imgsz': 128, 'batch_size': 8}
+STANDARD = {'hyp': str(ROOT / 'data/hyps/hyp.scratch-low.yaml'), 'epochs': STANDARD_EPOCHS, 'imgsz': 640,
+            'batch_size': 16}
 PRETRAINED_HYP = str(ROOT / 'data/hyps/hyp.transfer.yaml')  # the default hyp with --weights (see the file)
 CACHE_CHOICES = (*CACHE_MODES, 'features')  # 'features': utils/train/feature_cache.py
 FILLED = {'weights': '', 'freeze_bn_stats': 'true'}  # left unset: said by upstream_differences, then filled

@@ -6,7 +6,7 @@ from utils.data.config import load_hyp
 def test_demo_fills_only_the_options_left_unset():
     opt = train.fill_defaults(train.parse_opt([]))
     assert opt.data.endswith('data/shapes.yaml') and opt.hyp.endswith('hyp.shapes.yaml')
-    assert (opt.cfg, opt.epochs, opt.imgsz, opt.batch_size, opt.weights) == ('v6/yolov5n.yaml', 30, 128, 8, '')
+    assert (opt.cfg, opt.epochs, opt.imgsz, opt.batch_size, opt.weights) == ('v6/yolov5n.yaml', 24, 128, 8, '')
     given = train.fill_defaults(train.parse_opt(['--epochs', '2', '--batch-size', '4']))
     assert (given.epochs, given.imgsz, given.batch_size) == (2, 128, 4)
     assert train.fill_defaults(train.parse_opt(['--data', 'x.yaml'])).batch_size == 16  # upstream's, off the demo

@@ -48,7 +48,7 @@ def test_freeze_image_weights_and_demo_notes():
     assert '--freeze-bn-stats false' in got[1] and WARMUP in got[2]
     assert f'{VAL_EVERY} 2 epochs of this 20-epoch run' in got[3] and '(1 - class mAP)^2' in got[4]
     demo = notes([])
-    assert 'shapes demo' in demo[0] and f'{VAL_EVERY} 3 epochs of this 30-epoch run' in demo[-1]
+    assert 'shapes demo' in demo[0] and f'{VAL_EVERY} 2 epochs of this 24-epoch run' in demo[-1]
     assert VAL_EVERY not in ' '.join(notes(['--data', 'x.yaml', '--noval']))  # --noval validates the last only
 
 

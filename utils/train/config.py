@@ -27,6 +27,7 @@ from utils.errors import InputError
 from utils.runs import PhaseTimer
 
 AUTO = 'auto'
+DEMO_EPOCHS, STANDARD_EPOCHS = 24, 100  # train.py's presets: no --data (the shapes demo), and with --data
 AUTO_EVERY_EPOCH_UP_TO = 10  # auto: runs of at most this many epochs validate every epoch
 AUTO_LONGEST_INTERVAL = 5
 SAVED_BEFORE_THE_FLAG = 1  # what a run saved without val_every (older than the flag) did: every epoch
@@ -191,7 +192,7 @@ def upstream_differences(opt):
     if not opt.resume and not _hyp_sets(opt.hyp, 'warmup_share'):
         notes.append('the warm-up takes at most 10% of the run (upstream: warmup_epochs in full, at least 100 '
                      'iterations: hyp warmup_share: 1)')
-    epochs = opt.epochs if opt.epochs is not None else (30 if opt.data is None else 100)  # train.py's presets
+    epochs = opt.epochs if opt.epochs is not None else (DEMO_EPOCHS if opt.data is None else STANDARD_EPOCHS)
     if not opt.noval and not opt.resume and parse_val_every(val_every_of(opt)) == AUTO and \
             val_interval(AUTO, epochs) > 1:
         notes.append(f'--val-every auto validates every {val_interval(AUTO, epochs)} epochs of this {epochs}-epoch '
