@@ -23,7 +23,7 @@ from utils.deploy.ensemble import load_models
 from utils.boxes import yolo_label_lines
 from utils.cli import ArgumentParser, run_cli
 from utils.deploy.predict import Predictor, describe
-from utils.runs import UniqueStems, increment_path, select_device
+from utils.runs import UniqueStems, increment_path, keep_freed_memory, select_device
 from utils.deploy.sources import open_source, stream_stem
 from utils.errors import InputError
 
@@ -197,7 +197,9 @@ def parse_opt(argv=None):
 
 
 def main(argv=None):
-    run_cli(run, parse_opt(argv))
+    opt = parse_opt(argv)
+    keep_freed_memory()  # a fifth faster per image on CPU (utils/runs.py)
+    run_cli(run, opt)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,6 @@ Writes ``OUT.json`` and ``OUT.md`` (default benchmarks/results/keep_classes). Tr
 best.pt and timing file exist under ``--project`` (``--retrain``: train again).
 """
 import argparse
-import ctypes
 import json
 import platform
 import statistics
@@ -234,27 +233,14 @@ def inference_ms(models, imgsz, reps):
     return res
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
-
-
-def steady_allocator():
-    """Tell glibc's malloc to keep freed memory in the process (trim above 1 GiB, mmap only above 32 MiB), as
-    jemalloc or tcmalloc would: otherwise it hands a forward's freed tensors back to the OS and page-faults them in
-    again on the next forward (10-30 MB per forward at 640 px), by heuristics that depend on what ran before; in
-    one process the checkpoint then runs faster after a kept model than after itself. True where set (glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20))
-
-
 def inference_timings(models, imgsz, reps):
     """``{'inference_ms': ..., 'inference_ms_default_allocator': ...}``: ``inference_ms`` with the C allocator as
-    it comes, then (where glibc allows, ``steady_allocator``) with the page-fault churn removed: the primary figure,
-    since it does not depend on the order the models run in."""
+    it comes, then with glibc told to keep freed memory as detect.py and val.py do (``keep_freed_memory``, glibc
+    only): the primary figure. Without it the allocator's page faults depend on which model ran before: in one
+    process the checkpoint ran faster after a kept model than after itself."""
+    from utils.runs import keep_freed_memory
     default = inference_ms(models, imgsz, reps)
-    if not steady_allocator():
+    if not keep_freed_memory():
         return {'inference_ms': default, 'inference_allocator': 'default'}
     return {'inference_ms': inference_ms(models, imgsz, reps), 'inference_allocator': 'steady',
             'inference_ms_default_allocator': default}
@@ -352,8 +338,8 @@ def inference_table(res):
             cells += _timing_cells(other[k], other['checkpoint'])
         lines.append(f'| {k} | ' + ' | '.join(cells) + ' |')
     if other:
-        lines.append('\nPrimary timing with glibc told to keep freed memory (`steady_allocator`: no page faults '
-                     'between forwards); the default columns show the allocator as it comes.')
+        lines.append('\nPrimary timing with glibc told to keep freed memory (as detect.py and val.py run: '
+                     '`utils.runs.keep_freed_memory`); the default columns show the allocator as it comes.')
     return lines
 
 

@@ -85,7 +85,8 @@ def test_retime_measures_inference_again_and_keeps_the_rest(tiny_data, tmp_path,
     saved['command'] = 'python benchmarks/keep_classes.py --epochs 10'
     out = tmp_path / 'kc'
     out.with_suffix('.json').write_text(json.dumps(saved))
-    monkeypatch.setattr(keep_classes, 'steady_allocator', lambda: True)  # the real one tunes this process's malloc
+    import utils.runs
+    monkeypatch.setattr(utils.runs, 'keep_freed_memory', lambda: True)  # the real one tunes this process's malloc
     keep_classes.main(['--retime', '--project', str(tmp_path / 'project'), '--out', str(out),
                        '--time-imgsz', '64', '--time-reps', '2'])
     res = json.loads(out.with_suffix('.json').read_text())

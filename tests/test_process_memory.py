@@ -1,0 +1,50 @@
+"""utils.runs.keep_freed_memory: glibc keeps freed memory, so repeated forwards stop page-faulting it back in.
+Each check runs in a subprocess: the setting is process-wide."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')]
+
+FAULTS = """
+import resource, torch
+from utils.runs import keep_freed_memory
+
+def faults_per_round(n=5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        maps = [torch.ones(2_000_000) for _ in range(3)]  # three 8 MB tensors alive at once, as a forward's are
+        del maps
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
+
+faults_per_round()
+default = faults_per_round()
+kept = keep_freed_memory()
+faults_per_round(1)
+print(kept, default, faults_per_round())
+"""
+
+
+def run_faults(env):
+    out = subprocess.run([sys.executable, '-c', FAULTS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept, default, after = out.stdout.split()
+    return kept == 'True', float(default), float(after)
+
+
+def test_freed_memory_is_kept_and_no_longer_faulted_in_again():
+    env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+    kept, default, after = run_faults(env)
+    assert kept
+    if default < 1000:  # here glibc hands about 24 MB back and faults it in again each round
+        pytest.skip(f'this C library keeps freed memory already ({default:.0f} page faults per round)')
+    assert after < default / 20
+
+
+def test_a_users_own_malloc_setting_wins():
+    kept, _, _ = run_faults({**os.environ, 'MALLOC_ARENA_MAX': '2'})
+    assert not kept
