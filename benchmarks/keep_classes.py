@@ -16,7 +16,8 @@ Measured:
 - *new classes learned*: helmet and head AP50 on the helmet data's test list;
 - *cost*: inference ms per image (CPU, 640 px, batch 1, fused as val.py loads it) of the kept model at
   ``--freeze`` and with all but Detect frozen, against the checkpoint: the models run interleaved and the ratio is
-  the median of each round's ratio, with its quartiles; training seconds per epoch; file size.
+  the median of each round's ratio, with its quartiles; timed with glibc's allocator as it comes, then told to keep
+  freed memory as detect.py and val.py run (the figure the targets judge); training seconds per epoch; file size.
 
 Writes ``OUT.json`` and ``OUT.md`` (default benchmarks/results/keep_classes). Trained runs are reused when their
 best.pt and timing file exist under ``--project`` (``--retrain``: train again).
