@@ -75,6 +75,11 @@ def test_readme_is_short_and_has_no_development_paths_or_dates():
     assert not DATE.search(text), DATE.search(text).group(0)
 
 
+@pytest.mark.parametrize('md', sorted(DOCS.glob('*.md')), ids=lambda p: p.name)
+def test_docs_name_no_development_paths_outside_the_development_page(md):
+    assert md.name == 'development.md' or '../shared' not in md.read_text(encoding='utf-8')
+
+
 @pytest.mark.parametrize('md', documents(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(md):
     broken = []
