@@ -135,6 +135,34 @@ def test_a_disk_cache_is_reused_and_rebuilt_when_its_key_changes(tiny_data, monk
     assert np.array_equal(cache.arrays[0][n:n + 8], fc.prefix_outputs(model, imgs, 10, [4, 6, 9])[0].half().numpy())
 
 
+def test_a_disk_cache_is_built_aside_and_a_stale_one_removed(tiny_data, monkeypatch):
+    """Built in a private folder and moved in place when complete, so a run reading the old cache meanwhile never
+    sees a half-written file; a stale disk cache is removed when the new one fits in RAM."""
+    monkeypatch.setattr(fc, 'RAM_SHARE', 0.0)
+    model, ds = frozen_model(), dataset(tiny_data, imgsz=96)
+    build_logged(model, ds)
+    folder = fc.cache_dir(ds, 96)
+    old_key, old_file = fc.saved_key(folder), os.stat(folder / 'layer0.npy')
+    seen = []
+
+    def fill_watched(*args, **kwargs):
+        seen.append((fc.saved_key(folder), os.stat(folder / 'layer0.npy').st_ino))  # the old cache, untouched
+        return fill(*args, **kwargs)
+    fill = fc.fill_cache
+    monkeypatch.setattr(fc, 'fill_cache', fill_watched)
+    with torch.no_grad():
+        model.model[0].conv.weight[0, 0, 0, 0] += 1e-3
+    assert 'rebuilt: key changed: weights' in build_logged(model, ds)
+    assert seen == [(old_key, old_file.st_ino)]
+    assert fc.saved_key(folder) not in (None, old_key)
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f'.{folder.name}')) == []
+    monkeypatch.setattr(fc, 'RAM_SHARE', 0.5)
+    with torch.no_grad():
+        model.model[0].conv.weight[0, 0, 0, 0] += 1e-3
+    assert 'in RAM' in build_logged(model, ds)
+    assert not folder.exists()  # the stale disk cache is gone
+
+
 def test_the_key_follows_weights_imgsz_freeze_and_data(tiny_data, tmp_path):
     model, ds = frozen_model(), dataset(tiny_data)
     key = fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)

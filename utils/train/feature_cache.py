@@ -13,7 +13,8 @@ Where: in RAM when they fit in ``RAM_SHARE`` of the memory available, else in .n
 ``$YOLOV5_FREEZE_CACHE/features`` (default ``~/.cache/yolov5-freeze/features``), one folder per training list and
 image size. A folder whose key (the frozen layers' tensors, image size, cut, K, seed, the hyp's augmentation, the
 training images and labels) matches is reused, also by a run that would fit in RAM; one whose key differs is
-rebuilt. When neither fits, one line says how large the cache would be.
+rebuilt (in a private folder, moved in place when complete, so runs sharing the folder never read a half-written
+cache) or, when the new cache stays in RAM, removed. When neither fits, one line says how large the cache would be.
 
 Training: epoch e gives image i its view ``(offset_i + e) % K`` (``offset_i`` drawn from the seed), so each image
 cycles through its K views, in an order shuffled per (seed, epoch). The model runs from layer ``cut`` on the cached
@@ -178,13 +179,43 @@ def choose_storage(nbytes, folder, n_images, views, ram=None, disk=None):
 
 
 def allocate(shapes, rows, folder, where):
-    """Empty (rows, C, H, W) fp16 arrays: in memory, or new .npy files memory-mapped in ``folder``."""
+    """Empty (rows, C, H, W) fp16 arrays: in memory, or new .npy files memory-mapped in ``folder`` (a private
+    build folder, ``build_folder``)."""
     if where == 'RAM':
         return [np.empty((rows, *s), np.float16) for s in shapes]
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / 'key.json').unlink(missing_ok=True)  # written last: a half-built folder is never reused
     return [np.lib.format.open_memmap(folder / f'layer{j}.npy', 'w+', np.float16, (rows, *s))
             for j, s in enumerate(shapes)]
+
+
+def build_folder(folder):
+    """This process's private folder beside ``folder`` to build a disk cache in: another run reading or building
+    the cache of the same list and size never sees a half-written file (``publish`` moves it in place)."""
+    return folder.parent / f'.{folder.name}.build-{os.getpid()}'
+
+
+def publish(built, folder):
+    """Move the complete cache ``built`` to ``folder``, in place of whatever is there; a run that has the old files
+    memory-mapped keeps reading them (POSIX keeps them until unmapped). Of two runs that finish together, the
+    later one's folder stays; both caches are complete."""
+    for _ in range(3):
+        retire(folder)
+        try:
+            os.rename(built, folder)
+            return
+        except OSError:  # another run published between the two steps: retire that one too
+            continue
+    raise OSError(f'--cache features: could not move {built} to {folder}')
+
+
+def retire(folder):
+    """Remove the cache ``folder`` (stale or replaced): renamed aside first, so no reader sees it half-deleted."""
+    aside = folder.parent / f'.{folder.name}.old-{os.getpid()}-{time.monotonic_ns()}'
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_labels(folder, labels):
@@ -212,6 +243,18 @@ def changed_parts(old, new):
 def open_saved(folder, n_kept):
     """The memory-mapped arrays of a complete disk cache in ``folder``."""
     return [np.load(folder / f'layer{j}.npy', mmap_mode='r') for j in range(n_kept)]
+
+
+def reuse(cache, folder):
+    """Fill ``cache`` from the complete disk cache in ``folder``; False when it went away meanwhile (another run
+    replaced it between reading its key and opening its files)."""
+    try:
+        cache.arrays = open_saved(folder, len(cache.kept))
+        cache.labels = load_labels(folder, cache.n_images * cache.views)
+    except FileNotFoundError:
+        return False
+    cache.where = 'disk'
+    return True
 
 
 # ---------------------------------------------------------------- building
@@ -250,17 +293,20 @@ def build_feature_cache(run, model, dataset, views, log=print):
     cache = FeatureCache(kept, cut, None, [], fill, [imgsz // s[1] for s in shapes], n, views)
     key, folder = cache_key(model, cut, dataset, imgsz, views, run.seed, dataset.hyp), cache_dir(dataset, imgsz)
     old = saved_key(folder)
-    if old == key:
-        cache.arrays, cache.labels, cache.where = open_saved(folder, len(kept)), load_labels(folder, n * views), 'disk'
+    if old == key and reuse(cache, folder):
         cache.build_s = time.perf_counter() - t0
         log(f'--cache features: reused {folder} ({views} views, {size_text(cache.nbytes)})')
         return cache
     cache.where = choose_storage(n * views * sum(2 * int(np.prod(s)) for s in shapes), folder, n, views)
-    cache.arrays = allocate(shapes, n * views, folder, cache.where)
+    building = build_folder(folder)
+    cache.arrays = allocate(shapes, n * views, building, cache.where)
     fill_cache(model, cache, view_batches(dataset, views, run.seed, run.batch_size, run.workers), run.device,
                run.main)
     if cache.where == 'disk':
-        save_disk(cache, folder, key)
+        save_disk(cache, building, key)
+        publish(building, folder)
+    elif old:
+        retire(folder)  # a stale disk cache of this list and size: nothing would ever reuse it
     cache.build_s = time.perf_counter() - t0
     place = f'disk at {folder}' if cache.where == 'disk' else 'RAM'
     why = f' (rebuilt: key changed: {", ".join(changed_parts(old, key))})' if old and cache.where == 'disk' else ''
