@@ -163,6 +163,68 @@ def test_a_disk_cache_is_built_aside_and_a_stale_one_removed(tiny_data, monkeypa
     assert not folder.exists()  # the stale disk cache is gone
 
 
+def mosaic_dataset(data, imgsz=128):
+    ds = dataset(data, imgsz)
+    ds.hyp = {**ds.hyp, 'feature_mosaic': 1.0}
+    return ds
+
+
+def test_feature_mosaic_caches_half_size_views_of_the_frozen_prefix(tiny_data):
+    model, ds = frozen_model(), mosaic_dataset(tiny_data)
+    cache = fc.build_feature_cache(run_config(batch_size=16), model, ds, 2, log=lambda s: None)
+    n = len(ds)
+    assert cache.mosaic and [a.shape[2:] for a in cache.arrays] == [(8, 8), (4, 4), (2, 2)]  # 64 px views
+    assert cache.strides == [8, 16, 32]
+    half = fc.half_size_views(ds)
+    assert (half.img_size, half.hyp['mosaic'], ds.img_size, ds.hyp['mosaic']) == (64, 0.0, 128, ds.hyp['mosaic'])
+    rows = list(range(n))
+    imgs, targets = view_images(half, rows, n)
+    assert imgs.shape[2:] == (64, 64)
+    assert np.array_equal(cache.arrays[0][rows], fc.prefix_outputs(model, imgs, 10, [4, 6, 9])[0].half().numpy())
+    assert np.array_equal(cache.labels[3], targets[targets[:, 0] == 3, 1:].numpy())
+
+
+def test_mosaic_maps_and_labels_place_four_views_in_quadrants():
+    array = np.arange(6 * 2 * 2 * 3, dtype=np.float16).reshape(6, 2, 2, 3)  # 6 rows of (C=2, h=2, w=3)
+    quads = np.array([[5, 0, 3, 1], [2, 2, 4, 0]])
+    maps = fc.mosaic_maps(array, quads)
+    assert maps.shape == (2, 2, 4, 6)
+    for b, q in enumerate(quads):
+        for k, row in enumerate(q):
+            y, x = (k // 2) * 2, (k % 2) * 3
+            assert torch.equal(maps[b, :, y:y + 2, x:x + 3], torch.from_numpy(array[row])), (b, k)
+    labels = [np.array([[1, 0.5, 0.5, 0.2, 0.4]], np.float32), np.zeros((0, 5), np.float32)]
+    out = fc.mosaic_labels(labels, [1, 1, 1, 0])  # the box in the bottom-right quadrant
+    assert np.allclose(out, [[1, 0.75, 0.75, 0.1, 0.2]])
+
+
+def test_each_mosaic_holds_its_own_view_and_three_at_their_epoch_views(tiny_data):
+    model, ds = frozen_model(), mosaic_dataset(tiny_data)
+    cache = fc.build_feature_cache(run_config(batch_size=16), model, ds, 2, log=lambda s: None)
+    loader = fc.FeatureLoader(cache, 4, 3, {}, 128)
+    loader.sampler.set_epoch(1)
+    rows = list(loader.sampler)[:4]
+    s, n = loader.sampler, len(ds)
+    maps, labels = loader.mosaics(rows, np.random.default_rng(0))
+    assert maps[0].shape == (4, 64, 16, 16)
+    for b, row in enumerate(rows):
+        quads = [np.flatnonzero([torch.equal(maps[0][b, :, y:y + 8, x:x + 8], torch.from_numpy(a))
+                                 for a in cache.arrays[0]]) for y in (0, 8) for x in (0, 8)]
+        assert any(row in q for q in quads)  # its own view is in one quadrant
+        for q in quads:  # every quadrant is some image at the view this epoch gives it
+            assert any(r // n == (s.offsets[r % n] + 1) % 2 for r in q)
+    batch, targets, _, _ = next(iter(loader))
+    assert batch.shape == (4, 3, 128, 128) and targets.shape[1] == 6
+    model.train()
+    out = forward(model, batch.to('cpu'))
+    assert [o.shape[2:4] for o in out] == [(16, 16), (8, 8), (4, 4)]
+
+
+def test_feature_mosaic_needs_a_size_that_halves_to_the_stride(tiny_data):
+    with pytest.raises(InputError, match='--img-size 96 must be a multiple of 64'):
+        fc.half_size_views(mosaic_dataset(tiny_data, imgsz=96))
+
+
 def test_the_key_follows_weights_imgsz_freeze_and_data(tiny_data, tmp_path):
     model, ds = frozen_model(), dataset(tiny_data)
     key = fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)
@@ -173,6 +235,7 @@ def test_the_key_follows_weights_imgsz_freeze_and_data(tiny_data, tmp_path):
     assert fc.changed_parts(key, fc.cache_key(model, 10, big, 96, 2, 0, ds.hyp)) == ['imgsz']
     assert 'freeze' in fc.changed_parts(key, fc.cache_key(frozen_model('5'), 5, ds, 64, 2, 0, ds.hyp))
     assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'mosaic': 0.5})) == ['hyp']
+    assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'feature_mosaic': 1})) == ['hyp']
     f = ds.im_files[0]
     st = os.stat(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # the image changed

@@ -21,8 +21,12 @@ cycles through its K views, in an order shuffled per (seed, epoch). The model ru
 outputs (``CachedBatch.forward``); the frozen layers do not run. Optional, in feature space (hyp keys, default 0):
 ``feature_fliplr`` (probability of a horizontal flip of every cached map, labels flipped) and ``feature_shift``
 (largest shift, as a fraction of the image, in whole cells of the coarsest level; the uncovered border takes the
-values a plain grey letterbox image gives there).
+values a plain grey letterbox image gives there). ``feature_mosaic: 1`` caches each view at half the image size,
+drawn without mosaic, and assembles every training sample from four of them, 2 x 2, in feature space: a mosaic
+whose four images change every epoch, from a cache a quarter the size (the quadrants' borders are an approximation:
+each was computed with padding where a real mosaic has its neighbour).
 """
+import copy
 import hashlib
 import json
 import os
@@ -44,7 +48,7 @@ RAM_SHARE = 0.5  # the cache stays in RAM when it needs at most this share of th
 DISK_SHARE = 0.9  # ... else on disk when it needs at most this share of the free disk space
 VIEW_STREAM = 7919  # tags the (seed, stream, view, image) keys of the views' draws, apart from training's
 AUGMENT_KEYS = ('hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud',
-                'fliplr', 'mosaic', 'mixup', 'copy_paste')
+                'fliplr', 'mosaic', 'mixup', 'copy_paste', 'feature_mosaic')
 GREY = 114  # the letterbox's fill value
 
 
@@ -149,6 +153,7 @@ class FeatureCache:
     strides: list
     n_images: int
     views: int
+    mosaic: bool = False  # views at half size, assembled 2 x 2 per sample (hyp feature_mosaic)
     where: str = 'RAM'
     build_s: float = 0.0
 
@@ -280,6 +285,18 @@ def fill_cache(model, cache, batches, device, show=True):
         row += len(imgs)
 
 
+def half_size_views(dataset):
+    """``dataset`` drawing views at half its image size without mosaic (hyp feature_mosaic: the loader assembles
+    four of them); everything else (colour, flips, affine) as its hyp says."""
+    if dataset.img_size % 64:
+        raise InputError(f'--cache features with feature_mosaic: --img-size {dataset.img_size} must be a multiple of '
+                         f'64 (each quadrant a multiple of the stride 32)')
+    half = copy.copy(dataset)
+    half.img_size, half.ims, half.mosaic = dataset.img_size // 2, None, False
+    half.hyp = {**dataset.hyp, 'mosaic': 0.0, 'mixup': 0.0}
+    return half
+
+
 def build_feature_cache(run, model, dataset, views, log=print):
     """The FeatureCache of ``dataset``'s training views for ``model``'s frozen prefix: reused from disk when its
     key matches, else built (in RAM or on disk, see the module docstring)."""
@@ -288,9 +305,11 @@ def build_feature_cache(run, model, dataset, views, log=print):
         raise InputError('--cache features: the model has no frozen prefix (its first layer trains, or '
                          '--freeze-bn-stats false lets frozen BatchNorm statistics change); use --freeze N')
     t0, imgsz, n = time.perf_counter(), dataset.img_size, len(dataset)
+    mosaic = bool(dataset.hyp.get('feature_mosaic', 0))
+    drawn = half_size_views(dataset) if mosaic else dataset
     kept = kept_layers(model, cut)
-    shapes, fill = probe_prefix(model, imgsz, cut, kept, run.device)
-    cache = FeatureCache(kept, cut, None, [], fill, [imgsz // s[1] for s in shapes], n, views)
+    shapes, fill = probe_prefix(model, drawn.img_size, cut, kept, run.device)
+    cache = FeatureCache(kept, cut, None, [], fill, [drawn.img_size // s[1] for s in shapes], n, views, mosaic)
     key, folder = cache_key(model, cut, dataset, imgsz, views, run.seed, dataset.hyp), cache_dir(dataset, imgsz)
     old = saved_key(folder)
     if old == key and reuse(cache, folder):
@@ -300,7 +319,7 @@ def build_feature_cache(run, model, dataset, views, log=print):
     cache.where = choose_storage(n * views * sum(2 * int(np.prod(s)) for s in shapes), folder, n, views)
     building = build_folder(folder)
     cache.arrays = allocate(shapes, n * views, building, cache.where)
-    fill_cache(model, cache, view_batches(dataset, views, run.seed, run.batch_size, run.workers), run.device,
+    fill_cache(model, cache, view_batches(drawn, views, run.seed, run.batch_size, run.workers), run.device,
                run.main)
     if cache.where == 'disk':
         save_disk(cache, building, key)
@@ -310,7 +329,8 @@ def build_feature_cache(run, model, dataset, views, log=print):
     cache.build_s = time.perf_counter() - t0
     place = f'disk at {folder}' if cache.where == 'disk' else 'RAM'
     why = f' (rebuilt: key changed: {", ".join(changed_parts(old, key))})' if old and cache.where == 'disk' else ''
-    log(f'--cache features: built {views} views x {n} images of layers {kept} through layer {cut - 1}: '
+    log(f'--cache features: built {views} views x {n} images{" at half size (feature_mosaic)" if mosaic else ""} '
+        f'of layers {kept} through layer {cut - 1}: '
         f'{size_text(cache.nbytes)} in {place}, {cache.build_s:.1f} s{why}')
     return cache
 
@@ -383,17 +403,49 @@ class FeatureLoader:
             yield self.batch(rows[b:b + self.batch_size], rng)
 
     def batch(self, rows, rng):
-        idx = np.asarray(rows)
-        outputs = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in self.cache.arrays]
-        labels = [self.cache.labels[r].copy() for r in rows]
+        if self.cache.mosaic:
+            outputs, labels = self.mosaics(rows, rng)
+        else:
+            idx = np.asarray(rows)
+            outputs = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in self.cache.arrays]
+            labels = [self.cache.labels[r].copy() for r in rows]
         for b in range(len(rows)):
             augment_one(outputs, labels, b, rng, self.flip_p, self.shift, self.cache, self.imgsz)
         targets = torch.cat([torch.from_numpy(np.concatenate((np.full((len(lb), 1), b, np.float32), lb), 1))
                              for b, lb in enumerate(labels)]) if labels else torch.zeros((0, 6))
         return CachedBatch(outputs, self.cache, (len(rows), 3, self.imgsz, self.imgsz)), targets, (), ()
 
+    def mosaics(self, rows, rng):
+        """(outputs, labels) of one sample per row: the row's half-size view and three others' (each image at its
+        view of this epoch), in random quadrants, assembled 2 x 2 at every kept level."""
+        s, n = self.sampler, self.cache.n_images
+        others = rng.integers(0, n, (len(rows), 3))
+        quads = np.concatenate((np.asarray(rows)[:, None], ((s.offsets[others] + s.epoch) % s.views) * n + others), 1)
+        quads = rng.permuted(quads, axis=1)
+        return [mosaic_maps(a, quads) for a in self.cache.arrays], [mosaic_labels(self.cache.labels, q) for q in quads]
+
 
 # ---------------------------------------------------------------- augmentation in feature space
+def mosaic_maps(array, quads):
+    """(B, C, 2h, 2w) tensor of cached (C, h, w) maps, ``quads`` (B, 4) rows placed top-left, top-right,
+    bottom-left, bottom-right."""
+    b, (c, h, w) = len(quads), array.shape[1:]
+    q = torch.from_numpy(np.ascontiguousarray(array[quads.reshape(-1)])).view(b, 2, 2, c, h, w)
+    return q.permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * h, 2 * w)
+
+
+def mosaic_labels(labels, quad):
+    """Labels (n, 5) [cls, cx, cy, w, h] of the mosaic of rows ``quad``: each quadrant's boxes halved and moved."""
+    out = []
+    for k, row in enumerate(quad):
+        lb = labels[row].copy()
+        lb[:, 1] = (lb[:, 1] + k % 2) / 2
+        lb[:, 2] = (lb[:, 2] + k // 2) / 2
+        lb[:, 3:5] /= 2
+        out.append(lb)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 5), np.float32)
+
+
 def augment_one(outputs, labels, b, rng, flip_p, shift, cache, imgsz):
     """Flip and/or shift image ``b`` of a batch in place: every kept map and its labels."""
     if flip_p and rng.random() < flip_p:
