@@ -146,8 +146,8 @@ class KeepModel(Model):
     def _merged_into(self, x, y, nhwc):
         """``forward_merged``'s numbers, each head's decode written straight into its rows and class columns of
         one output (inference only: no padded copies and no concatenation, so doubling a Detect costs little)."""
-        nchw, heads = {}, self.heads()  # nchw: each trunk output turned into Detect's layout once
-        maps = [self._head_maps(head, x, list(y), nhwc and nchw) for head in heads]
+        nchw, heads = ({} if nhwc else None), self.heads()  # nchw: each trunk output put in Detect's layout once
+        maps = [self._head_maps(head, x, list(y), nchw) for head in heads]
         rows = [sum(p[0].numel() // p.shape[-1] for p in m) for m in maps]
         out = x.new_empty(x.shape[0], sum(rows), 5 + self.nc_all)
         first = 0
@@ -167,11 +167,11 @@ class KeepModel(Model):
 
     def _head_maps(self, head, x, y, nchw):
         """One head's raw Detect maps from the trunk's output ``x`` and saved outputs ``y``; ``nchw`` (a dict, or
-        False when the layers run in the default layout) keeps each input already made contiguous for Detect."""
+        None when the layers run in the default layout) keeps each input already made contiguous for Detect."""
         body, detect = head[:-1], head[-1]
         x = run_layers(body, self.save, x, y)
         inputs = [x if j == -1 else y[j] for j in detect.f]
-        if nchw is not False:
+        if nchw is not None:
             inputs = [self._detect_layout(t, nchw) for t in inputs]
         return detect.raw_maps(inputs)
 

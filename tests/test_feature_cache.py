@@ -12,6 +12,7 @@ from models.yolo import Model, run_layers
 from utils.data.datasets import DetectionDataset
 from utils.errors import InputError
 from utils.freeze.plan import FreezePlan
+from utils.train import feature_augment as fa
 from utils.train import feature_cache as fc
 from utils.train.callbacks import Callback
 from utils.train.engine import forward
@@ -187,14 +188,14 @@ def test_feature_mosaic_caches_half_size_views_of_the_frozen_prefix(tiny_data):
 def test_mosaic_maps_and_labels_place_four_views_in_quadrants():
     array = np.arange(6 * 2 * 2 * 3, dtype=np.float16).reshape(6, 2, 2, 3)  # 6 rows of (C=2, h=2, w=3)
     quads = np.array([[5, 0, 3, 1], [2, 2, 4, 0]])
-    maps = fc.mosaic_maps(array, quads)
+    maps = fa.mosaic_maps(array, quads)
     assert maps.shape == (2, 2, 4, 6)
     for b, q in enumerate(quads):
         for k, row in enumerate(q):
             y, x = (k // 2) * 2, (k % 2) * 3
             assert torch.equal(maps[b, :, y:y + 2, x:x + 3], torch.from_numpy(array[row])), (b, k)
     labels = [np.array([[1, 0.5, 0.5, 0.2, 0.4]], np.float32), np.zeros((0, 5), np.float32)]
-    out = fc.mosaic_labels(labels, [1, 1, 1, 0])  # the box in the bottom-right quadrant
+    out = fa.mosaic_labels(labels, [1, 1, 1, 0])  # the box in the bottom-right quadrant
     assert np.allclose(out, [[1, 0.75, 0.75, 0.1, 0.2]])
 
 
@@ -277,16 +278,16 @@ def test_ddp_is_refused():
 def test_feature_space_flip_and_shift():
     m = torch.arange(2 * 4 * 4, dtype=torch.float16).view(2, 4, 4)
     fill = torch.tensor([-1.0, -2.0])
-    out = fc.shift_map(m, 1, -2, fill)
+    out = fa.shift_map(m, 1, -2, fill)
     assert torch.equal(out[:, :2, 1:], m[:, 2:, :3]) and (out[0, :, 0] == -1).all() and (out[1, 2:] == -2).all()
     lb = np.array([[1, 0.5, 0.5, 0.2, 0.2], [2, 0.95, 0.5, 0.1, 0.1]], np.float32)
-    shifted = fc.shift_labels(lb, 0.25, 0.0)  # the second box leaves the image
+    shifted = fa.shift_labels(lb, 0.25, 0.0)  # the second box leaves the image
     assert shifted.shape == (1, 5) and np.allclose(shifted[0], [1, 0.75, 0.5, 0.2, 0.2])
     cache = SimpleNamespace(strides=[8, 16, 32], fill=[np.zeros(c, np.float16) for c in (1, 1, 1)])
     outs = [torch.rand(1, 1, s, s).half() for s in (8, 4, 2)]
     flipped = [o.clone() for o in outs]
     labels = [lb.copy()]
-    fc.augment_one(flipped, labels, 0, np.random.default_rng(0), 1.0, 0.0, cache, 64)
+    fa.augment_one(flipped, labels, 0, np.random.default_rng(0), 1.0, 0.0, cache, 64)
     assert all(torch.equal(f, o.flip(-1)) for f, o in zip(flipped, outs))
     assert np.allclose(labels[0][:, 1], 1 - lb[:, 1])
 

@@ -18,7 +18,8 @@ cache) or, when the new cache stays in RAM, removed. When neither fits, one line
 
 Training: epoch e gives image i its view ``(offset_i + e) % K`` (``offset_i`` drawn from the seed), so each image
 cycles through its K views, in an order shuffled per (seed, epoch). The model runs from layer ``cut`` on the cached
-outputs (``CachedBatch.forward``); the frozen layers do not run. Optional, in feature space (hyp keys, default 0):
+outputs (``CachedBatch.forward``); the frozen layers do not run. Optional, in feature space (hyp keys, default 0;
+utils/train/feature_augment.py):
 ``feature_fliplr`` (probability of a horizontal flip of every cached map, labels flipped) and ``feature_shift``
 (largest shift, as a fraction of the image, in whole cells of the coarsest level; the uncovered border takes the
 values a plain grey letterbox image gives there). ``feature_mosaic: 1`` caches each view at half the image size,
@@ -43,6 +44,7 @@ from models.prefix_memo import frozen_prefix_len
 from utils.data.datasets import DetectionDataset, seed_worker
 from utils.data.image_cache import available_memory
 from utils.errors import InputError
+from utils.train.feature_augment import augment_one, mosaic_labels, mosaic_maps
 
 RAM_SHARE = 0.5  # the cache stays in RAM when it needs at most this share of the memory available
 DISK_SHARE = 0.9  # ... else on disk when it needs at most this share of the free disk space
@@ -245,16 +247,11 @@ def changed_parts(old, new):
     return [k for k in new if old.get(k) != new[k]]
 
 
-def open_saved(folder, n_kept):
-    """The memory-mapped arrays of a complete disk cache in ``folder``."""
-    return [np.load(folder / f'layer{j}.npy', mmap_mode='r') for j in range(n_kept)]
-
-
 def reuse(cache, folder):
-    """Fill ``cache`` from the complete disk cache in ``folder``; False when it went away meanwhile (another run
-    replaced it between reading its key and opening its files)."""
+    """Fill ``cache`` from the complete disk cache in ``folder`` (its arrays memory-mapped); False when it went away
+    meanwhile (another run replaced it between reading its key and opening its files)."""
     try:
-        cache.arrays = open_saved(folder, len(cache.kept))
+        cache.arrays = [np.load(folder / f'layer{j}.npy', mmap_mode='r') for j in range(len(cache.kept))]
         cache.labels = load_labels(folder, cache.n_images * cache.views)
     except FileNotFoundError:
         return False
@@ -376,8 +373,11 @@ class ViewSampler:
         self.epoch = epoch
 
     def __iter__(self):
-        order = np.random.default_rng((self.seed, VIEW_STREAM, self.epoch)).permutation(self.n)
-        return iter(((self.offsets[order] + self.epoch) % self.views) * self.n + order)
+        return iter(self.rows(np.random.default_rng((self.seed, VIEW_STREAM, self.epoch)).permutation(self.n)))
+
+    def rows(self, images):
+        """The cache rows of ``images`` (indices): each image at its view of this epoch."""
+        return ((self.offsets[images] + self.epoch) % self.views) * self.n + images
 
     def __len__(self):
         return self.n
@@ -418,70 +418,9 @@ class FeatureLoader:
     def mosaics(self, rows, rng):
         """(outputs, labels) of one sample per row: the row's half-size view and three others' (each image at its
         view of this epoch), in random quadrants, assembled 2 x 2 at every kept level."""
-        s, n = self.sampler, self.cache.n_images
-        others = rng.integers(0, n, (len(rows), 3))
-        quads = np.concatenate((np.asarray(rows)[:, None], ((s.offsets[others] + s.epoch) % s.views) * n + others), 1)
-        quads = rng.permuted(quads, axis=1)
+        others = self.sampler.rows(rng.integers(0, self.cache.n_images, (len(rows), 3)))
+        quads = rng.permuted(np.concatenate((np.asarray(rows)[:, None], others), 1), axis=1)
         return [mosaic_maps(a, quads) for a in self.cache.arrays], [mosaic_labels(self.cache.labels, q) for q in quads]
-
-
-# ---------------------------------------------------------------- augmentation in feature space
-def mosaic_maps(array, quads):
-    """(B, C, 2h, 2w) tensor of cached (C, h, w) maps, ``quads`` (B, 4) rows placed top-left, top-right,
-    bottom-left, bottom-right."""
-    b, (c, h, w) = len(quads), array.shape[1:]
-    q = torch.from_numpy(np.ascontiguousarray(array[quads.reshape(-1)])).view(b, 2, 2, c, h, w)
-    return q.permute(0, 3, 1, 4, 2, 5).reshape(b, c, 2 * h, 2 * w)
-
-
-def mosaic_labels(labels, quad):
-    """Labels (n, 5) [cls, cx, cy, w, h] of the mosaic of rows ``quad``: each quadrant's boxes halved and moved."""
-    out = []
-    for k, row in enumerate(quad):
-        lb = labels[row].copy()
-        lb[:, 1] = (lb[:, 1] + k % 2) / 2
-        lb[:, 2] = (lb[:, 2] + k // 2) / 2
-        lb[:, 3:5] /= 2
-        out.append(lb)
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 5), np.float32)
-
-
-def augment_one(outputs, labels, b, rng, flip_p, shift, cache, imgsz):
-    """Flip and/or shift image ``b`` of a batch in place: every kept map and its labels."""
-    if flip_p and rng.random() < flip_p:
-        for o in outputs:
-            o[b] = o[b].flip(-1)
-        labels[b][:, 1] = 1 - labels[b][:, 1]
-    if shift:
-        coarse = max(cache.strides)
-        most = int(shift * imgsz // coarse)
-        dx, dy = (int(v) for v in rng.integers(-most, most + 1, 2)) if most else (0, 0)
-        if dx or dy:
-            for o, s, f in zip(outputs, cache.strides, cache.fill):
-                o[b] = shift_map(o[b], dx * coarse // s, dy * coarse // s, torch.from_numpy(f))
-            labels[b] = shift_labels(labels[b], dx * coarse / imgsz, dy * coarse / imgsz)
-
-
-def shift_map(m, dx, dy, fill):
-    """(C, H, W) ``m`` moved by (dx, dy) cells; the uncovered cells take ``fill`` (C,)."""
-    out = fill.to(m.dtype).view(-1, 1, 1).expand_as(m).clone()
-    h, w = m.shape[1:]
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[:, yd, xd] = m[:, ys, xs]
-    return out
-
-
-def shift_labels(lb, dx, dy, min_visible=0.25):
-    """Labels (n, 5) [cls, cx, cy, w, h] moved by (dx, dy) of the image, clipped to it; boxes with less than
-    ``min_visible`` of their area left inside are dropped."""
-    x1, x2 = lb[:, 1] - lb[:, 3] / 2 + dx, lb[:, 1] + lb[:, 3] / 2 + dx
-    y1, y2 = lb[:, 2] - lb[:, 4] / 2 + dy, lb[:, 2] + lb[:, 4] / 2 + dy
-    cx1, cx2, cy1, cy2 = (np.clip(v, 0, 1) for v in (x1, x2, y1, y2))
-    area = (x2 - x1) * (y2 - y1)
-    keep = (cx2 - cx1) * (cy2 - cy1) >= min_visible * np.maximum(area, 1e-12)
-    out = np.stack((lb[:, 0], (cx1 + cx2) / 2, (cy1 + cy2) / 2, cx2 - cx1, cy2 - cy1), 1)[keep]
-    return out.astype(np.float32)
 
 
 def feature_loader(run, model, dataset, views, hyp, log=print):
