@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt')]
 
 FAULTS = """
-import resource, torch
-from utils.runs import keep_freed_memory
+import ctypes, resource, torch
+from utils.runs import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
 
 def faults_per_round(n=5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -22,10 +22,9 @@ def faults_per_round(n=5):
         del maps
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
 
-import ctypes
 mallopt = ctypes.CDLL(None).mallopt
-mallopt(-1, 128 * 1024)  # glibc's documented starting values, fixed: trim and mmap at 128 KiB, so that
-mallopt(-3, 128 * 1024)  # 'before' faults whatever this process allocated earlier
+mallopt(M_TRIM_THRESHOLD, 128 * 1024)  # glibc's documented starting values, fixed: trim and mmap at 128 KiB, so
+mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # that 'before' faults whatever this process allocated earlier
 faults_per_round()
 default = faults_per_round()
 kept = keep_freed_memory()
