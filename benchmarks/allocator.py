@@ -66,7 +66,10 @@ def measure_once(opt, mode):
     env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}  # glibc as it comes
     cmd = [sys.executable, __file__, '--worker', mode, '--weights', opt.weights, '--imgsz', str(opt.imgsz),
            '--warmup', str(opt.warmup), '--reps', str(opt.reps)]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode:  # e.g. weights that do not load: the worker's last line says why
+        last = (out.stderr.strip().splitlines() or ['no output'])[-1]
+        raise SystemExit(f'benchmarks/allocator.py: the {mode} measurement failed: {last}')
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

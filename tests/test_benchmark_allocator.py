@@ -28,3 +28,11 @@ def test_rounds_table_and_json(tmp_path, make_tiny_checkpoint):
     md = out.with_suffix('.md').read_text()
     assert f"| keep_freed_memory | {res['summary']['keep_freed_memory']['ms']:.1f} |" in md
     assert f"**{res['speedup']:.2f}x**" in md
+
+
+def test_weights_that_do_not_load_are_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        allocator.main(['--weights', str(tmp_path / 'missing.pt'), '--rounds', '1', '--out', str(tmp_path / 'a')])
+    msg = str(e.value)
+    assert msg.startswith('benchmarks/allocator.py: the default measurement failed: ') and '\n' not in msg
+    assert 'missing.pt' in msg
