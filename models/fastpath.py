@@ -76,10 +76,10 @@ def forward(model, x, options):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad() if options.no_grad else contextlib.nullcontext():
         x = model.run_layers(0, x, y, stop=cut)
-    if nhwc:  # the trainable rest runs as usual, in the default layout
+    if nhwc and not model.training:  # inference: the rest (Detect) in the default layout, as exports run it
         x = _contiguous(x)
         y = [_contiguous(t) for t in y]
-    return model.run_layers(cut, x, y)
+    return model.run_layers(cut, x, y)  # training: the trainable rest in NHWC too (oneDNN's faster backward)
 
 
 def _contiguous(t):

@@ -73,6 +73,31 @@ def test_gradients_are_as_exact_as_the_plain_forward():
     assert rel_error(fast.values(), ref.values()) <= 4 * rel_error(plain.values(), ref.values()) + 1e-6
 
 
+def input_layouts(model, x, train):
+    """{layer index: whether its first input arrived channels_last} for the first trainable layer and Detect."""
+    seen = {}
+
+    def hook(i):
+        def record(module, args):
+            t = args[0][0] if isinstance(args[0], list) else args[0]
+            seen[i] = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+        return record
+
+    handles = [model.model[i].register_forward_pre_hook(hook(i)) for i in (10, len(model.model) - 1)]
+    outputs(model, x, train)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_training_runs_the_trainable_rest_in_channels_last_and_inference_gives_detect_the_default_layout():
+    """On CPU, training keeps NHWC after the frozen prefix (oneDNN's backward is faster there); inference hands
+    Detect contiguous maps, as the exports and the kept model's heads compute them."""
+    model, x = make(), torch.rand(2, 3, 64, 64)
+    assert input_layouts(model, x, train=True) == {10: True, 24: True}
+    assert input_layouts(model, x, train=False) == {10: False, 24: False}
+
+
 def test_state_dict_and_frozen_tensors_untouched_by_training():
     model = make()
     keys = list(model.state_dict())

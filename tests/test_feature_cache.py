@@ -95,7 +95,9 @@ def test_training_from_the_cache_is_training_from_its_views(built):
     imgs, image_targets = view_images(ds, rows, len(ds))
     assert torch.equal(targets, image_targets)
     model.train()
-    with_cache = loss(forward(model, batch.to('cpu')), targets)[0]
+    on_cpu = batch.to('cpu')
+    assert all(o.dtype == torch.float32 and o.is_contiguous(memory_format=torch.channels_last) for o in on_cpu.outputs)
+    with_cache = loss(forward(model, on_cpu), targets)[0]
     with_images = loss(forward(model, imgs), image_targets)[0]
     assert torch.allclose(with_cache, with_images, rtol=2e-3), (with_cache, with_images)
 

@@ -348,7 +348,9 @@ class CachedBatch:
         self.outputs, self.cache, self.shape = outputs, cache, image_shape
 
     def to(self, device, dtype=torch.float32):
-        return CachedBatch([o.to(device, non_blocking=True).to(dtype) for o in self.outputs], self.cache, self.shape)
+        form = torch.channels_last if torch.device(device).type == 'cpu' else torch.contiguous_format
+        return CachedBatch([o.to(device, non_blocking=True).to(dtype, memory_format=form) for o in self.outputs],
+                           self.cache, self.shape)
 
     def forward(self, model):
         """``model``'s output from layer ``cut`` on, with the prefix's outputs taken from the cache."""
