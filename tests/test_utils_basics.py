@@ -134,3 +134,19 @@ def test_garbage_weights_file_is_named_in_one_line(tmp_path):
     bad.write_text('not a checkpoint at all\n')
     with pytest.raises(ValueError, match='garbage.pt: not a readable checkpoint'):
         read_weights(bad)
+
+
+SCRIPT_ENTRIES = [('train', 'cli', []), ('detect', 'main', ['--weights', 'x.pt', '--source', 'images']),
+                  ('val', 'main', ['--weights', 'x.pt'])]
+
+
+@pytest.mark.parametrize('script,entry,argv', SCRIPT_ENTRIES)
+def test_scripts_keep_freed_memory_before_they_run(monkeypatch, script, entry, argv):
+    """train.py, detect.py and val.py set glibc's thresholds (utils.runs.keep_freed_memory) before the run."""
+    import importlib
+    module = importlib.import_module(script)
+    calls = []
+    monkeypatch.setattr(module, 'keep_freed_memory', lambda: calls.append('keep'))
+    monkeypatch.setattr(module, 'run_cli', lambda *a, **k: calls.append('run'))
+    getattr(module, entry)(argv)
+    assert calls == ['keep', 'run']

@@ -118,8 +118,9 @@ def keep_freed_memory():
     """Tell glibc's malloc to keep freed memory in this process (trim above 1 GiB, mmap only above 32 MiB), as
     jemalloc and tcmalloc do. By default it hands a forward's freed tensors back to the OS and page-faults them in
     again on the next forward, by heuristics that depend on what ran before: 10-30 MB per image for yolov5n at 640
-    px, where keeping it ran 1.21x faster (benchmarks/allocator.py). For processes that run many forwards (detect.py, val.py); a user's own
-    ``MALLOC_*`` settings win. True where set (glibc), False elsewhere."""
+    px, where keeping it ran 1.21x faster (benchmarks/allocator.py). For processes that run many forwards and
+    steps (train.py, detect.py, val.py); a user's own ``MALLOC_*`` settings win. True where set (glibc), False
+    elsewhere."""
     if any(k.startswith('MALLOC_') for k in os.environ):
         return False
     try:
