@@ -12,7 +12,9 @@ The ideas, each measured in ``benchmarks/freeze.py --fast-path`` (docs/performan
   unused, and dropped, as soon as a source tensor needs a gradient again or the BatchNorm trains (unfreezing).
 - ``no_grad``: the leading layers that need no gradient (frozen parameters, inputs from the image or other such
   layers) run under ``torch.no_grad``, so autograd records nothing for them.
-- ``channels_last``: on CPU those leading layers run in NHWC memory order (oneDNN's faster convolutions).
+- ``channels_last``: on CPU those leading layers run in NHWC memory order (oneDNN's faster convolutions); in
+  training the trainable layers after them stay in NHWC (oneDNN's convolution backward is faster there too), while
+  inference hands Detect contiguous maps, as the exports compute them.
 """
 import contextlib
 
@@ -76,10 +78,11 @@ def forward(model, x, options):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad() if options.no_grad else contextlib.nullcontext():
         x = model.run_layers(0, x, y, stop=cut)
-    if nhwc and not model.training:  # inference: the rest (Detect) in the default layout, as exports run it
-        x = _contiguous(x)
-        y = [_contiguous(t) for t in y]
-    return model.run_layers(cut, x, y)  # training: the trainable rest in NHWC too (oneDNN's faster backward)
+    if nhwc and not model.training:  # inference: Detect reads contiguous maps, as the exports compute them
+        last = len(model.model) - 1
+        x = model.run_layers(cut, x, y, stop=last)
+        return model.run_layers(last, _contiguous(x), [_contiguous(t) for t in y])
+    return model.run_layers(cut, x, y)  # the rest in NHWC too (in training: oneDNN's faster backward)
 
 
 def _contiguous(t):

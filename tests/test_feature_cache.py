@@ -73,9 +73,10 @@ def test_a_cached_view_equals_the_frozen_prefix_on_that_view(built):
     for k in range(2):
         rows = list(range(k * n, (k + 1) * n))  # one build batch: the same batch composition
         imgs, targets = view_images(ds, rows, n)
-        with torch.no_grad():
+        with torch.no_grad():  # the prefix as the training forward runs it: the fast path's NHWC on CPU
             y = []
-            last = run_layers(model.eval().model, model.save, imgs, y, 0, 10)
+            last = run_layers(model.eval().model, model.save, imgs.contiguous(memory_format=torch.channels_last), y,
+                              0, 10)
         model.train()
         y[9] = last
         for j, a in zip(cache.kept, cache.arrays):

@@ -84,7 +84,11 @@ def kept_layers(model, cut):
 
 
 def prefix_outputs(model, imgs, cut, kept):
-    """[outputs of layers ``kept``] for float images ``imgs`` (0-1), the frozen prefix run in eval mode, no grad."""
+    """[outputs of layers ``kept``] for float images ``imgs`` (0-1), the frozen prefix run in eval mode, no grad,
+    and in NHWC on CPU where the frozen fast path runs it so (the training forward it stands in for)."""
+    fast = model.fast_path
+    if fast is not None and fast.channels_last and imgs.device.type == 'cpu':
+        imgs = imgs.contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     try:
