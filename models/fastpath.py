@@ -67,13 +67,18 @@ def set_frozen_fast_path(model, options):
         options.refresh(model)
 
 
+def runs_nhwc(options, x):
+    """Whether the fast path (``options``, or None) runs input ``x`` in channels_last order: on CPU, when asked."""
+    return options is not None and options.channels_last and x.device.type == 'cpu'
+
+
 def forward(model, x, options):
     """Model forward with the gradient-free prefix run under no_grad (and channels_last on CPU)."""
     cut = options.checked_cut(model, x)
     y = []
     if not cut:
         return model.run_layers(0, x, y)
-    nhwc = options.channels_last and x.device.type == 'cpu'
+    nhwc = runs_nhwc(options, x)
     if nhwc:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad() if options.no_grad else contextlib.nullcontext():
@@ -81,7 +86,10 @@ def forward(model, x, options):
     if nhwc and not model.training:  # inference: Detect reads contiguous maps, as the exports compute them
         last = len(model.model) - 1
         x = model.run_layers(cut, x, y, stop=last)
-        return model.run_layers(last, _contiguous(x), [_contiguous(t) for t in y])
+        f = model.model[last].f
+        read = set(f) if isinstance(f, (list, tuple)) else {f}
+        y = [_contiguous(t) if i in read else t for i, t in enumerate(y)]  # only the maps Detect reads
+        return model.run_layers(last, _contiguous(x) if -1 in read else x, y)
     return model.run_layers(cut, x, y)  # the rest in NHWC too (in training: oneDNN's faster backward)
 
 

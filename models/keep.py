@@ -33,7 +33,7 @@ from copy import deepcopy
 import torch
 import torch.nn as nn
 
-from models.fastpath import _contiguous
+from models.fastpath import _contiguous, runs_nhwc
 from models.yolo import Model, parse_model, plain_inference, run_layers
 
 
@@ -129,8 +129,7 @@ class KeepModel(Model):
 
     def forward_merged(self, x):
         """Eval: (B, N_all, 5 + nc_all) decoded predictions of every head, and the trainable head's raw maps."""
-        fast = self.fast_path
-        nhwc = fast is not None and fast.channels_last and x.device.type == 'cpu' and not x.requires_grad
+        nhwc = runs_nhwc(self.fast_path, x) and not x.requires_grad
         if nhwc:  # as the fast path runs a frozen model: every layer but Detect in channels_last order
             x = x.contiguous(memory_format=torch.channels_last)
         y = []

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.fastpath import runs_nhwc
 from models.prefix_memo import frozen_prefix_len
 from utils.data.datasets import DetectionDataset, seed_worker
 from utils.data.image_cache import available_memory
@@ -86,8 +87,7 @@ def kept_layers(model, cut):
 def prefix_outputs(model, imgs, cut, kept):
     """[outputs of layers ``kept``] for float images ``imgs`` (0-1), the frozen prefix run in eval mode, no grad,
     and in NHWC on CPU where the frozen fast path runs it so (the training forward it stands in for)."""
-    fast = model.fast_path
-    if fast is not None and fast.channels_last and imgs.device.type == 'cpu':
+    if runs_nhwc(model.fast_path, imgs):
         imgs = imgs.contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
