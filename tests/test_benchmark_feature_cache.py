@@ -30,6 +30,9 @@ def test_settings_and_their_flags(tmp_path):
     assert written['feature_fliplr'] == 0.5 and written['feature_shift'] == 0.1 and written['mosaic'] == 1.0
     assert study.default_settings([2, 4, 8]) == ['freeze10', 'cache2', 'cache4', 'cache8', 'cache4-flip',
                                                  'cache4-shift']
+    crop = study.parse_settings(study.parse_opt(['--project', str(tmp_path), '--settings', 'cache4-crop']))
+    assert crop[0][1][-2:] == ['--hyp', str(tmp_path / 'hyp.feature-crop.yaml')]
+    assert yaml.safe_load((tmp_path / 'hyp.feature-crop.yaml').read_text())['feature_crop'] == 0.8
     with pytest.raises(ValueError, match='--settings cachex: expected'):
         study.parse_settings(SimpleNamespace(settings=['cachex'], project=str(tmp_path), hyp=None))
 

@@ -295,6 +295,48 @@ def test_feature_space_flip_and_shift():
     assert np.allclose(labels[0][:, 1], 1 - lb[:, 1])
 
 
+def test_window_labels_clip_drop_and_renormalise():
+    lb = np.array([[0, 0.5, 0.5, 0.2, 0.2], [1, 0.1, 0.1, 0.1, 0.1], [2, 0.7, 0.5, 0.2, 0.2]], np.float32)
+    out = fa.window_labels(lb, 0.25, 0.25, 0.5, 0.5, 0.1)  # the window [0.25, 0.75]^2
+    assert out.shape == (2, 5)  # the second box is outside
+    assert np.allclose(out[0], [0, 0.5, 0.5, 0.4, 0.4])
+    assert np.allclose(out[1], [2, 0.85, 0.5, 0.3, 0.4])  # x 0.6-0.75 of 0.6-0.8 inside: clipped at the edge
+    assert fa.window_labels(lb[2:], 0.25, 0.25, 0.5, 0.5, 0.9).shape == (0, 5)  # half of it outside: dropped
+    assert np.allclose(fa.shift_labels(lb[:1], 0.1, -0.1), [[0, 0.6, 0.4, 0.2, 0.2]])
+
+
+def test_crop_batch_cuts_every_level_at_one_cell_aligned_window():
+    strides, rng = [8, 16, 32], np.random.default_rng(1)
+    outs = [torch.rand(3, 2, 128 // s, 128 // s) for s in strides]  # a 128 px batch: 4 x 4 coarse cells
+    labels = [np.array([[0, 0.5, 0.5, 0.2, 0.2]], np.float32)] * 3
+    cropped, new = fa.crop_batch(outs, labels, np.random.default_rng(1), 3, strides)
+    assert [c.shape[2:] for c in cropped] == [(12, 12), (6, 6), (3, 3)]
+    ys, xs = rng.integers(0, 2, 3), rng.integers(0, 2, 3)  # the same draws: where each sample's window is
+    for b, (y, x) in enumerate(zip(ys, xs)):
+        for o, c, s in zip(outs, cropped, strides):
+            f = 32 // s
+            assert torch.equal(c[b], o[b, :, y * f:(y + 3) * f, x * f:(x + 3) * f])
+        assert np.allclose(new[b][:, 1:3], (0.5 - np.array([x, y]) / 4) * 4 / 3)  # the centre, in the window
+    assert fa.crop_cells(20, 0.8) == 16 and fa.crop_cells(2, 0.1) == 1
+
+
+def test_a_cropped_cached_batch_trains_on_the_window(built):
+    model, ds, cache = built
+    with pytest.raises(InputError, match='feature_crop 1.5: must be between 0 and 1'):
+        fc.FeatureLoader(cache, 8, 3, {'feature_crop': 1.5}, 64)
+    whole = next(iter(fc.FeatureLoader(cache, 8, 3, {}, 64)))
+    loader = fc.FeatureLoader(cache, 8, 3, {'feature_crop': 0.5}, 64)
+    batch, targets, _, _ = next(iter(loader))
+    assert batch.shape == (8, 3, 32, 32) and [o.shape[2:] for o in batch.outputs] == [(4, 4), (2, 2), (1, 1)]
+    assert ((targets[:, 2:] >= 0) & (targets[:, 2:] <= 1)).all()
+    for b in range(8):  # each sample's coarsest map is one cell of the whole sample's
+        assert any(torch.equal(batch.outputs[2][b, :, 0, 0], whole[0].outputs[2][b, :, y, x])
+                   for y in range(2) for x in range(2))
+    model.train()
+    out = forward(model, batch.to('cpu'))
+    assert [o.shape[2:4] for o in out] == [(4, 4), (2, 2), (1, 1)]
+
+
 class LayerZeroCalls(Callback):
     """Counts the training model's layer-0 forward calls during the epochs (the EMA and the cache build are
     before the run starts: not counted)."""

@@ -1,13 +1,17 @@
 """Augmentation of cached feature maps (``--cache features``, utils/train/feature_cache.py): the mosaic of four
-half-size views (hyp ``feature_mosaic``), the flip (``feature_fliplr``) and the shift by whole cells of the coarsest
-level (``feature_shift``), each applied to every kept map and to the labels alike.
+half-size views (hyp ``feature_mosaic``), the crop to a window of whole cells of the coarsest level
+(``feature_crop``), the flip (``feature_fliplr``) and the shift by whole coarse cells (``feature_shift``), each
+applied to every kept map and to the labels alike.
 
     maps = mosaic_maps(array, quads)                 # (B, C, 2h, 2w) from rows quads (B, 4) of one cached level
     labels = mosaic_labels(cache_labels, quads[b])   # the labels of sample b, each quadrant's boxes halved and moved
+    outputs, labels = crop_batch(outputs, labels, rng, 16, strides)   # every sample cut to 16 x 16 coarse cells
     augment_one(outputs, labels, b, rng, 0.5, 0.1, cache, imgsz)   # flip and/or shift sample b in place
 """
 import numpy as np
 import torch
+
+CROP_VISIBLE = 0.1  # a cropped box is kept when at least this share of its area is inside (random_perspective's)
 
 
 def mosaic_maps(array, quads):
@@ -59,10 +63,37 @@ def shift_map(m, dx, dy, fill):
 def shift_labels(lb, dx, dy, min_visible=0.25):
     """Labels (n, 5) [cls, cx, cy, w, h] moved by (dx, dy) of the image, clipped to it; boxes with less than
     ``min_visible`` of their area left inside are dropped."""
-    x1, x2 = lb[:, 1] - lb[:, 3] / 2 + dx, lb[:, 1] + lb[:, 3] / 2 + dx
-    y1, y2 = lb[:, 2] - lb[:, 4] / 2 + dy, lb[:, 2] + lb[:, 4] / 2 + dy
+    return window_labels(lb, -dx, -dy, 1.0, 1.0, min_visible)
+
+
+def window_labels(lb, x0, y0, w, h, min_visible):
+    """Labels (n, 5) [cls, cx, cy, w, h] of the window at (x0, y0) of size (w, h) (fractions of the image), in
+    fractions of the window: boxes clipped to it, those with less than ``min_visible`` of their area inside dropped."""
+    x1, x2 = (lb[:, 1] - lb[:, 3] / 2 - x0) / w, (lb[:, 1] + lb[:, 3] / 2 - x0) / w
+    y1, y2 = (lb[:, 2] - lb[:, 4] / 2 - y0) / h, (lb[:, 2] + lb[:, 4] / 2 - y0) / h
     cx1, cx2, cy1, cy2 = (np.clip(v, 0, 1) for v in (x1, x2, y1, y2))
     area = (x2 - x1) * (y2 - y1)
     keep = (cx2 - cx1) * (cy2 - cy1) >= min_visible * np.maximum(area, 1e-12)
     out = np.stack((lb[:, 0], (cx1 + cx2) / 2, (cy1 + cy2) / 2, cx2 - cx1, cy2 - cy1), 1)[keep]
     return out.astype(np.float32)
+
+
+def crop_cells(side, crop):
+    """Cells of the coarsest level a crop keeps of ``side`` cells: the share ``crop`` of them, at least one."""
+    return min(side, max(1, round(crop * side)))
+
+
+def crop_batch(outputs, labels, rng, cells, strides, min_visible=CROP_VISIBLE):
+    """Every sample of a batch cut to ``cells`` x ``cells`` cells of the coarsest level, each at a random place
+    aligned to those cells: the kept maps (B, C, H, W) at ``strides``, and each sample's labels (n, 5) in fractions
+    of its window (boxes with less than ``min_visible`` of their area inside dropped, YOLOv5's rule for a crop)."""
+    coarse = max(strides)
+    h, w = (d * strides[0] // coarse for d in outputs[0].shape[-2:])
+    ys, xs = rng.integers(0, h - cells + 1, len(labels)), rng.integers(0, w - cells + 1, len(labels))
+    cropped = []
+    for o, s in zip(outputs, strides):
+        f = coarse // s
+        cropped.append(torch.stack([o[b, :, y * f:(y + cells) * f, x * f:(x + cells) * f]
+                                    for b, (y, x) in enumerate(zip(ys, xs))]))
+    return cropped, [window_labels(lb, x / w, y / h, cells / w, cells / h, min_visible)
+                     for lb, y, x in zip(labels, ys, xs)]

@@ -25,7 +25,9 @@ utils/train/feature_augment.py):
 values a plain grey letterbox image gives there). ``feature_mosaic: 1`` caches each view at half the image size,
 drawn without mosaic, and assembles every training sample from four of them, 2 x 2, in feature space: a mosaic
 whose four images change every epoch, from a cache a quarter the size (the quadrants' borders are an approximation:
-each was computed with padding where a real mosaic has its neighbour).
+each was computed with padding where a real mosaic has its neighbour). ``feature_crop: 0.8`` trains each sample on
+a window of 0.8 of its side (whole cells of the coarsest level, at a random place each epoch): objects keep their
+size, and the trainable layers do 0.64 of the work.
 """
 import copy
 import hashlib
@@ -45,7 +47,7 @@ from models.prefix_memo import frozen_prefix_len
 from utils.data.datasets import DetectionDataset, seed_worker
 from utils.data.image_cache import available_memory
 from utils.errors import InputError
-from utils.train.feature_augment import augment_one, mosaic_labels, mosaic_maps
+from utils.train.feature_augment import augment_one, crop_batch, crop_cells, mosaic_labels, mosaic_maps
 
 RAM_SHARE = 0.5  # the cache stays in RAM when it needs at most this share of the memory available
 DISK_SHARE = 0.9  # ... else on disk when it needs at most this share of the free disk space
@@ -398,6 +400,10 @@ class FeatureLoader:
         self.sampler = ViewSampler(cache.n_images, cache.views, seed)
         self.generator = torch.Generator()  # reseed_loader seeds it; unused
         self.flip_p, self.shift = float(hyp.get('feature_fliplr', 0.0)), float(hyp.get('feature_shift', 0.0))
+        self.crop = float(hyp.get('feature_crop', 0.0))
+        if not 0 <= self.crop <= 1:
+            raise InputError(f'hyp feature_crop {self.crop}: must be between 0 and 1 (the share of the image side a '
+                             f'training sample keeps; 0 or 1: no crop)')
 
     def __len__(self):
         return -(-self.cache.n_images // self.batch_size)
@@ -415,11 +421,17 @@ class FeatureLoader:
             idx = np.asarray(rows)
             outputs = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in self.cache.arrays]
             labels = [self.cache.labels[r].copy() for r in rows]
+        size = self.imgsz
+        if 0 < self.crop < 1:
+            coarse = max(self.cache.strides)
+            cells = crop_cells(self.imgsz // coarse, self.crop)
+            outputs, labels = crop_batch(outputs, labels, rng, cells, self.cache.strides)
+            size = cells * coarse
         for b in range(len(rows)):
-            augment_one(outputs, labels, b, rng, self.flip_p, self.shift, self.cache, self.imgsz)
+            augment_one(outputs, labels, b, rng, self.flip_p, self.shift, self.cache, size)
         targets = torch.cat([torch.from_numpy(np.concatenate((np.full((len(lb), 1), b, np.float32), lb), 1))
                              for b, lb in enumerate(labels)]) if labels else torch.zeros((0, 6))
-        return CachedBatch(outputs, self.cache, (len(rows), 3, self.imgsz, self.imgsz)), targets, (), ()
+        return CachedBatch(outputs, self.cache, (len(rows), 3, size, size)), targets, (), ()
 
     def mosaics(self, rows, rng):
         """(outputs, labels) of one sample per row: the row's half-size view and three others' (each image at its
