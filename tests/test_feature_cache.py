@@ -303,6 +303,8 @@ def test_window_labels_clip_drop_and_renormalise():
     assert np.allclose(out[1], [2, 0.85, 0.5, 0.3, 0.4])  # x 0.6-0.75 of 0.6-0.8 inside: clipped at the edge
     assert fa.window_labels(lb[2:], 0.25, 0.25, 0.5, 0.5, 0.9).shape == (0, 5)  # half of it outside: dropped
     assert np.allclose(fa.shift_labels(lb[:1], 0.1, -0.1), [[0, 0.6, 0.4, 0.2, 0.2]])
+    centred = fa.centred_labels(lb, 0.25, 0.25, 0.5, 0.5)  # a crop's boxes: centred inside, whole
+    assert np.allclose(centred, [[0, 0.5, 0.5, 0.4, 0.4], [2, 0.9, 0.5, 0.4, 0.4]])
 
 
 def test_crop_batch_cuts_every_level_at_one_cell_aligned_window():
@@ -328,7 +330,7 @@ def test_a_cropped_cached_batch_trains_on_the_window(built):
     loader = fc.FeatureLoader(cache, 8, 3, {'feature_crop': 0.5}, 64)
     batch, targets, _, _ = next(iter(loader))
     assert batch.shape == (8, 3, 32, 32) and [o.shape[2:] for o in batch.outputs] == [(4, 4), (2, 2), (1, 1)]
-    assert ((targets[:, 2:] >= 0) & (targets[:, 2:] <= 1)).all()
+    assert ((targets[:, 2:4] >= 0) & (targets[:, 2:4] < 1)).all()  # centred in the window
     for b in range(8):  # each sample's coarsest map is one cell of the whole sample's
         assert any(torch.equal(batch.outputs[2][b, :, 0, 0], whole[0].outputs[2][b, :, y, x])
                    for y in range(2) for x in range(2))

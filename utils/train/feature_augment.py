@@ -11,8 +11,6 @@ applied to every kept map and to the labels alike.
 import numpy as np
 import torch
 
-CROP_VISIBLE = 0.1  # a cropped box is kept when at least this share of its area is inside (random_perspective's)
-
 
 def mosaic_maps(array, quads):
     """(B, C, 2h, 2w) tensor of cached (C, h, w) maps, ``quads`` (B, 4) rows placed top-left, top-right,
@@ -83,10 +81,10 @@ def crop_cells(side, crop):
     return min(side, max(1, round(crop * side)))
 
 
-def crop_batch(outputs, labels, rng, cells, strides, min_visible=CROP_VISIBLE):
+def crop_batch(outputs, labels, rng, cells, strides):
     """Every sample of a batch cut to ``cells`` x ``cells`` cells of the coarsest level, each at a random place
     aligned to those cells: the kept maps (B, C, H, W) at ``strides``, and each sample's labels (n, 5) in fractions
-    of its window (boxes with less than ``min_visible`` of their area inside dropped, YOLOv5's rule for a crop)."""
+    of its window (``centred_labels``)."""
     coarse = max(strides)
     h, w = (d * strides[0] // coarse for d in outputs[0].shape[-2:])
     ys, xs = rng.integers(0, h - cells + 1, len(labels)), rng.integers(0, w - cells + 1, len(labels))
@@ -95,5 +93,16 @@ def crop_batch(outputs, labels, rng, cells, strides, min_visible=CROP_VISIBLE):
         f = coarse // s
         cropped.append(torch.stack([o[b, :, y * f:(y + cells) * f, x * f:(x + cells) * f]
                                     for b, (y, x) in enumerate(zip(ys, xs))]))
-    return cropped, [window_labels(lb, x / w, y / h, cells / w, cells / h, min_visible)
-                     for lb, y, x in zip(labels, ys, xs)]
+    return cropped, [centred_labels(lb, x / w, y / h, cells / w, cells / h) for lb, y, x in zip(labels, ys, xs)]
+
+
+def centred_labels(lb, x0, y0, w, h):
+    """Labels (n, 5) [cls, cx, cy, w, h] of the boxes centred in the window at (x0, y0) of size (w, h) (fractions
+    of the image), in fractions of the window and whole: not clipped at its edge. The cached maps were computed on
+    the whole image, so a box that crosses the window's edge is still seen whole; clipping it would teach the
+    layers after the cache a box smaller than the object they see. Boxes centred outside are dropped: the loss
+    assigns a box to the cell of its centre."""
+    cx, cy = (lb[:, 1] - x0) / w, (lb[:, 2] - y0) / h
+    keep = (cx >= 0) & (cx < 1) & (cy >= 0) & (cy < 1)
+    out = np.stack((lb[:, 0], cx, cy, lb[:, 3] / w, lb[:, 4] / h), 1)[keep]
+    return out.astype(np.float32)
