@@ -12,7 +12,9 @@ Each setting is one ``train.py`` run in its own process (same weights, data, epo
     cacheK-shift         ... shifted by whole coarse cells, up to 10% of the image (hyp feature_shift 0.1)
     cacheK-flipshift     both
     cacheK-mosaic        K half-size views per image, assembled 2 x 2 in feature space (hyp feature_mosaic 1)
-    cacheK-crop          each sample trained on a window of 0.8 of its side, placed anew each epoch (feature_crop 0.8)
+    cacheK-crop          each sample trained on a window of 0.8 of its side, placed anew each epoch (feature_crop 0.8,
+                         the default since it was chosen on the hold-out split: cacheK is the same)
+    cacheK-whole         each sample trained whole (feature_crop 1; cacheK before the crop was the default)
 
 Per setting: AP50 (the VOC devkit AP50, metrics/voc_mAP_0.5 of results.csv, for data with a VOC rule; else
 mAP50) and mAP50-95 of the last epoch, the whole run's wall time (cache build included), the cache build's seconds
@@ -39,8 +41,8 @@ from utils.errors import InputError  # noqa: E402
 
 FEATURE_AUG = {'flip': {'feature_fliplr': 0.5}, 'shift': {'feature_shift': 0.1},
                'flipshift': {'feature_fliplr': 0.5, 'feature_shift': 0.1}, 'mosaic': {'feature_mosaic': 1.0},
-               'crop': {'feature_crop': 0.8}}
-CACHED = re.compile(r'cache(\d+)(?:-(flip|shift|flipshift|mosaic|crop))?$')
+               'crop': {'feature_crop': 0.8}, 'whole': {'feature_crop': 1.0}}
+CACHED = re.compile(r'cache(\d+)(?:-(flip|shift|flipshift|mosaic|crop|whole))?$')
 DEFAULT_HYP = ROOT / 'data' / 'hyps' / 'hyp.transfer.yaml'  # train.py's hyp for a pretrained start
 
 
@@ -59,7 +61,7 @@ def aug_hyp(opt, variant):
 
 
 def parse_settings(opt):
-    """[(name, [train.py flags])] of --settings: freeze10, cacheK[-flip|-shift|-flipshift|-mosaic|-crop]."""
+    """[(name, [train.py flags])] of --settings: freeze10, cacheK[-flip|-shift|-flipshift|-mosaic|-crop|-whole]."""
     out = []
     for name in opt.settings:
         m = CACHED.match(name)
@@ -70,7 +72,8 @@ def parse_settings(opt):
             if m.group(2):
                 flags += ['--hyp', str(aug_hyp(opt, m.group(2)))]
         else:
-            raise InputError(f'--settings {name}: expected freeze10 or cacheK[-flip|-shift|-flipshift|-mosaic|-crop]')
+            raise InputError(f'--settings {name}: expected freeze10 or '
+                             f'cacheK[-flip|-shift|-flipshift|-mosaic|-crop|-whole]')
         out.append((name, flags))
     return out
 
@@ -133,8 +136,8 @@ def parse_opt(argv=None):
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--views', type=int, nargs='+', default=[2, 4, 8], help='K values of the cacheK settings')
     p.add_argument('--settings', nargs='+', default=None,
-                   help='freeze10 and/or cacheK[-flip|-shift|-flipshift|-mosaic|-crop] (default: freeze10, cacheK '
-                        'for each --views, and the flip and shift variants at the default K); the first is the '
+                   help='freeze10 and/or cacheK[-flip|-shift|-flipshift|-mosaic|-crop|-whole] (default: freeze10, '
+                        'cacheK for each --views, and the flip and shift variants at the default K); the first is the '
                         'reference')
     transfer.add_run_options(p, val_every='auto', val_help="train.py's --val-every, every setting")
     p.add_argument('--holdout', action='store_true',

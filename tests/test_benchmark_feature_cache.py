@@ -33,6 +33,8 @@ def test_settings_and_their_flags(tmp_path):
     crop = study.parse_settings(study.parse_opt(['--project', str(tmp_path), '--settings', 'cache4-crop']))
     assert crop[0][1][-2:] == ['--hyp', str(tmp_path / 'hyp.feature-crop.yaml')]
     assert yaml.safe_load((tmp_path / 'hyp.feature-crop.yaml').read_text())['feature_crop'] == 0.8
+    study.parse_settings(study.parse_opt(['--project', str(tmp_path), '--settings', 'cache4-whole']))
+    assert yaml.safe_load((tmp_path / 'hyp.feature-whole.yaml').read_text())['feature_crop'] == 1.0
     with pytest.raises(ValueError, match='--settings cachex: expected'):
         study.parse_settings(SimpleNamespace(settings=['cachex'], project=str(tmp_path), hyp=None))
 

@@ -90,7 +90,7 @@ def test_training_from_the_cache_is_training_from_its_views(built):
     model, ds, cache = built
     hyp = ds.hyp
     loss = ComputeLoss(model, scale_loss_gains(hyp, 3, 4, 64))
-    loader = fc.FeatureLoader(cache, 8, 3, {}, 64)
+    loader = fc.FeatureLoader(cache, 8, 3, {'feature_crop': 1.0}, 64)  # whole samples
     batch, targets, _, _ = next(iter(loader))
     rows = list(loader.sampler)[:8]
     imgs, image_targets = view_images(ds, rows, len(ds))
@@ -205,7 +205,7 @@ def test_mosaic_maps_and_labels_place_four_views_in_quadrants():
 def test_each_mosaic_holds_its_own_view_and_three_at_their_epoch_views(tiny_data):
     model, ds = frozen_model(), mosaic_dataset(tiny_data)
     cache = fc.build_feature_cache(run_config(batch_size=16), model, ds, 2, log=lambda s: None)
-    loader = fc.FeatureLoader(cache, 4, 3, {}, 128)
+    loader = fc.FeatureLoader(cache, 4, 3, {'feature_crop': 1.0}, 128)  # whole samples
     loader.sampler.set_epoch(1)
     rows = list(loader.sampler)[:4]
     s, n = loader.sampler, len(ds)
@@ -326,7 +326,8 @@ def test_a_cropped_cached_batch_trains_on_the_window(built):
     model, ds, cache = built
     with pytest.raises(InputError, match='feature_crop 1.5: must be between 0 and 1'):
         fc.FeatureLoader(cache, 8, 3, {'feature_crop': 1.5}, 64)
-    whole = next(iter(fc.FeatureLoader(cache, 8, 3, {}, 64)))
+    assert fc.FeatureLoader(cache, 8, 3, {}, 64).crop == fc.FEATURE_CROP  # the default
+    whole = next(iter(fc.FeatureLoader(cache, 8, 3, {'feature_crop': 0}, 64)))
     loader = fc.FeatureLoader(cache, 8, 3, {'feature_crop': 0.5}, 64)
     batch, targets, _, _ = next(iter(loader))
     assert batch.shape == (8, 3, 32, 32) and [o.shape[2:] for o in batch.outputs] == [(4, 4), (2, 2), (1, 1)]

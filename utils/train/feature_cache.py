@@ -25,9 +25,10 @@ utils/train/feature_augment.py):
 values a plain grey letterbox image gives there). ``feature_mosaic: 1`` caches each view at half the image size,
 drawn without mosaic, and assembles every training sample from four of them, 2 x 2, in feature space: a mosaic
 whose four images change every epoch, from a cache a quarter the size (the quadrants' borders are an approximation:
-each was computed with padding where a real mosaic has its neighbour). ``feature_crop: 0.8`` trains each sample on
-a window of 0.8 of its side (whole cells of the coarsest level, at a random place each epoch): objects keep their
-size, and the trainable layers do 0.64 of the work.
+each was computed with padding where a real mosaic has its neighbour). ``feature_crop`` (default 0.8, ``FEATURE_CROP``;
+1 or 0: none) trains each sample on a window of that share of its side (whole cells of the coarsest level, at a
+random place each epoch; the boxes centred in it, whole): objects keep their size, and the layers after the cache do
+0.64 of the work.
 """
 import copy
 import hashlib
@@ -55,6 +56,7 @@ VIEW_STREAM = 7919  # tags the (seed, stream, view, image) keys of the views' dr
 AUGMENT_KEYS = ('hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate', 'scale', 'shear', 'perspective', 'flipud',
                 'fliplr', 'mosaic', 'mixup', 'copy_paste', 'feature_mosaic')
 GREY = 114  # the letterbox's fill value
+FEATURE_CROP = 0.8  # hyp feature_crop when the hyp has none: chosen on a hold-out split (docs/performance.md)
 
 
 def check_options(opt, world_size):
@@ -400,7 +402,7 @@ class FeatureLoader:
         self.sampler = ViewSampler(cache.n_images, cache.views, seed)
         self.generator = torch.Generator()  # reseed_loader seeds it; unused
         self.flip_p, self.shift = float(hyp.get('feature_fliplr', 0.0)), float(hyp.get('feature_shift', 0.0))
-        self.crop = float(hyp.get('feature_crop', 0.0))
+        self.crop = float(hyp.get('feature_crop', FEATURE_CROP))
         if not 0 <= self.crop <= 1:
             raise InputError(f'hyp feature_crop {self.crop}: must be between 0 and 1 (the share of the image side a '
                              f'training sample keeps; 0 or 1: no crop)')
