@@ -342,21 +342,25 @@ def test_a_cropped_cached_batch_trains_on_the_window(built):
 
 class LayerZeroCalls(Callback):
     """Counts the training model's layer-0 forward calls during the epochs (the EMA and the cache build are
-    before the run starts: not counted)."""
+    before the run starts: not counted), and keeps the sizes of the maps layer 10, the first after the cache,
+    trains on."""
 
     def __init__(self):
-        self.calls = 0
+        self.calls, self.sizes = 0, set()
 
     def on_run_start(self, run, state):
         state.bare_model.model[0].register_forward_hook(lambda *a: setattr(self, 'calls', self.calls + 1))
+        state.bare_model.model[10].register_forward_hook(
+            lambda m, args, out: m.training and self.sizes.add(tuple(args[0].shape[2:])))
 
 
 @pytest.mark.slow
 def test_one_epoch_from_the_cache_runs_no_frozen_layer(tiny_data, tmp_path):
     counter = LayerZeroCalls()
-    train.run(data=str(tiny_data), cfg='v6/yolov5n.yaml', epochs=1, imgsz=64, batch_size=8, workers=0,
+    train.run(data=str(tiny_data), cfg='v6/yolov5n.yaml', epochs=1, imgsz=128, batch_size=8, workers=0,
               freeze=['10'], cache='features', cache_views=2, noplots=True, noautoanchor=True,
               project=str(tmp_path), name='exp', callbacks=[counter])
     run_dir = tmp_path / 'exp'
     assert (run_dir / 'results.csv').is_file() and (run_dir / 'weights' / 'best.pt').is_file()
     assert counter.calls == 0
+    assert counter.sizes == {(3, 3)}  # the default crop: 3 of the 4 x 4 coarsest cells of a 128 px sample
