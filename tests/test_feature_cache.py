@@ -326,6 +326,8 @@ def test_a_cropped_cached_batch_trains_on_the_window(built):
     model, ds, cache = built
     with pytest.raises(InputError, match='feature_crop 1.5: must be between 0 and 1'):
         fc.FeatureLoader(cache, 8, 3, {'feature_crop': 1.5}, 64)
+    with pytest.raises(InputError, match='feature_crop -1.0'):  # refused before the cache is built
+        fc.feature_loader(None, None, None, 2, {'feature_crop': -1})
     assert fc.FeatureLoader(cache, 8, 3, {}, 64).crop == fc.FEATURE_CROP  # the default
     whole = next(iter(fc.FeatureLoader(cache, 8, 3, {'feature_crop': 0}, 64)))
     loader = fc.FeatureLoader(cache, 8, 3, {'feature_crop': 0.5}, 64)

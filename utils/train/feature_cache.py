@@ -393,6 +393,15 @@ class ViewSampler:
         return self.n
 
 
+def crop_share(hyp):
+    """hyp feature_crop (default ``FEATURE_CROP``), checked: one line when it is not between 0 and 1."""
+    crop = float(hyp.get('feature_crop', FEATURE_CROP))
+    if not 0 <= crop <= 1:
+        raise InputError(f'hyp feature_crop {crop}: must be between 0 and 1 (the share of the image side a training '
+                         f'sample keeps; 0 or 1: no crop)')
+    return crop
+
+
 class FeatureLoader:
     """The training loader of a FeatureCache: yields (CachedBatch, targets (n, 6), paths, metas) like the image
     loader yields (images, targets, paths, metas); paths and metas are empty."""
@@ -402,10 +411,7 @@ class FeatureLoader:
         self.sampler = ViewSampler(cache.n_images, cache.views, seed)
         self.generator = torch.Generator()  # reseed_loader seeds it; unused
         self.flip_p, self.shift = float(hyp.get('feature_fliplr', 0.0)), float(hyp.get('feature_shift', 0.0))
-        self.crop = float(hyp.get('feature_crop', FEATURE_CROP))
-        if not 0 <= self.crop <= 1:
-            raise InputError(f'hyp feature_crop {self.crop}: must be between 0 and 1 (the share of the image side a '
-                             f'training sample keeps; 0 or 1: no crop)')
+        self.crop = crop_share(hyp)
 
     def __len__(self):
         return -(-self.cache.n_images // self.batch_size)
@@ -445,6 +451,7 @@ class FeatureLoader:
 
 def feature_loader(run, model, dataset, views, hyp, log=print):
     """Build (or reuse) the cache and return its training loader (utils/train/setup.py, --cache features)."""
+    crop_share(hyp)  # a bad value is refused before the build, not after it
     cache = build_feature_cache(run, model, dataset, views, log)
     dataset.ims = None  # training reads no image any more: the images kept in RAM (--cache auto) are let go
     return FeatureLoader(cache, min(run.batch_size, len(dataset)), run.seed, hyp, dataset.img_size)
