@@ -14,6 +14,7 @@ from utils.errors import InputError
 from utils.freeze.plan import FreezePlan
 from utils.train import feature_augment as fa
 from utils.train import feature_cache as fc
+from utils.train import feature_store as fs
 from utils.train.callbacks import Callback
 from utils.train.engine import forward
 from utils.train.loss import ComputeLoss, scale_loss_gains
@@ -122,7 +123,7 @@ def build_logged(model, ds, views=2):
 
 
 def test_a_disk_cache_is_reused_and_rebuilt_when_its_key_changes(tiny_data, monkeypatch):
-    monkeypatch.setattr(fc, 'RAM_SHARE', 0.0)  # never fits in RAM: on disk
+    monkeypatch.setattr(fs, 'RAM_SHARE', 0.0)  # never fits in RAM: on disk
     model, ds = frozen_model(), dataset(tiny_data)
     first = build_logged(model, ds)
     assert 'built' in first and 'disk' in first
@@ -142,15 +143,15 @@ def test_a_disk_cache_is_reused_and_rebuilt_when_its_key_changes(tiny_data, monk
 def test_a_disk_cache_is_built_aside_and_a_stale_one_removed(tiny_data, monkeypatch):
     """Built in a private folder and moved in place when complete, so a run reading the old cache meanwhile never
     sees a half-written file; a stale disk cache is removed when the new one fits in RAM."""
-    monkeypatch.setattr(fc, 'RAM_SHARE', 0.0)
+    monkeypatch.setattr(fs, 'RAM_SHARE', 0.0)
     model, ds = frozen_model(), dataset(tiny_data, imgsz=96)
     build_logged(model, ds)
-    folder = fc.cache_dir(ds, 96)
-    old_key, old_file = fc.saved_key(folder), os.stat(folder / 'layer0.npy')
+    folder = fs.cache_dir(ds, 96)
+    old_key, old_file = fs.saved_key(folder), os.stat(folder / 'layer0.npy')
     seen = []
 
     def fill_watched(*args, **kwargs):
-        seen.append((fc.saved_key(folder), os.stat(folder / 'layer0.npy').st_ino))  # the old cache, untouched
+        seen.append((fs.saved_key(folder), os.stat(folder / 'layer0.npy').st_ino))  # the old cache, untouched
         return fill(*args, **kwargs)
     fill = fc.fill_cache
     monkeypatch.setattr(fc, 'fill_cache', fill_watched)
@@ -158,9 +159,9 @@ def test_a_disk_cache_is_built_aside_and_a_stale_one_removed(tiny_data, monkeypa
         model.model[0].conv.weight[0, 0, 0, 0] += 1e-3
     assert 'rebuilt: key changed: weights' in build_logged(model, ds)
     assert seen == [(old_key, old_file.st_ino)]
-    assert fc.saved_key(folder) not in (None, old_key)
+    assert fs.saved_key(folder) not in (None, old_key)
     assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f'.{folder.name}')) == []
-    monkeypatch.setattr(fc, 'RAM_SHARE', 0.5)
+    monkeypatch.setattr(fs, 'RAM_SHARE', 0.5)
     with torch.no_grad():
         model.model[0].conv.weight[0, 0, 0, 0] += 1e-3
     assert 'in RAM' in build_logged(model, ds)
@@ -234,26 +235,26 @@ def test_the_key_follows_weights_imgsz_freeze_and_data(tiny_data, tmp_path):
     key = fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)
     assert fc.cache_key(frozen_model(), 10, dataset(tiny_data), 64, 2, 0, ds.hyp) == key  # same inputs: same key
     other = frozen_model(seed=1)
-    assert fc.changed_parts(key, fc.cache_key(other, 10, ds, 64, 2, 0, ds.hyp)) == ['weights']
+    assert fs.changed_parts(key, fc.cache_key(other, 10, ds, 64, 2, 0, ds.hyp)) == ['weights']
     big = dataset(tiny_data, imgsz=96)
-    assert fc.changed_parts(key, fc.cache_key(model, 10, big, 96, 2, 0, ds.hyp)) == ['imgsz']
-    assert 'freeze' in fc.changed_parts(key, fc.cache_key(frozen_model('5'), 5, ds, 64, 2, 0, ds.hyp))
-    assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'mosaic': 0.5})) == ['hyp']
-    assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'feature_mosaic': 1})) == ['hyp']
+    assert fs.changed_parts(key, fc.cache_key(model, 10, big, 96, 2, 0, ds.hyp)) == ['imgsz']
+    assert 'freeze' in fs.changed_parts(key, fc.cache_key(frozen_model('5'), 5, ds, 64, 2, 0, ds.hyp))
+    assert fs.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'mosaic': 0.5})) == ['hyp']
+    assert fs.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, {**ds.hyp, 'feature_mosaic': 1})) == ['hyp']
     f = ds.im_files[0]
     st = os.stat(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # the image changed
     try:
-        assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)) == ['data']
+        assert fs.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)) == ['data']
     finally:
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     ds.labels[0] = ds.labels[0][:0]  # a label changed
-    assert fc.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)) == ['data']
+    assert fs.changed_parts(key, fc.cache_key(model, 10, ds, 64, 2, 0, ds.hyp)) == ['data']
 
 
 def test_a_cache_that_cannot_fit_is_refused_in_one_line(tiny_data, monkeypatch):
-    monkeypatch.setattr(fc, 'available_memory', lambda: 10_000)
-    monkeypatch.setattr(fc.shutil, 'disk_usage', lambda p: SimpleNamespace(free=20_000))
+    monkeypatch.setattr(fs, 'available_memory', lambda: 10_000)
+    monkeypatch.setattr(fs.shutil, 'disk_usage', lambda p: SimpleNamespace(free=20_000))
     with pytest.raises(InputError) as e:
         fc.build_feature_cache(run_config(), frozen_model(), dataset(tiny_data), 4, log=lambda s: None)
     msg = str(e.value)
